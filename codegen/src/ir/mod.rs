@@ -1,0 +1,630 @@
+//! The structured SIMT kernel IR.
+//!
+//! A [`Kernel`] is what one GPU thread runs, written once for every thread of
+//! a block: typed variables, expressions without side effects, and structured
+//! statements (`for`, `if`, `while`) with barriers and warp collectives as
+//! statements of their own. There is no `return`, `break` or `goto`: control
+//! flow is a tree, which is what lets the CPU backend split a kernel at its
+//! barriers MCUDA-style and lets the verifier reason about uniformity.
+//!
+//! Values live in registers (variables), global memory (kernel buffer
+//! parameters) or shared memory (fixed-size block-local arrays). Arithmetic
+//! is on `f32` and the integer types; `f16`/`bf16` are storage types that are
+//! loaded, converted to `f32` with [`Expr::cast`], and converted back to store.
+//!
+//! Build kernels with [`builder::KernelBuilder`]; check them with
+//! [`verify::verify`]; print them with [`crate::hip`].
+
+pub mod builder;
+pub mod verify;
+
+use std::fmt;
+
+use crate::target::Target;
+
+/// A scalar type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scalar {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float (storage only).
+    F16,
+    /// bfloat16 (storage only).
+    BF16,
+    /// 32-bit signed integer.
+    I32,
+    /// 32-bit unsigned integer.
+    U32,
+    /// 64-bit signed integer (offsets into large buffers).
+    I64,
+    /// Boolean.
+    Bool,
+}
+
+impl Scalar {
+    /// Size in bytes in memory.
+    pub const fn size_bytes(self) -> u32 {
+        match self {
+            Scalar::F32 | Scalar::I32 | Scalar::U32 => 4,
+            Scalar::F16 | Scalar::BF16 => 2,
+            Scalar::I64 => 8,
+            Scalar::Bool => 1,
+        }
+    }
+
+    /// Whether arithmetic is defined on this type.
+    pub const fn is_arith(self) -> bool {
+        matches!(self, Scalar::F32 | Scalar::I32 | Scalar::U32 | Scalar::I64)
+    }
+
+    /// Whether this is an integer type.
+    pub const fn is_int(self) -> bool {
+        matches!(self, Scalar::I32 | Scalar::U32 | Scalar::I64)
+    }
+
+    /// Whether this is a floating-point type.
+    pub const fn is_float(self) -> bool {
+        matches!(self, Scalar::F32 | Scalar::F16 | Scalar::BF16)
+    }
+
+    /// The storage scalar of a KV dtype.
+    pub const fn of_dtype(d: crate::spec::DType) -> Scalar {
+        match d {
+            crate::spec::DType::F32 => Scalar::F32,
+            crate::spec::DType::F16 => Scalar::F16,
+            crate::spec::DType::BF16 => Scalar::BF16,
+        }
+    }
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scalar::F32 => "f32",
+            Scalar::F16 => "f16",
+            Scalar::BF16 => "bf16",
+            Scalar::I32 => "i32",
+            Scalar::U32 => "u32",
+            Scalar::I64 => "i64",
+            Scalar::Bool => "bool",
+        })
+    }
+}
+
+/// A value type: a scalar or a vector of 2, 4 or 8 lanes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ty {
+    /// The element type.
+    pub scalar: Scalar,
+    /// 1 for a scalar; 2, 4 or 8 for a vector.
+    pub lanes: u8,
+}
+
+impl Ty {
+    /// A scalar type.
+    pub const fn scalar(s: Scalar) -> Ty {
+        Ty {
+            scalar: s,
+            lanes: 1,
+        }
+    }
+
+    /// A vector type.
+    pub const fn vector(s: Scalar, lanes: u8) -> Ty {
+        Ty { scalar: s, lanes }
+    }
+
+    /// Size in bytes.
+    pub const fn size_bytes(self) -> u32 {
+        self.scalar.size_bytes() * self.lanes as u32
+    }
+}
+
+impl fmt::Display for Ty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lanes == 1 {
+            write!(f, "{}", self.scalar)
+        } else {
+            write!(f, "{}x{}", self.scalar, self.lanes)
+        }
+    }
+}
+
+/// How much a value can differ between the threads that compute it.
+///
+/// Ordered from least to most varying; joining two levels takes the larger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Uniformity {
+    /// The same in every thread of the block.
+    Block,
+    /// The same in every thread of a warp.
+    Warp,
+    /// May differ from thread to thread.
+    Thread,
+}
+
+/// Memory space of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// Device memory, passed as a kernel parameter.
+    Global,
+    /// Block-local shared memory (LDS) of a fixed length.
+    Shared,
+}
+
+/// Whether a kernel may write a global buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Read only (`const T* __restrict__`).
+    Read,
+    /// Read and written.
+    ReadWrite,
+}
+
+/// Index of a variable in [`Kernel::vars`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VarId(pub u32);
+
+/// Index of a buffer in [`Kernel::buffers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufId(pub u32);
+
+/// A register variable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Var {
+    /// Name for printing (made unique by the printer with the id).
+    pub name: String,
+    /// Its type.
+    pub ty: Ty,
+}
+
+/// A global buffer parameter or a shared-memory array.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    /// Name (the parameter name for global buffers).
+    pub name: String,
+    /// Element type.
+    pub elem: Scalar,
+    /// Memory space.
+    pub space: Space,
+    /// Read or read-write (shared memory is always read-write).
+    pub access: Access,
+    /// Number of elements, for shared memory.
+    pub len: u32,
+}
+
+/// A kernel parameter, in signature order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// A pointer to a global buffer.
+    Buffer(BufId),
+    /// A scalar passed by value; the variable holds it for the whole kernel.
+    Scalar(VarId),
+}
+
+/// Grid or block dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dim {
+    /// x
+    X,
+    /// y
+    Y,
+    /// z
+    Z,
+}
+
+/// Values the hardware provides. All are `i32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Special {
+    /// Thread index in the (one-dimensional) block.
+    ThreadIdx,
+    /// Block index in the grid.
+    BlockIdx(Dim),
+    /// Blocks in the grid.
+    GridDim(Dim),
+    /// Threads in the block (the kernel's fixed block size).
+    BlockDim,
+    /// The target's warp size.
+    WarpSize,
+    /// Lane of the thread in its warp.
+    LaneId,
+    /// Index of the thread's warp in the block.
+    WarpId,
+}
+
+/// A literal.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Lit {
+    /// f32
+    F32(f32),
+    /// i32
+    I32(i32),
+    /// u32
+    U32(u32),
+    /// i64
+    I64(i64),
+    /// bool
+    Bool(bool),
+}
+
+/// Unary operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnOp {
+    /// Arithmetic negation.
+    Neg,
+    /// Logical not (bool).
+    Not,
+}
+
+/// Binary arithmetic and logic operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    /// +
+    Add,
+    /// -
+    Sub,
+    /// *
+    Mul,
+    /// / (integer division truncates toward zero)
+    Div,
+    /// % (integers only)
+    Rem,
+    /// & on integers, logical and on bool
+    And,
+    /// | on integers, logical or on bool
+    Or,
+    /// ^ on integers
+    Xor,
+    /// << on integers
+    Shl,
+    /// >> on integers (arithmetic for signed)
+    Shr,
+}
+
+/// Comparison operators; the result is `bool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    /// ==
+    Eq,
+    /// !=
+    Ne,
+    /// <
+    Lt,
+    /// <=
+    Le,
+    /// >
+    Gt,
+    /// >=
+    Ge,
+}
+
+/// Math intrinsics on `f32` (min/max also on integers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MathFn {
+    /// 2^x
+    Exp2,
+    /// log2(x)
+    Log2,
+    /// max(a, b)
+    Max,
+    /// min(a, b)
+    Min,
+    /// a·b + c, fused
+    Fma,
+    /// 1/sqrt(x)
+    Rsqrt,
+    /// sqrt(x)
+    Sqrt,
+    /// tanh(x)
+    Tanh,
+    /// |x|
+    Abs,
+}
+
+impl MathFn {
+    /// Number of arguments.
+    pub const fn arity(self) -> usize {
+        match self {
+            MathFn::Max | MathFn::Min => 2,
+            MathFn::Fma => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// A side-effect-free expression.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// A literal.
+    Lit(Lit),
+    /// A variable's current value.
+    Var(VarId),
+    /// A hardware-provided value.
+    Special(Special),
+    /// A unary operation.
+    Unary(UnOp, Box<Expr>),
+    /// A binary operation on two operands of one type.
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// A comparison of two operands of one type.
+    Cmp(CmpOp, Box<Expr>, Box<Expr>),
+    /// `cond ? a : b`, both sides evaluated.
+    Select(Box<Expr>, Box<Expr>, Box<Expr>),
+    /// A math intrinsic.
+    Math(MathFn, Vec<Expr>),
+    /// Scalar conversion (float↔float rounds to nearest even; float→int truncates).
+    Cast(Scalar, Box<Expr>),
+    /// Load of `lanes` consecutive elements starting at element `index`
+    /// (a vector load of up to 16 bytes; `index` must be a multiple of `lanes`).
+    Load {
+        /// The buffer.
+        buf: BufId,
+        /// Element index (any integer type).
+        index: Box<Expr>,
+        /// Lanes to load: 1, 2, 4 or 8.
+        lanes: u8,
+    },
+    /// One lane of a vector.
+    Lane(Box<Expr>, u8),
+    /// A vector built from scalars of one type.
+    Vector(Vec<Expr>),
+}
+
+/// A warp collective: every thread of the warp must execute it together.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Collective {
+    /// `__shfl_xor(v, mask, width)`: the value of lane `lane ^ mask` within the
+    /// thread's `width`-lane segment.
+    ShuffleXor {
+        /// Lane mask (i32).
+        mask: Expr,
+        /// Segment width, a power of two ≤ the warp size.
+        width: u32,
+    },
+    /// `__shfl_down(v, delta, width)`: lane `lane + delta`, or the thread's own
+    /// value when that leaves the segment.
+    ShuffleDown {
+        /// Distance (i32).
+        delta: Expr,
+        /// Segment width.
+        width: u32,
+    },
+    /// `__shfl(v, src, width)`: lane `src mod width` of the thread's segment.
+    ShuffleIdx {
+        /// Source lane (i32).
+        lane: Expr,
+        /// Segment width.
+        width: u32,
+    },
+    /// Sum over the whole warp; every lane receives it.
+    WarpSum,
+    /// Maximum over the whole warp; every lane receives it.
+    WarpMax,
+}
+
+/// A statement.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    /// Declares a variable in the current scope and gives it a value.
+    Let(VarId, Expr),
+    /// Gives a declared variable a new value.
+    Assign(VarId, Expr),
+    /// Stores a value (scalar or vector) at element `index` of a buffer.
+    Store {
+        /// The buffer.
+        buf: BufId,
+        /// Element index (any integer type).
+        index: Expr,
+        /// The value; its scalar type is the buffer's element type.
+        value: Expr,
+    },
+    /// `for (var = start; var < end; var += step)`; `var` is declared by the loop.
+    For {
+        /// Loop variable (an integer type; declared by the loop).
+        var: VarId,
+        /// First value.
+        start: Expr,
+        /// Exclusive bound.
+        end: Expr,
+        /// Increment, positive.
+        step: Expr,
+        /// Body.
+        body: Vec<Stmt>,
+    },
+    /// `if (cond) { then } else { otherwise }`.
+    If {
+        /// Condition (bool).
+        cond: Expr,
+        /// Taken branch.
+        then: Vec<Stmt>,
+        /// Other branch (may be empty).
+        otherwise: Vec<Stmt>,
+    },
+    /// `while (cond) { body }`.
+    While {
+        /// Condition (bool).
+        cond: Expr,
+        /// Body.
+        body: Vec<Stmt>,
+    },
+    /// Block-wide barrier (`__syncthreads`), also a shared-memory fence.
+    Barrier,
+    /// `dst = collective(value)`; `dst` is declared here.
+    Collective {
+        /// Receives the result (declared by this statement).
+        dst: VarId,
+        /// Which collective.
+        op: Collective,
+        /// The contributed value (a 32-bit scalar).
+        value: Expr,
+    },
+    /// A comment carried into the printed code.
+    Comment(String),
+}
+
+/// A kernel: signature, storage and body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    /// The symbol (see [`crate::kernels::symbol`]).
+    pub name: String,
+    /// The target it was generated for.
+    pub target: Target,
+    /// Threads per block; the launcher must use exactly this.
+    pub block_dim: u32,
+    /// Parameters in signature order.
+    pub params: Vec<Param>,
+    /// Global and shared buffers.
+    pub buffers: Vec<Buffer>,
+    /// Variables.
+    pub vars: Vec<Var>,
+    /// The body.
+    pub body: Vec<Stmt>,
+}
+
+impl Kernel {
+    /// A variable by id.
+    pub fn var(&self, id: VarId) -> &Var {
+        &self.vars[id.0 as usize]
+    }
+
+    /// A buffer by id.
+    pub fn buffer(&self, id: BufId) -> &Buffer {
+        &self.buffers[id.0 as usize]
+    }
+
+    /// Bytes of shared memory the kernel declares.
+    pub fn shared_bytes(&self) -> u64 {
+        self.buffers
+            .iter()
+            .filter(|b| b.space == Space::Shared)
+            .map(|b| b.len as u64 * b.elem.size_bytes() as u64)
+            .sum()
+    }
+}
+
+// Operator sugar for building expressions.
+macro_rules! binop {
+    ($trait:ident, $method:ident, $op:expr) => {
+        impl std::ops::$trait for Expr {
+            type Output = Expr;
+            fn $method(self, rhs: Expr) -> Expr {
+                Expr::Binary($op, Box::new(self), Box::new(rhs))
+            }
+        }
+    };
+}
+binop!(Add, add, BinOp::Add);
+binop!(Sub, sub, BinOp::Sub);
+binop!(Mul, mul, BinOp::Mul);
+binop!(Div, div, BinOp::Div);
+binop!(Rem, rem, BinOp::Rem);
+binop!(BitAnd, bitand, BinOp::And);
+binop!(BitOr, bitor, BinOp::Or);
+binop!(BitXor, bitxor, BinOp::Xor);
+
+impl std::ops::Neg for Expr {
+    type Output = Expr;
+    fn neg(self) -> Expr {
+        Expr::Unary(UnOp::Neg, Box::new(self))
+    }
+}
+
+impl std::ops::Not for Expr {
+    type Output = Expr;
+    fn not(self) -> Expr {
+        Expr::Unary(UnOp::Not, Box::new(self))
+    }
+}
+
+impl Expr {
+    /// An `f32` literal.
+    pub fn f32(v: f32) -> Expr {
+        Expr::Lit(Lit::F32(v))
+    }
+    /// An `i32` literal.
+    pub fn i32(v: i32) -> Expr {
+        Expr::Lit(Lit::I32(v))
+    }
+    /// An `i64` literal.
+    pub fn i64(v: i64) -> Expr {
+        Expr::Lit(Lit::I64(v))
+    }
+    /// A `u32` literal.
+    pub fn u32(v: u32) -> Expr {
+        Expr::Lit(Lit::U32(v))
+    }
+    /// A `bool` literal.
+    pub fn bool(v: bool) -> Expr {
+        Expr::Lit(Lit::Bool(v))
+    }
+    /// A hardware value.
+    pub fn special(s: Special) -> Expr {
+        Expr::Special(s)
+    }
+    fn cmp(self, op: CmpOp, rhs: Expr) -> Expr {
+        Expr::Cmp(op, Box::new(self), Box::new(rhs))
+    }
+    /// `self == rhs`
+    pub fn eq_(self, rhs: Expr) -> Expr {
+        self.cmp(CmpOp::Eq, rhs)
+    }
+    /// `self != rhs`
+    pub fn ne_(self, rhs: Expr) -> Expr {
+        self.cmp(CmpOp::Ne, rhs)
+    }
+    /// `self < rhs`
+    pub fn lt(self, rhs: Expr) -> Expr {
+        self.cmp(CmpOp::Lt, rhs)
+    }
+    /// `self <= rhs`
+    pub fn le(self, rhs: Expr) -> Expr {
+        self.cmp(CmpOp::Le, rhs)
+    }
+    /// `self > rhs`
+    pub fn gt(self, rhs: Expr) -> Expr {
+        self.cmp(CmpOp::Gt, rhs)
+    }
+    /// `self >= rhs`
+    pub fn ge(self, rhs: Expr) -> Expr {
+        self.cmp(CmpOp::Ge, rhs)
+    }
+    /// `self << rhs`
+    pub fn shl(self, rhs: Expr) -> Expr {
+        Expr::Binary(BinOp::Shl, Box::new(self), Box::new(rhs))
+    }
+    /// `self >> rhs`
+    pub fn shr(self, rhs: Expr) -> Expr {
+        Expr::Binary(BinOp::Shr, Box::new(self), Box::new(rhs))
+    }
+    /// `cond ? a : b` with `self` as the condition.
+    pub fn select(self, a: Expr, b: Expr) -> Expr {
+        Expr::Select(Box::new(self), Box::new(a), Box::new(b))
+    }
+    /// Conversion to `to`.
+    pub fn cast(self, to: Scalar) -> Expr {
+        Expr::Cast(to, Box::new(self))
+    }
+    /// Lane `i` of a vector.
+    pub fn lane(self, i: u8) -> Expr {
+        Expr::Lane(Box::new(self), i)
+    }
+    /// `max(self, rhs)`
+    pub fn max(self, rhs: Expr) -> Expr {
+        Expr::Math(MathFn::Max, vec![self, rhs])
+    }
+    /// `min(self, rhs)`
+    pub fn min(self, rhs: Expr) -> Expr {
+        Expr::Math(MathFn::Min, vec![self, rhs])
+    }
+    /// `2^self`
+    pub fn exp2(self) -> Expr {
+        Expr::Math(MathFn::Exp2, vec![self])
+    }
+    /// `tanh(self)`
+    pub fn tanh(self) -> Expr {
+        Expr::Math(MathFn::Tanh, vec![self])
+    }
+    /// `self·a + b`, fused.
+    pub fn fma(self, a: Expr, b: Expr) -> Expr {
+        Expr::Math(MathFn::Fma, vec![self, a, b])
+    }
+}

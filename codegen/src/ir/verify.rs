@@ -1,0 +1,673 @@
+//! The verifier: what every backend may assume about a kernel.
+//!
+//! [`verify`] checks types, scoping, the target's limits and, through a
+//! uniformity analysis, that every barrier sits under block-uniform control
+//! flow and every warp collective under warp-uniform control flow. The CPU
+//! backend relies on exactly these guarantees to split a kernel at barriers
+//! and collectives. All problems of a kernel are reported together.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use super::*;
+
+/// One problem found in a kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyError {
+    /// The kernel's name.
+    pub kernel: String,
+    /// Where: a path of statement indices such as `body[3].for.body[1]`.
+    pub at: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "kernel `{}` at {}: {}",
+            self.kernel, self.at, self.message
+        )
+    }
+}
+
+/// Every problem found in a kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyErrors(pub Vec<VerifyError>);
+
+impl fmt::Display for VerifyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for VerifyErrors {}
+
+/// What the verifier learned about a kernel that backends use.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Analysis {
+    /// Uniformity of every variable, indexed by [`VarId`].
+    pub uniformity: Vec<Uniformity>,
+}
+
+impl Analysis {
+    /// Uniformity of one variable.
+    pub fn of(&self, v: VarId) -> Uniformity {
+        self.uniformity[v.0 as usize]
+    }
+}
+
+/// The type of an expression, or why it has none.
+pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
+    use Scalar::*;
+    let scalar = |t: Ty, what: &str| -> Result<Scalar, String> {
+        if t.lanes == 1 {
+            Ok(t.scalar)
+        } else {
+            Err(format!("{what} needs scalar operands, got {t}"))
+        }
+    };
+    Ok(match e {
+        Expr::Lit(l) => Ty::scalar(match l {
+            Lit::F32(_) => F32,
+            Lit::I32(_) => I32,
+            Lit::U32(_) => U32,
+            Lit::I64(_) => I64,
+            Lit::Bool(_) => Bool,
+        }),
+        Expr::Var(v) => {
+            let var = k
+                .vars
+                .get(v.0 as usize)
+                .ok_or_else(|| format!("variable #{} does not exist", v.0))?;
+            var.ty
+        }
+        Expr::Special(_) => Ty::scalar(I32),
+        Expr::Unary(op, a) => {
+            let t = scalar(type_of(k, a)?, "a unary operator")?;
+            match op {
+                UnOp::Neg if t.is_arith() && t != U32 => Ty::scalar(t),
+                UnOp::Not if t == Bool => Ty::scalar(t),
+                _ => return Err(format!("{op:?} is not defined on {t}")),
+            }
+        }
+        Expr::Binary(op, a, b) => {
+            let (ta, tb) = (type_of(k, a)?, type_of(k, b)?);
+            if ta != tb {
+                return Err(format!("{op:?} on mismatched types {ta} and {tb}"));
+            }
+            let t = scalar(ta, "arithmetic")?;
+            let ok = match op {
+                BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => t.is_arith(),
+                BinOp::Rem | BinOp::Xor | BinOp::Shl | BinOp::Shr => t.is_int(),
+                BinOp::And | BinOp::Or => t.is_int() || t == Bool,
+            };
+            if !ok {
+                return Err(format!("{op:?} is not defined on {t}"));
+            }
+            Ty::scalar(t)
+        }
+        Expr::Cmp(op, a, b) => {
+            let (ta, tb) = (type_of(k, a)?, type_of(k, b)?);
+            if ta != tb {
+                return Err(format!("{op:?} on mismatched types {ta} and {tb}"));
+            }
+            let t = scalar(ta, "a comparison")?;
+            let ok = t.is_arith() || (t == Bool && matches!(op, CmpOp::Eq | CmpOp::Ne));
+            if !ok {
+                return Err(format!("{op:?} is not defined on {t}"));
+            }
+            Ty::scalar(Bool)
+        }
+        Expr::Select(c, a, b) => {
+            let tc = type_of(k, c)?;
+            if tc != Ty::scalar(Bool) {
+                return Err(format!("select condition must be bool, got {tc}"));
+            }
+            let (ta, tb) = (type_of(k, a)?, type_of(k, b)?);
+            if ta != tb {
+                return Err(format!("select arms have different types {ta} and {tb}"));
+            }
+            ta
+        }
+        Expr::Math(f, args) => {
+            if args.len() != f.arity() {
+                return Err(format!(
+                    "{f:?} takes {} arguments, got {}",
+                    f.arity(),
+                    args.len()
+                ));
+            }
+            let t0 = type_of(k, &args[0])?;
+            for a in &args[1..] {
+                let t = type_of(k, a)?;
+                if t != t0 {
+                    return Err(format!("{f:?} on mismatched types {t0} and {t}"));
+                }
+            }
+            let t = scalar(t0, "a math intrinsic")?;
+            let ok = match f {
+                MathFn::Max | MathFn::Min | MathFn::Abs => t.is_arith(),
+                _ => t == F32,
+            };
+            if !ok {
+                return Err(format!("{f:?} is not defined on {t}"));
+            }
+            Ty::scalar(t)
+        }
+        Expr::Cast(to, a) => {
+            let t = scalar(type_of(k, a)?, "a conversion")?;
+            if *to == Bool && t != Bool {
+                return Err(format!("cannot convert {t} to bool; compare instead"));
+            }
+            Ty::scalar(*to)
+        }
+        Expr::Load { buf, index, lanes } => {
+            let b = k
+                .buffers
+                .get(buf.0 as usize)
+                .ok_or_else(|| format!("buffer #{} does not exist", buf.0))?;
+            let ti = type_of(k, index)?;
+            if ti.lanes != 1 || !ti.scalar.is_int() {
+                return Err(format!("load index must be an integer, got {ti}"));
+            }
+            check_lanes(*lanes, b.elem)?;
+            Ty::vector(b.elem, *lanes)
+        }
+        Expr::Lane(v, i) => {
+            let t = type_of(k, v)?;
+            if t.lanes == 1 || *i >= t.lanes {
+                return Err(format!("lane {i} of {t}"));
+            }
+            Ty::scalar(t.scalar)
+        }
+        Expr::Vector(items) => {
+            let n = u8::try_from(items.len()).unwrap_or(0);
+            let t0 = type_of(k, items.first().ok_or("empty vector")?)?;
+            let s = scalar(t0, "a vector element")?;
+            for it in &items[1..] {
+                let t = type_of(k, it)?;
+                if t != t0 {
+                    return Err(format!("vector elements of types {t0} and {t}"));
+                }
+            }
+            if n < 2 {
+                return Err("a vector has 2, 4 or 8 lanes".into());
+            }
+            check_lanes(n, s)?;
+            Ty::vector(s, n)
+        }
+    })
+}
+
+fn check_lanes(lanes: u8, elem: Scalar) -> Result<(), String> {
+    if !matches!(lanes, 1 | 2 | 4 | 8) {
+        return Err(format!("{lanes} lanes: vectors have 2, 4 or 8 lanes"));
+    }
+    if lanes > 1 && elem.size_bytes() * lanes as u32 > 16 {
+        return Err(format!(
+            "{elem}x{lanes} is {} bytes: vector accesses are at most 16 bytes",
+            elem.size_bytes() * lanes as u32
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a kernel; on success returns the uniformity of its variables.
+pub fn verify(k: &Kernel) -> Result<Analysis, VerifyErrors> {
+    let mut cx = Checker {
+        k,
+        errors: Vec::new(),
+        declared: HashSet::new(),
+        scopes: vec![HashSet::new()],
+    };
+    cx.kernel_limits();
+    for p in &k.params {
+        if let Param::Scalar(v) = p {
+            cx.declare(*v, "params");
+        }
+    }
+    cx.block(&k.body, "body");
+
+    let uniformity = uniformity(k);
+    if cx.errors.is_empty() {
+        let mut u = UniformityCheck {
+            k,
+            u: &uniformity,
+            errors: &mut cx.errors,
+        };
+        u.block(&k.body, Uniformity::Block, "body");
+    }
+    if cx.errors.is_empty() {
+        Ok(Analysis { uniformity })
+    } else {
+        Err(VerifyErrors(cx.errors))
+    }
+}
+
+struct Checker<'a> {
+    k: &'a Kernel,
+    errors: Vec<VerifyError>,
+    declared: HashSet<VarId>,
+    scopes: Vec<HashSet<VarId>>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, at: &str, message: impl Into<String>) {
+        self.errors.push(VerifyError {
+            kernel: self.k.name.clone(),
+            at: at.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn kernel_limits(&mut self) {
+        let t = self.k.target;
+        let bd = self.k.block_dim;
+        if bd == 0 || bd > 1024 || bd % t.warp_size != 0 {
+            self.err(
+                "kernel",
+                format!(
+                    "block size {bd} must be a multiple of the warp size {} and at most 1024",
+                    t.warp_size
+                ),
+            );
+        }
+        let shared = self.k.shared_bytes();
+        if shared > t.shared_mem_bytes as u64 {
+            self.err(
+                "kernel",
+                format!(
+                    "shared memory of {shared} bytes exceeds the {} bytes {} gives a block",
+                    t.shared_mem_bytes, t.arch
+                ),
+            );
+        }
+        for b in &self.k.buffers {
+            if b.space == Space::Shared && b.len == 0 {
+                self.err("kernel", format!("shared array `{}` has length 0", b.name));
+            }
+        }
+    }
+
+    fn declare(&mut self, v: VarId, at: &str) {
+        if v.0 as usize >= self.k.vars.len() {
+            self.err(at, format!("variable #{} does not exist", v.0));
+            return;
+        }
+        if !self.declared.insert(v) {
+            let name = &self.k.var(v).name;
+            self.err(at, format!("variable `{name}` is declared twice"));
+        }
+        self.scopes.last_mut().expect("scope").insert(v);
+    }
+
+    fn in_scope(&self, v: VarId) -> bool {
+        self.scopes.iter().any(|s| s.contains(&v))
+    }
+
+    fn uses(&mut self, e: &Expr, at: &str) {
+        let mut vars = Vec::new();
+        collect_vars(e, &mut vars);
+        for v in vars {
+            if (v.0 as usize) < self.k.vars.len() && !self.in_scope(v) {
+                let name = self.k.var(v).name.clone();
+                self.err(at, format!("variable `{name}` is used outside its scope"));
+            }
+        }
+    }
+
+    fn expr(&mut self, e: &Expr, at: &str) -> Option<Ty> {
+        self.uses(e, at);
+        match type_of(self.k, e) {
+            Ok(t) => Some(t),
+            Err(m) => {
+                self.err(at, m);
+                None
+            }
+        }
+    }
+
+    fn expect(&mut self, e: &Expr, want: Ty, what: &str, at: &str) {
+        if let Some(t) = self.expr(e, at) {
+            if t != want {
+                self.err(at, format!("{what} must be {want}, got {t}"));
+            }
+        }
+    }
+
+    fn block(&mut self, stmts: &[Stmt], at: &str) {
+        self.scopes.push(HashSet::new());
+        for (i, s) in stmts.iter().enumerate() {
+            self.stmt(s, &format!("{at}[{i}]"));
+        }
+        self.scopes.pop();
+    }
+
+    fn stmt(&mut self, s: &Stmt, at: &str) {
+        match s {
+            Stmt::Let(v, e) => {
+                if let Some(t) = self.expr(e, at) {
+                    if let Some(var) = self.k.vars.get(v.0 as usize) {
+                        if var.ty != t {
+                            let msg = format!("`{}` is {} but is given a {t}", var.name, var.ty);
+                            self.err(at, msg);
+                        }
+                    }
+                }
+                self.declare(*v, at);
+            }
+            Stmt::Assign(v, e) => {
+                if !self.in_scope(*v) {
+                    self.err(at, format!("assignment to undeclared variable #{}", v.0));
+                    return;
+                }
+                if self.k.params.contains(&Param::Scalar(*v)) {
+                    let msg = format!("parameter `{}` is read-only", self.k.var(*v).name);
+                    self.err(at, msg);
+                }
+                let want = self.k.var(*v).ty;
+                self.expect(e, want, "the assigned value", at);
+            }
+            Stmt::Store { buf, index, value } => {
+                let Some(b) = self.k.buffers.get(buf.0 as usize) else {
+                    self.err(at, format!("buffer #{} does not exist", buf.0));
+                    return;
+                };
+                if b.access == Access::Read {
+                    let msg = format!("store to read-only buffer `{}`", b.name);
+                    self.err(at, msg);
+                }
+                if let Some(ti) = self.expr(index, at) {
+                    if ti.lanes != 1 || !ti.scalar.is_int() {
+                        self.err(at, format!("store index must be an integer, got {ti}"));
+                    }
+                }
+                let elem = b.elem;
+                if let Some(tv) = self.expr(value, at) {
+                    if tv.scalar != elem {
+                        let msg = format!("storing {tv} into a buffer of {elem}");
+                        self.err(at, msg);
+                    } else if let Err(m) = check_lanes(tv.lanes, elem) {
+                        self.err(at, m);
+                    }
+                }
+            }
+            Stmt::For {
+                var,
+                start,
+                end,
+                step,
+                body,
+            } => {
+                let Some(vt) = self.k.vars.get(var.0 as usize).map(|v| v.ty) else {
+                    self.err(at, format!("variable #{} does not exist", var.0));
+                    return;
+                };
+                if vt.lanes != 1 || !vt.scalar.is_int() {
+                    self.err(at, format!("loop variable must be an integer, got {vt}"));
+                }
+                self.expect(start, vt, "the loop start", at);
+                self.expect(end, vt, "the loop bound", at);
+                self.expect(step, vt, "the loop step", at);
+                self.scopes.push(HashSet::new());
+                self.declare(*var, at);
+                self.block(body, &format!("{at}.for.body"));
+                self.scopes.pop();
+            }
+            Stmt::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                self.expect(cond, Ty::scalar(Scalar::Bool), "an if condition", at);
+                self.block(then, &format!("{at}.then"));
+                self.block(otherwise, &format!("{at}.else"));
+            }
+            Stmt::While { cond, body } => {
+                self.expect(cond, Ty::scalar(Scalar::Bool), "a while condition", at);
+                self.block(body, &format!("{at}.while.body"));
+            }
+            Stmt::Barrier | Stmt::Comment(_) => {}
+            Stmt::Collective { dst, op, value } => {
+                let ws = self.k.target.warp_size;
+                let i32t = Ty::scalar(Scalar::I32);
+                let width = match op {
+                    Collective::ShuffleXor { mask: a, width }
+                    | Collective::ShuffleDown { delta: a, width }
+                    | Collective::ShuffleIdx { lane: a, width } => {
+                        self.expect(a, i32t, "a shuffle's lane argument", at);
+                        Some(*width)
+                    }
+                    Collective::WarpSum | Collective::WarpMax => None,
+                };
+                if let Some(w) = width {
+                    if !w.is_power_of_two() || w > ws {
+                        self.err(
+                            at,
+                            format!(
+                                "shuffle width {w} must be a power of two ≤ the warp size {ws}"
+                            ),
+                        );
+                    }
+                }
+                if let Some(t) = self.expr(value, at) {
+                    let ok =
+                        t.lanes == 1 && matches!(t.scalar, Scalar::F32 | Scalar::I32 | Scalar::U32);
+                    if !ok {
+                        self.err(
+                            at,
+                            format!("warp collectives take f32, i32 or u32, got {t}"),
+                        );
+                    }
+                    if let Some(var) = self.k.vars.get(dst.0 as usize) {
+                        if var.ty != t {
+                            let msg = format!("`{}` is {} but receives a {t}", var.name, var.ty);
+                            self.err(at, msg);
+                        }
+                    }
+                }
+                self.declare(*dst, at);
+            }
+        }
+    }
+}
+
+fn collect_vars(e: &Expr, out: &mut Vec<VarId>) {
+    match e {
+        Expr::Var(v) => out.push(*v),
+        Expr::Lit(_) | Expr::Special(_) => {}
+        Expr::Unary(_, a) | Expr::Cast(_, a) | Expr::Lane(a, _) => collect_vars(a, out),
+        Expr::Load { index, .. } => collect_vars(index, out),
+        Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
+            collect_vars(a, out);
+            collect_vars(b, out);
+        }
+        Expr::Select(c, a, b) => {
+            collect_vars(c, out);
+            collect_vars(a, out);
+            collect_vars(b, out);
+        }
+        Expr::Math(_, args) | Expr::Vector(args) => args.iter().for_each(|a| collect_vars(a, out)),
+    }
+}
+
+/// Uniformity of an expression given the uniformity of every variable.
+pub fn expr_uniformity(e: &Expr, vars: &[Uniformity]) -> Uniformity {
+    let j = |es: &[&Expr]| {
+        es.iter()
+            .map(|e| expr_uniformity(e, vars))
+            .max()
+            .unwrap_or(Uniformity::Block)
+    };
+    match e {
+        Expr::Lit(_) => Uniformity::Block,
+        Expr::Var(v) => vars
+            .get(v.0 as usize)
+            .copied()
+            .unwrap_or(Uniformity::Thread),
+        Expr::Special(s) => match s {
+            Special::ThreadIdx | Special::LaneId => Uniformity::Thread,
+            Special::WarpId => Uniformity::Warp,
+            Special::BlockIdx(_) | Special::GridDim(_) | Special::BlockDim | Special::WarpSize => {
+                Uniformity::Block
+            }
+        },
+        Expr::Unary(_, a) | Expr::Cast(_, a) | Expr::Lane(a, _) => j(&[a]),
+        // A load at a uniform index reads one address: the same value for all.
+        Expr::Load { index, .. } => j(&[index]),
+        Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => j(&[a, b]),
+        Expr::Select(c, a, b) => j(&[c, a, b]),
+        Expr::Math(_, args) | Expr::Vector(args) => args
+            .iter()
+            .map(|a| expr_uniformity(a, vars))
+            .max()
+            .unwrap_or(Uniformity::Block),
+    }
+}
+
+/// Uniformity of every variable: a fixpoint over the kernel, joining each
+/// assigned value with the uniformity of the control flow around it.
+fn uniformity(k: &Kernel) -> Vec<Uniformity> {
+    let mut u = vec![Uniformity::Block; k.vars.len()];
+    loop {
+        let mut changed = false;
+        flow(&k.body, Uniformity::Block, &mut u, &mut changed);
+        if !changed {
+            return u;
+        }
+    }
+}
+
+fn raise(u: &mut [Uniformity], v: VarId, level: Uniformity, changed: &mut bool) {
+    if let Some(slot) = u.get_mut(v.0 as usize) {
+        if level > *slot {
+            *slot = level;
+            *changed = true;
+        }
+    }
+}
+
+fn flow(stmts: &[Stmt], cu: Uniformity, u: &mut Vec<Uniformity>, changed: &mut bool) {
+    for s in stmts {
+        match s {
+            Stmt::Let(v, e) | Stmt::Assign(v, e) => {
+                let level = expr_uniformity(e, u).max(cu);
+                raise(u, *v, level, changed);
+            }
+            Stmt::For {
+                var,
+                start,
+                end,
+                step,
+                body,
+            } => {
+                let lv = expr_uniformity(start, u)
+                    .max(expr_uniformity(step, u))
+                    .max(cu);
+                raise(u, *var, lv, changed);
+                let cond = u[var.0 as usize].max(expr_uniformity(end, u));
+                flow(body, cu.max(cond), u, changed);
+            }
+            Stmt::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                let c = cu.max(expr_uniformity(cond, u));
+                flow(then, c, u, changed);
+                flow(otherwise, c, u, changed);
+            }
+            Stmt::While { cond, body } => {
+                let c = cu.max(expr_uniformity(cond, u));
+                flow(body, c, u, changed);
+            }
+            Stmt::Collective { dst, op, value } => {
+                let vu = expr_uniformity(value, u);
+                let level = match op {
+                    // Every lane reduces the same warp: warp-uniform, or
+                    // block-uniform when every lane contributed the same value.
+                    Collective::WarpSum | Collective::WarpMax if vu == Uniformity::Block => {
+                        Uniformity::Block
+                    }
+                    Collective::WarpSum | Collective::WarpMax => Uniformity::Warp,
+                    _ if vu == Uniformity::Block => Uniformity::Block,
+                    _ => Uniformity::Thread,
+                };
+                raise(u, *dst, level.max(cu), changed);
+            }
+            Stmt::Store { .. } | Stmt::Barrier | Stmt::Comment(_) => {}
+        }
+    }
+}
+
+struct UniformityCheck<'a> {
+    k: &'a Kernel,
+    u: &'a [Uniformity],
+    errors: &'a mut Vec<VerifyError>,
+}
+
+impl UniformityCheck<'_> {
+    fn block(&mut self, stmts: &[Stmt], cu: Uniformity, at: &str) {
+        for (i, s) in stmts.iter().enumerate() {
+            let at = format!("{at}[{i}]");
+            match s {
+                Stmt::Barrier if cu != Uniformity::Block => self.errors.push(VerifyError {
+                    kernel: self.k.name.clone(),
+                    at,
+                    message: format!(
+                        "barrier under {} control flow: every thread of the block must reach it",
+                        level_name(cu)
+                    ),
+                }),
+                Stmt::Collective { .. } if cu == Uniformity::Thread => {
+                    self.errors.push(VerifyError {
+                        kernel: self.k.name.clone(),
+                        at,
+                        message: "warp collective under thread-varying control flow: every \
+                                  lane of the warp must reach it"
+                            .into(),
+                    })
+                }
+                Stmt::For { var, end, body, .. } => {
+                    let c = cu
+                        .max(self.u[var.0 as usize])
+                        .max(expr_uniformity(end, self.u));
+                    self.block(body, c, &format!("{at}.for.body"));
+                }
+                Stmt::If {
+                    cond,
+                    then,
+                    otherwise,
+                } => {
+                    let c = cu.max(expr_uniformity(cond, self.u));
+                    self.block(then, c, &format!("{at}.then"));
+                    self.block(otherwise, c, &format!("{at}.else"));
+                }
+                Stmt::While { cond, body } => {
+                    let c = cu.max(expr_uniformity(cond, self.u));
+                    self.block(body, c, &format!("{at}.while.body"));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn level_name(u: Uniformity) -> &'static str {
+    match u {
+        Uniformity::Block => "block-uniform",
+        Uniformity::Warp => "warp-uniform (not block-uniform)",
+        Uniformity::Thread => "thread-varying",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+use super::*;
+use crate::ir::builder::KernelBuilder;
+use crate::target::Arch;
+
+fn builder(arch: Arch) -> KernelBuilder {
+    let t = arch.target();
+    KernelBuilder::new("t", t, t.warp_size * 2)
+}
+
+fn tid() -> Expr {
+    Expr::special(Special::ThreadIdx)
+}
+
+fn messages(k: &Kernel) -> Vec<String> {
+    match verify(k) {
+        Ok(_) => vec![],
+        Err(e) => e.0.into_iter().map(|e| e.message).collect(),
+    }
+}
+
+#[test]
+fn barrier_under_block_uniform_if_is_accepted() {
+    let mut b = builder(Arch::Gfx90a);
+    let blk = Expr::special(Special::BlockIdx(Dim::X));
+    b.if_(blk.lt(Expr::i32(4)), |b| b.barrier());
+    let k = b.finish();
+    assert_eq!(messages(&k), Vec::<String>::new());
+}
+
+#[test]
+fn barrier_under_thread_varying_if_is_rejected() {
+    let mut b = builder(Arch::Gfx90a);
+    b.if_(tid().lt(Expr::i32(4)), |b| b.barrier());
+    let m = messages(&b.finish());
+    assert_eq!(m.len(), 1);
+    assert!(m[0].contains("barrier under thread-varying"), "{m:?}");
+}
+
+#[test]
+fn barrier_under_warp_uniform_if_is_rejected() {
+    let mut b = builder(Arch::Gfx1030);
+    let w = Expr::special(Special::WarpId);
+    b.if_(w.eq_(Expr::i32(0)), |b| b.barrier());
+    let m = messages(&b.finish());
+    assert!(m[0].contains("warp-uniform"), "{m:?}");
+}
+
+#[test]
+fn collective_under_warp_uniform_if_is_accepted() {
+    let mut b = builder(Arch::Gfx90a);
+    let w = Expr::special(Special::WarpId);
+    b.if_(w.eq_(Expr::i32(0)), |b| {
+        b.collective("s", Collective::WarpSum, Expr::f32(1.0));
+    });
+    assert!(verify(&b.finish()).is_ok());
+}
+
+#[test]
+fn collective_under_thread_varying_loop_is_rejected() {
+    let mut b = builder(Arch::Gfx90a);
+    b.for_("i", tid(), Expr::i32(100), Expr::i32(64), |b, i| {
+        b.collective("s", Collective::WarpMax, i);
+    });
+    let m = messages(&b.finish());
+    assert!(
+        m[0].contains("warp collective under thread-varying"),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn uniformity_flows_through_loop_carried_assignments() {
+    // x starts uniform but becomes thread-varying inside a while loop; the
+    // barrier under `if x` after the loop must then be rejected.
+    let mut b = builder(Arch::Gfx90a);
+    let x = b.var("x", Expr::i32(0));
+    let n = b.var("n", Expr::i32(0));
+    b.while_(Expr::Var(n).lt(Expr::i32(3)), |b| {
+        b.set(n, Expr::Var(n) + Expr::i32(1));
+        b.set(x, Expr::Var(x) + Expr::Var(n));
+        b.if_(Expr::Var(n).eq_(Expr::i32(2)), |b| b.set(x, tid()));
+    });
+    b.if_(Expr::Var(x).gt(Expr::i32(0)), |b| b.barrier());
+    let k = b.finish();
+    assert!(messages(&k)[0].contains("barrier"));
+    // and without the thread-varying assignment the kernel is fine
+    let mut b = builder(Arch::Gfx90a);
+    let x = b.var("x", Expr::i32(0));
+    b.while_(Expr::Var(x).lt(Expr::i32(3)), |b| {
+        b.set(x, Expr::Var(x) + Expr::i32(1))
+    });
+    b.if_(Expr::Var(x).gt(Expr::i32(0)), |b| b.barrier());
+    let k = b.finish();
+    let a = verify(&k).unwrap();
+    assert_eq!(a.of(x), Uniformity::Block);
+}
+
+#[test]
+fn warp_reduction_is_warp_uniform_and_shuffle_is_not() {
+    let mut b = builder(Arch::Gfx90a);
+    let v = b.let_("v", tid().cast(Scalar::F32));
+    let s = b.collective("s", Collective::WarpSum, v.clone());
+    let x = b.shfl_xor("x", v, 1, 64);
+    let k = b.finish();
+    let a = verify(&k).unwrap();
+    let id = |e: &Expr| match e {
+        Expr::Var(v) => *v,
+        _ => unreachable!(),
+    };
+    assert_eq!(a.of(id(&s)), Uniformity::Warp);
+    assert_eq!(a.of(id(&x)), Uniformity::Thread);
+}
+
+#[test]
+fn shuffle_width_is_checked_against_the_target() {
+    let mut b = builder(Arch::Gfx1030);
+    b.shfl_xor("x", Expr::f32(1.0), 1, 64);
+    b.shfl_xor("y", Expr::f32(1.0), 1, 24);
+    let m = messages(&b.finish());
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert!(m.iter().all(|m| m.contains("power of two")));
+}
+
+#[test]
+fn shared_memory_over_the_limit_is_rejected() {
+    let mut b = builder(Arch::Gfx90a);
+    b.shared("big", Scalar::F32, 16 * 1024 + 1);
+    let m = messages(&b.finish());
+    assert!(m[0].contains("exceeds the 65536 bytes"), "{m:?}");
+    let mut b = builder(Arch::Gfx90a);
+    b.shared("fits", Scalar::F32, 16 * 1024);
+    assert!(verify(&b.finish()).is_ok());
+}
+
+#[test]
+fn type_errors_are_all_reported_together() {
+    let mut b = builder(Arch::Gfx90a);
+    let out = b.global("out", Scalar::F16, Access::Read);
+    b.let_("bad_add", Expr::f32(1.0) + Expr::i32(1));
+    b.store(out, Expr::i32(0), Expr::f32(1.0));
+    b.if_(Expr::i32(1), |_| {});
+    b.let_(
+        "half_math",
+        Expr::load(out, Expr::i32(0), 1) * Expr::load(out, Expr::i32(0), 1),
+    );
+    b.let_("too_wide", Expr::load(out, Expr::i32(0), 16));
+    let m = messages(&b.finish());
+    assert_eq!(m.len(), 6, "{m:#?}");
+    assert!(m[0].contains("mismatched types f32 and i32"));
+    assert!(m.iter().any(|m| m.contains("read-only buffer")));
+    assert!(m
+        .iter()
+        .any(|m| m.contains("storing f32 into a buffer of f16")));
+    assert!(m.iter().any(|m| m.contains("if condition must be bool")));
+    assert!(m.iter().any(|m| m.contains("Mul is not defined on f16")));
+    assert!(m.iter().any(|m| m.contains("16 lanes")));
+}
+
+#[test]
+fn vector_accesses_are_at_most_16_bytes() {
+    let mut b = builder(Arch::Gfx90a);
+    let x = b.global("x", Scalar::F32, Access::Read);
+    b.let_("ok", Expr::load(x, Expr::i32(0), 4));
+    b.let_("wide", Expr::load(x, Expr::i32(0), 8));
+    let m = messages(&b.finish());
+    assert_eq!(m.len(), 1);
+    assert!(m[0].contains("32 bytes"), "{m:?}");
+}
+
+#[test]
+fn scoping_is_checked() {
+    let mut b = builder(Arch::Gfx90a);
+    let mut inner = None;
+    b.if_(Expr::bool(true), |b| {
+        inner = Some(b.let_("inner", Expr::i32(1)))
+    });
+    b.let_("outer", inner.unwrap());
+    let m = messages(&b.finish());
+    assert!(m[0].contains("used outside its scope"), "{m:?}");
+}
+
+#[test]
+fn block_size_must_be_whole_warps() {
+    let k = KernelBuilder::new("t", Arch::Gfx90a.target(), 96).finish();
+    assert!(messages(&k)[0].contains("multiple of the warp size 64"));
+    let k = KernelBuilder::new("t", Arch::Gfx1030.target(), 96).finish();
+    assert!(verify(&k).is_ok());
+}

@@ -1,0 +1,336 @@
+//! Paged decode attention: one query token per sequence.
+//!
+//! ```text
+//! q, out:    [batch][q_heads][head_dim]            (dtype of the layout)
+//! k_cache, v_cache: the two arenas, in the layout's order
+//! kv_indptr: [batch+1] i32, kv_indices: [pages] i32, kv_last_page_len: [batch] i32
+//! grid: (kv_heads, batch); block: DECODE_WARPS warps
+//! ```
+//!
+//! One block serves one KV head of one sequence and all `G = q_heads /
+//! kv_heads` query heads that share it, so each K/V row is read once per
+//! group. A K/V row of `head_dim` elements is split into 16-byte chunks read by
+//! a *row group* of `R` lanes (`R` = chunks rounded up to a power of two, at
+//! most the warp size; a lane reads several chunks when a row has more chunks
+//! than a warp has lanes). A warp holds `warp_size / R` row groups, each
+//! walking its own tokens; every row group keeps an online softmax state
+//! (running max `m`, sum `l`, accumulator) per query head in f32, in the base-2
+//! domain. At the end the row groups of a warp merge through shuffles and the
+//! warps through shared memory.
+//!
+//! Tokens past the sequence are never read: a row group past the end reads a
+//! clamped, valid token and masks its weight to zero, so NaN in free pages
+//! never reaches the output. A sliding window starts the walk at the first
+//! token inside the window, so pages before it are never touched.
+
+use crate::ir::builder::KernelBuilder;
+use crate::ir::{Access, Dim, Expr, Kernel, Scalar, Special, VarId};
+use crate::spec::AttentionSpec;
+use crate::target::Target;
+
+use super::{kv_offset, vector_lanes};
+
+/// Warps per decode block.
+pub const DECODE_WARPS: u32 = 4;
+
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+
+pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel {
+    let kv = spec.kv;
+    let elem = Scalar::of_dtype(kv.dtype);
+    let ws = target.warp_size;
+    let d = kv.head_dim;
+    let g = spec.group_size();
+    let vec = vector_lanes(kv.dtype);
+    let chunks = d / vec;
+    let lanes_per_row = chunks.next_power_of_two().min(ws);
+    let chunks_per_lane = chunks.div_ceil(lanes_per_row);
+    let rows_per_warp = ws / lanes_per_row;
+    let rows = DECODE_WARPS * rows_per_warp;
+    let i32 = |v: u32| Expr::i32(v as i32);
+    let i64 = |e: Expr| e.cast(Scalar::I64);
+    let ninf = Expr::f32(f32::NEG_INFINITY);
+
+    let mut b = KernelBuilder::new(name, target, DECODE_WARPS * ws);
+    let q = b.global("q", elem, Access::Read);
+    let k_cache = b.global("k_cache", elem, Access::Read);
+    let v_cache = b.global("v_cache", elem, Access::Read);
+    let indptr = b.global("kv_indptr", Scalar::I32, Access::Read);
+    let indices = b.global("kv_indices", Scalar::I32, Access::Read);
+    let last_len = b.global("kv_last_page_len", Scalar::I32, Access::Read);
+    let out = b.global("out", elem, Access::ReadWrite);
+    let sm_m = b.shared("sm_m", Scalar::F32, DECODE_WARPS * g);
+    let sm_l = b.shared("sm_l", Scalar::F32, DECODE_WARPS * g);
+    let sm_acc = b.shared("sm_acc", Scalar::F32, DECODE_WARPS * g * d);
+
+    b.comment(format!(
+        "{g} query heads per KV head; {chunks} chunks of {vec} per row, read by {lanes_per_row} \
+         lanes ({chunks_per_lane} each); {rows} rows in flight per block"
+    ));
+    let lane = b.let_("lane", Expr::special(Special::LaneId));
+    let warp = b.let_("warp", Expr::special(Special::WarpId));
+    let r = b.let_("r", lane.clone() % i32(lanes_per_row));
+    let row = b.let_(
+        "row",
+        warp.clone() * i32(rows_per_warp) + lane.clone() / i32(lanes_per_row),
+    );
+    let head = b.let_("kv_head", Expr::special(Special::BlockIdx(Dim::X)));
+    let seq = b.let_("seq", Expr::special(Special::BlockIdx(Dim::Y)));
+    let page_begin = b.let_("page_begin", Expr::load(indptr, seq.clone(), 1));
+    let npages = b.let_(
+        "num_pages",
+        Expr::load(indptr, seq.clone() + Expr::i32(1), 1) - page_begin.clone(),
+    );
+    let full =
+        (npages.clone() - Expr::i32(1)) * i32(kv.page_size) + Expr::load(last_len, seq.clone(), 1);
+    let kv_len = b.let_("kv_len", npages.gt(Expr::i32(0)).select(full, Expr::i32(0)));
+    let start = match spec.sliding_window {
+        Some(w) => b.let_("start", (kv_len.clone() - i32(w)).max(Expr::i32(0))),
+        None => Expr::i32(0),
+    };
+
+    // The chunks this lane reads: chunk c of the lane is r + c·R, clamped to
+    // the last real chunk (its contribution is masked when it is padding).
+    let mut chunk_idx = Vec::new();
+    let mut chunk_ok = Vec::new();
+    for c in 0..chunks_per_lane {
+        let ci = r.clone() + i32(c * lanes_per_row);
+        if (c + 1) * lanes_per_row <= chunks {
+            chunk_idx.push(b.let_(&format!("chunk{c}"), ci));
+            chunk_ok.push(None);
+        } else {
+            let ok = b.let_(&format!("chunk{c}_ok"), ci.clone().lt(i32(chunks)));
+            chunk_idx.push(b.let_(&format!("chunk{c}"), ci.min(i32(chunks - 1))));
+            chunk_ok.push(Some(ok));
+        }
+    }
+
+    // Query heads of the group, in f32 registers: q[gi][c·vec + e].
+    let mut qv: Vec<Vec<Expr>> = Vec::new();
+    for gi in 0..g {
+        let qhead = head.clone() * i32(g) + i32(gi);
+        let base = b.let_(
+            &format!("q_base{gi}"),
+            (i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead)) * Expr::i64(d as i64),
+        );
+        let mut regs = Vec::new();
+        for (c, ci) in chunk_idx.iter().enumerate() {
+            let off = base.clone() + i64(ci.clone()) * Expr::i64(vec as i64);
+            let raw = b.let_(&format!("q{gi}_{c}"), Expr::load(q, off, vec as u8));
+            for e in 0..vec as u8 {
+                let x = raw.clone().lane(e).cast(Scalar::F32);
+                let x = match &chunk_ok[c] {
+                    Some(ok) => ok.clone().select(x, Expr::f32(0.0)),
+                    None => x,
+                };
+                regs.push(b.let_(&format!("qf{gi}_{c}_{e}"), x));
+            }
+        }
+        qv.push(regs);
+    }
+
+    // Online softmax state per query head, base 2.
+    let m: Vec<VarId> = (0..g)
+        .map(|gi| b.var(&format!("m{gi}"), ninf.clone()))
+        .collect();
+    let l: Vec<VarId> = (0..g)
+        .map(|gi| b.var(&format!("l{gi}"), Expr::f32(0.0)))
+        .collect();
+    let acc: Vec<Vec<VarId>> = (0..g)
+        .map(|gi| {
+            (0..chunks_per_lane * vec)
+                .map(|j| b.var(&format!("acc{gi}_{j}"), Expr::f32(0.0)))
+                .collect()
+        })
+        .collect();
+    let scale = spec.effective_scale();
+
+    b.comment("Walk the tokens: each row group takes one token per step.");
+    b.for_("t0", start, kv_len.clone(), i32(rows), |b, t0| {
+        let t = b.let_("t", t0 + row.clone());
+        let valid = b.let_("valid", t.clone().lt(kv_len.clone()));
+        let tc = b.let_("tc", t.min(kv_len.clone() - Expr::i32(1)));
+        let page_pos = page_begin.clone() + tc.clone() / i32(kv.page_size);
+        let page = b.let_("page", Expr::load(indices, page_pos, 1));
+        let slot = b.let_("slot", tc % i32(kv.page_size));
+        let row_base = b.let_(
+            "row_base",
+            kv_offset(&kv, i64(page), i64(slot), i64(head.clone())),
+        );
+        let mut kf = Vec::new();
+        let mut vf = Vec::new();
+        for (c, ci) in chunk_idx.iter().enumerate() {
+            let off = b.let_(
+                &format!("off{c}"),
+                row_base.clone() + i64(ci.clone()) * Expr::i64(vec as i64),
+            );
+            let kraw = b.let_(
+                &format!("k{c}"),
+                Expr::load(k_cache, off.clone(), vec as u8),
+            );
+            let vraw = b.let_(&format!("v{c}"), Expr::load(v_cache, off, vec as u8));
+            for e in 0..vec as u8 {
+                kf.push(b.let_(
+                    &format!("kf{c}_{e}"),
+                    kraw.clone().lane(e).cast(Scalar::F32),
+                ));
+                vf.push(b.let_(
+                    &format!("vf{c}_{e}"),
+                    vraw.clone().lane(e).cast(Scalar::F32),
+                ));
+            }
+        }
+        for gi in 0..g as usize {
+            let mut dot = Expr::f32(0.0);
+            for (qx, kx) in qv[gi].iter().zip(&kf) {
+                dot = qx.clone().fma(kx.clone(), dot);
+            }
+            let mut dot = b.let_(&format!("dot{gi}"), dot);
+            let mut mask = lanes_per_row / 2;
+            while mask > 0 {
+                let other = b.shfl_xor(&format!("dot{gi}_x{mask}"), dot.clone(), mask as i32, ws);
+                dot = b.let_(&format!("dot{gi}_r{mask}"), dot + other);
+                mask /= 2;
+            }
+            // Logit in the base-2 domain: scale·log2(e) folds into one
+            // constant unless the soft-cap's tanh sits between them.
+            let s = match spec.logits_soft_cap {
+                None => dot * Expr::f32(scale * LOG2_E),
+                Some(cap) => {
+                    let capped = Expr::f32(cap) * (dot * Expr::f32(scale / cap)).tanh();
+                    capped * Expr::f32(LOG2_E)
+                }
+            };
+            let s = b.let_(&format!("s{gi}"), valid.clone().select(s, ninf.clone()));
+            let m_old = Expr::Var(m[gi]);
+            let m_new = b.let_(&format!("m_new{gi}"), m_old.clone().max(s.clone()));
+            let alpha = b.let_(
+                &format!("alpha{gi}"),
+                m_new
+                    .clone()
+                    .eq_(ninf.clone())
+                    .select(Expr::f32(1.0), (m_old - m_new.clone()).exp2()),
+            );
+            let p = b.let_(
+                &format!("p{gi}"),
+                valid
+                    .clone()
+                    .select((s - m_new.clone()).exp2(), Expr::f32(0.0)),
+            );
+            b.set(l[gi], Expr::Var(l[gi]).fma(alpha.clone(), p.clone()));
+            for (a, v) in acc[gi].iter().zip(&vf) {
+                let scaled = Expr::Var(*a) * alpha.clone();
+                b.set(*a, p.clone().fma(v.clone(), scaled));
+            }
+            b.set(m[gi], m_new);
+        }
+    });
+
+    b.comment("Merge the row groups of each warp.");
+    let mut off = lanes_per_row;
+    while off < ws {
+        for gi in 0..g as usize {
+            let name = |s: &str| format!("{s}{gi}_o{off}");
+            let m_o = b.shfl_xor(&name("m"), Expr::Var(m[gi]), off as i32, ws);
+            let l_o = b.shfl_xor(&name("l"), Expr::Var(l[gi]), off as i32, ws);
+            let m_new = b.let_(&name("mm"), Expr::Var(m[gi]).max(m_o.clone()));
+            let is_empty = m_new.clone().eq_(ninf.clone());
+            let fa = b.let_(
+                &name("fa"),
+                is_empty
+                    .clone()
+                    .select(Expr::f32(0.0), (Expr::Var(m[gi]) - m_new.clone()).exp2()),
+            );
+            let fb = b.let_(
+                &name("fb"),
+                is_empty.select(Expr::f32(0.0), (m_o - m_new.clone()).exp2()),
+            );
+            b.set(l[gi], Expr::Var(l[gi]) * fa.clone() + l_o * fb.clone());
+            for (j, a) in acc[gi].iter().enumerate() {
+                let a_o = b.shfl_xor(
+                    &format!("acc{gi}_{j}_o{off}"),
+                    Expr::Var(*a),
+                    off as i32,
+                    ws,
+                );
+                b.set(*a, Expr::Var(*a) * fa.clone() + a_o * fb.clone());
+            }
+            b.set(m[gi], m_new);
+        }
+        off *= 2;
+    }
+
+    b.comment("The first row group of each warp hands its state to shared memory.");
+    b.if_(lane.clone().lt(i32(lanes_per_row)), |b| {
+        for gi in 0..g {
+            let slot = warp.clone() * i32(g) + i32(gi);
+            b.store(sm_m, slot.clone(), Expr::Var(m[gi as usize]));
+            b.store(sm_l, slot.clone(), Expr::Var(l[gi as usize]));
+            for (c, ci) in chunk_idx.iter().enumerate() {
+                let store = |b: &mut KernelBuilder| {
+                    for e in 0..vec {
+                        let idx = slot.clone() * i32(d) + ci.clone() * i32(vec) + i32(e);
+                        let a = acc[gi as usize][c * vec as usize + e as usize];
+                        b.store(sm_acc, idx, Expr::Var(a));
+                    }
+                };
+                match &chunk_ok[c] {
+                    Some(ok) => b.if_(ok.clone(), store),
+                    None => store(b),
+                }
+            }
+        }
+    });
+    b.barrier();
+
+    b.comment("Merge the warps and write the normalised output.");
+    let tid = Expr::special(Special::ThreadIdx);
+    b.for_(
+        "i",
+        tid,
+        i32(g * d),
+        Expr::special(Special::BlockDim),
+        |b, i| {
+            let gi = b.let_("gi", i.clone() / i32(d));
+            let dd = b.let_("dd", i % i32(d));
+            let ms: Vec<Expr> = (0..DECODE_WARPS)
+                .map(|w| {
+                    let idx = i32(w * g) + gi.clone();
+                    b.let_(&format!("mw{w}"), Expr::load(sm_m, idx, 1))
+                })
+                .collect();
+            let mut mx = ms[0].clone();
+            for mw in &ms[1..] {
+                mx = mx.max(mw.clone());
+            }
+            let mx = b.let_("mx", mx);
+            let mut lsum = Expr::f32(0.0);
+            let mut asum = Expr::f32(0.0);
+            for (w, mw) in ms.iter().enumerate() {
+                let idx = i32(w as u32 * g) + gi.clone();
+                let f = b.let_(
+                    &format!("f{w}"),
+                    mx.clone()
+                        .eq_(ninf.clone())
+                        .select(Expr::f32(0.0), (mw.clone() - mx.clone()).exp2()),
+                );
+                let lw = Expr::load(sm_l, idx.clone(), 1);
+                lsum = lw.fma(f.clone(), lsum);
+                let aw = Expr::load(sm_acc, idx * i32(d) + dd.clone(), 1);
+                asum = aw.fma(f, asum);
+            }
+            let lsum = b.let_("lsum", lsum);
+            let asum = b.let_("asum", asum);
+            let o = lsum
+                .clone()
+                .gt(Expr::f32(0.0))
+                .select(asum / lsum, Expr::f32(0.0));
+            let qhead = head.clone() * i32(g) + gi;
+            let idx = (i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead))
+                * Expr::i64(d as i64)
+                + i64(dd);
+            b.store(out, idx, o.cast(elem));
+        },
+    );
+    b.finish()
+}

@@ -1,0 +1,42 @@
+//! # attnforge-codegen
+//!
+//! The compiler layer of attnforge: everything between a spec and a kernel's
+//! source. It depends on no runtime and no GPU.
+//!
+//! - [`spec`]: the spec types and their rules, shared by the macros and the
+//!   build helper through [`frontend`];
+//! - [`ir`]: the structured SIMT kernel IR, its builder and its verifier;
+//! - [`kernels`]: the kernels (decode, append), each named by [`kernels::symbol`];
+//! - [`hip`]: the HIP C++ printer;
+//! - [`build`]: the build-script helper that compiles the kernels of a crate's
+//!   specs with hipcc; [`registry`] is what it leaves behind;
+//! - [`codeobj`]: a reader for the AMDGPU code objects hipcc writes.
+//!
+//! ```
+//! use attnforge_codegen::kernels::{generate, KernelSpec};
+//! use attnforge_codegen::spec::{AttentionSpec, DType, KvLayoutSpec, Order};
+//! use attnforge_codegen::target::Arch;
+//!
+//! let kv = KvLayoutSpec { page_size: 16, kv_heads: 8, head_dim: 128, dtype: DType::F16, order: Order::Nhd };
+//! let llama3 = AttentionSpec {
+//!     kv, q_heads: 32, scale: None, causal: true, sliding_window: None, logits_soft_cap: None,
+//! };
+//! let decode = generate(&KernelSpec::Decode(llama3), Arch::Gfx90a.target()).unwrap();
+//! let hip = decode.to_string(); // a complete HIP translation unit
+//! assert!(hip.contains("extern \"C\" __global__"));
+//! assert!(hip.contains(decode.symbol()));
+//! ```
+
+pub mod build;
+pub mod codeobj;
+pub mod frontend;
+pub mod hip;
+pub mod ir;
+pub mod kernels;
+pub mod registry;
+pub mod spec;
+pub mod target;
+
+pub use registry::{CodeObject, HipKernels, KernelKind};
+pub use spec::{Attention, AttentionSpec, DType, KvLayout, KvLayoutSpec, Order, SpecError};
+pub use target::{Arch, Target};

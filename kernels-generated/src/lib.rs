@@ -1,0 +1,80 @@
+//! # attnforge-kernels
+//!
+//! The build-only kernels crate: the bundled model specs ([`specs`]) and
+//! the HIP code objects its build script compiled for them, for gfx90a,
+//! gfx940 and gfx1030. It holds no runtime code; the code objects are
+//! embedded constants, reached through each spec's `HIP` constant or
+//! [`CODE_OBJECTS`].
+//!
+//! ```
+//! use attnforge_codegen::{Attention, Arch, KernelKind};
+//! use attnforge_kernels::specs::Llama3;
+//!
+//! assert_eq!(Llama3::SPEC.group_size(), 4);
+//! match Llama3::HIP.find(KernelKind::Decode, Arch::Gfx90a) {
+//!     Ok(object) => assert!(object.bytes.starts_with(b"\x7fELF")),
+//!     Err(reason) => println!("built without HIP: {reason}"),
+//! }
+//! ```
+//!
+//! Without the `hip` feature the specs are the same and every `HIP`
+//! constant says the crate was built without HIP code objects.
+
+pub mod specs;
+
+mod registry {
+    use attnforge_codegen as __attnforge;
+    include!(concat!(env!("OUT_DIR"), "/attnforge/registry.rs"));
+}
+
+use attnforge_codegen::kernels::KernelSpec;
+use attnforge_codegen::{Attention, HipKernels, KvLayout};
+
+pub use registry::CODE_OBJECTS;
+
+/// One bundled spec item and the kernel it owns.
+#[derive(Clone, Copy, Debug)]
+pub struct Bundled {
+    /// The spec's name (`llama3_8b`, `llama3_kv`, ...).
+    pub name: &'static str,
+    /// The kernel: decode for an attention, append for a layout.
+    pub kernel: KernelSpec,
+    /// Its code objects.
+    pub hip: HipKernels,
+}
+
+const fn layout<T: KvLayout>() -> Bundled {
+    Bundled {
+        name: T::NAME,
+        kernel: KernelSpec::Append(T::SPEC),
+        hip: T::HIP,
+    }
+}
+
+const fn attention<T: Attention>() -> Bundled {
+    Bundled {
+        name: T::NAME,
+        kernel: KernelSpec::Decode(T::SPEC),
+        hip: T::HIP,
+    }
+}
+
+/// Every bundled spec item: the layouts (append) and the attentions (decode).
+pub const ALL: &[Bundled] = {
+    use specs::*;
+    &[
+        layout::<Llama3Kv>(),
+        attention::<Llama3>(),
+        layout::<MistralKv>(),
+        attention::<Mistral>(),
+        layout::<QwenKv>(),
+        attention::<Qwen>(),
+        layout::<Gemma2Kv>(),
+        attention::<Gemma2Global>(),
+        attention::<Gemma2Local>(),
+        layout::<Phi3Kv>(),
+        attention::<Phi3>(),
+        layout::<SmolLM2Kv>(),
+        attention::<SmolLM2>(),
+    ]
+};

@@ -1,1 +1,56 @@
-//! attnforge
+//! # attnforge
+//!
+//! Paged-attention kernels generated for your model's exact shape: declare
+//! the KV page layout and the attention with two attributes, and attnforge
+//! generates the kernels as a structured SIMT IR, prints them as HIP C++ and
+//! compiles them with hipcc at build time for AMD GPUs (gfx90a, gfx940,
+//! gfx1030).
+//!
+//! This is the facade crate: it re-exports the layers below.
+//!
+//! | crate | layer |
+//! |---|---|
+//! | [`codegen`] | specs, the one front-end, kernel IR, verifier, HIP printer, build helper |
+//! | `attnforge-macros` | `#[kv_layout]`, `#[attention]` (re-exported here) |
+//! | [`kernels`] | the bundled model specs and their code objects, built at build time |
+//! | [`runtime`] | KV pages, sequences, devices (not written yet) |
+//!
+//! ```
+//! use attnforge::prelude::*;
+//!
+//! #[kv_layout(page_size = 16, kv_heads = 8, head_dim = 128, dtype = f16, order = NHD)]
+//! pub struct Llama3Kv;
+//!
+//! #[attention(kv = Llama3Kv, q_heads = 32, causal)]
+//! pub struct Llama3;
+//!
+//! assert_eq!(Llama3::SPEC.group_size(), 4);
+//!
+//! // The decode kernel for an MI200 (wave64), as HIP C++:
+//! let decode = Llama3::decode_kernel(Arch::Gfx90a.target()).unwrap();
+//! assert!(decode.to_string().contains(decode.symbol()));
+//!
+//! // This crate has no build helper, so no code objects were compiled for
+//! // these two items; `attnforge::kernels` shows a crate that has one.
+//! assert!(Llama3::HIP.find(KernelKind::Decode, Arch::Gfx90a).is_err());
+//! ```
+
+extern crate self as attnforge;
+
+pub use attnforge_codegen as codegen;
+pub use attnforge_kernels as kernels;
+pub use attnforge_macros::{attention, kv_layout};
+pub use attnforge_runtime as runtime;
+
+pub use attnforge_codegen::{
+    Arch, Attention, AttentionSpec, CodeObject, DType, HipKernels, KernelKind, KvLayout,
+    KvLayoutSpec, Order, SpecError, Target,
+};
+
+/// Everything a model file needs.
+pub mod prelude {
+    pub use crate::{
+        attention, kv_layout, Arch, Attention, AttentionSpec, DType, HipKernels, KernelKind,
+        KvLayout, KvLayoutSpec, Order, Target,
+    };
+}

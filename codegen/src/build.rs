@@ -2,14 +2,12 @@
 //! hipcc at build time, as `cxx-build` does for C++.
 //!
 //! ```no_run
-//! // build.rs
-//! fn main() {
-//!     attnforge_codegen::build::Build::new()
-//!         .file("src/lib.rs")
-//!         .archs(&attnforge_codegen::Arch::ALL)
-//!         .hip(std::env::var_os("CARGO_FEATURE_HIP").is_some())
-//!         .run();
-//! }
+//! // in build.rs's `fn main`:
+//! attnforge_codegen::build::Build::new()
+//!     .file("src/lib.rs")
+//!     .archs(&attnforge_codegen::Arch::ALL)
+//!     .hip(std::env::var_os("CARGO_FEATURE_HIP").is_some())
+//!     .run();
 //! ```
 //!
 //! It parses the files with syn, finds every `#[kv_layout]` and

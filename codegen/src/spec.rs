@@ -139,12 +139,12 @@ pub mod rules {
 
     /// `head_dim`: a multiple of 8, 8..=256.
     pub const fn head_dim(v: u64) -> Result<(), SpecError> {
-        if v >= 8 && v <= MAX_HEAD_DIM && v % 8 == 0 {
+        if v >= 8 && v <= MAX_HEAD_DIM && v.is_multiple_of(8) {
             Ok(())
         } else {
             err(
                 "head_dim",
-                "head_dim must be a multiple of 8 between 8 and 256 (16-byte vector loads need it)",
+                "head_dim must be a multiple of 8, from 8 to 256, so that rows split into 16-byte vectors",
             )
         }
     }
@@ -160,7 +160,7 @@ pub mod rules {
 
     /// `q_heads` against the layout: a whole number of query heads per KV head.
     pub const fn q_heads_per_kv_head(q_heads: u64, kv_heads: u64) -> Result<(), SpecError> {
-        if kv_heads != 0 && q_heads % kv_heads == 0 {
+        if kv_heads != 0 && q_heads.is_multiple_of(kv_heads) {
             Ok(())
         } else {
             err(
@@ -336,6 +336,12 @@ pub trait KvLayout {
     ) -> Result<crate::kernels::GeneratedKernel, crate::kernels::CodegenError> {
         crate::kernels::generate(&crate::kernels::KernelSpec::Append(Self::SPEC), target)
     }
+}
+
+/// The layout of an attention (used by the `#[attention]` expansion, so that a
+/// `kv = ..` that is not a layout is reported once, at its tokens).
+pub const fn layout_of<A: Attention + ?Sized>() -> KvLayoutSpec {
+    <A::Kv as KvLayout>::SPEC
 }
 
 /// Implemented by `#[attention(..)]` for the item it decorates.

@@ -58,7 +58,7 @@ pub struct Phi3Kv;
 pub struct Phi3;
 
 /// SmolLM2-135M: 3 KV heads of 64.
-#[kv_layout(page_size = 16, kv_heads = 3, head_dim = 64, dtype = f16, order = NHD)]
+#[kv_layout(page_size = 16, kv_heads = 3, head_dim = 64, dtype = f16, order = NHD, name = "smollm2_kv")]
 pub struct SmolLM2Kv;
 
 /// SmolLM2-135M: 9 query heads, GQA groups of 3.

@@ -73,15 +73,15 @@ fn registry(ident: &syn::Ident) -> Option<std::path::PathBuf> {
 }
 
 /// How the expansion names attnforge-codegen: through the facade when the
-/// crate depends on `attnforge`, else directly.
+/// crate depends on `attnforge` (which declares `extern crate self as
+/// attnforge`, so the same path works inside it), else directly.
 fn krate() -> TokenStream2 {
     use proc_macro_crate::{crate_name, FoundCrate};
-    let this = std::env::var("CARGO_CRATE_NAME").unwrap_or_default();
+    let ident = |n: &str| syn::Ident::new(n, proc_macro2::Span::call_site());
     match crate_name("attnforge") {
-        Ok(FoundCrate::Itself) if this == "attnforge" => return quote!(crate::codegen),
         Ok(FoundCrate::Itself) => return quote!(::attnforge::codegen),
         Ok(FoundCrate::Name(n)) => {
-            let n = syn::Ident::new(&n, proc_macro2::Span::call_site());
+            let n = ident(&n);
             return quote!(::#n::codegen);
         }
         Err(_) => {}
@@ -89,7 +89,7 @@ fn krate() -> TokenStream2 {
     match crate_name("attnforge-codegen") {
         Ok(FoundCrate::Itself) => quote!(crate),
         Ok(FoundCrate::Name(n)) => {
-            let n = syn::Ident::new(&n, proc_macro2::Span::call_site());
+            let n = ident(&n);
             quote!(::#n)
         }
         Err(_) => quote!(::attnforge::codegen),

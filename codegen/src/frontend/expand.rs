@@ -118,7 +118,7 @@ pub fn attention(
             type Kv = #kv_type;
             const NAME: &'static str = #name;
             const SPEC: #krate::AttentionSpec = #krate::AttentionSpec {
-                kv: <<Self as #krate::Attention>::Kv as #krate::KvLayout>::SPEC,
+                kv: #krate::spec::layout_of::<Self>(),
                 q_heads: #q_heads,
                 scale: #scale,
                 causal: #causal,

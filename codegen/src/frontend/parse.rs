@@ -451,7 +451,7 @@ pub fn attention(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
             },
             "q_heads" => q_heads = ruled_int(e, rules::q_heads, &mut errors),
             "scale" => scale = ruled_float(e, rules::scale, &mut errors),
-            "sliding_window" => window = ruled_int(e, |v| rules::sliding_window(v), &mut errors),
+            "sliding_window" => window = ruled_int(e, rules::sliding_window, &mut errors),
             "logits_soft_cap" => cap = ruled_float(e, rules::logits_soft_cap, &mut errors),
             "causal" => match &e.value {
                 None => causal = true,

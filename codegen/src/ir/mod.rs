@@ -520,6 +520,8 @@ binop!(Rem, rem, BinOp::Rem);
 binop!(BitAnd, bitand, BinOp::And);
 binop!(BitOr, bitor, BinOp::Or);
 binop!(BitXor, bitxor, BinOp::Xor);
+binop!(Shl, shl, BinOp::Shl);
+binop!(Shr, shr, BinOp::Shr);
 
 impl std::ops::Neg for Expr {
     type Output = Expr;
@@ -586,14 +588,6 @@ impl Expr {
     /// `self >= rhs`
     pub fn ge(self, rhs: Expr) -> Expr {
         self.cmp(CmpOp::Ge, rhs)
-    }
-    /// `self << rhs`
-    pub fn shl(self, rhs: Expr) -> Expr {
-        Expr::Binary(BinOp::Shl, Box::new(self), Box::new(rhs))
-    }
-    /// `self >> rhs`
-    pub fn shr(self, rhs: Expr) -> Expr {
-        Expr::Binary(BinOp::Shr, Box::new(self), Box::new(rhs))
     }
     /// `cond ? a : b` with `self` as the condition.
     pub fn select(self, a: Expr, b: Expr) -> Expr {

@@ -271,7 +271,7 @@ impl Checker<'_> {
     fn kernel_limits(&mut self) {
         let t = self.k.target;
         let bd = self.k.block_dim;
-        if bd == 0 || bd > 1024 || bd % t.warp_size != 0 {
+        if bd == 0 || bd > 1024 || !bd.is_multiple_of(t.warp_size) {
             self.err(
                 "kernel",
                 format!(

@@ -1,0 +1,231 @@
+//! The build helper, run as a build script would, on scratch crates.
+
+use std::path::{Path, PathBuf};
+
+use attnforge_codegen::build::{Build, BuildError};
+use attnforge_codegen::registry::HIP_DISABLED;
+use attnforge_codegen::Arch;
+
+const SPECS: &str = r#"
+use attnforge_macros::{attention, kv_layout};
+
+#[kv_layout(page_size = 16, kv_heads = 2, head_dim = 64, dtype = f16)]
+pub struct SmallKv;
+
+mod inner {
+    #[attnforge_macros::attention(kv = SmallKv, q_heads = 4)]
+    pub struct Small;
+}
+"#;
+
+fn scratch(source: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("specs.rs");
+    std::fs::write(&file, source).expect("write specs");
+    (dir, file)
+}
+
+fn have_hipcc() -> bool {
+    let found = std::process::Command::new("hipcc")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        println!("skipped: hipcc is not installed (the README's test command installs it)");
+    }
+    found
+}
+
+#[test]
+fn every_spec_error_is_reported_with_file_line_and_column() {
+    let (dir, file) = scratch(
+        "use attnforge_macros::*;\n\
+         #[kv_layout(page_size = 0, kv_heads = 8, head_dim = 100, dtype = f16)]\n\
+         pub struct Kv;\n\
+         #[attention(kv = Missing, q_heads = 8)]\n\
+         pub struct A;\n\
+         #[kv_layout(page_size = 16, kv_heads = 8, head_dim = 128, dtype = f16)]\n\
+         pub struct Kv2;\n\
+         #[attention(kv = Kv2, q_heads = 12)]\n\
+         pub struct B;\n",
+    );
+    let err = Build::new()
+        .file(&file)
+        .out_dir(dir.path())
+        .hip(false)
+        .compile()
+        .unwrap_err();
+    let BuildError::Source(errors) = &err else {
+        panic!("expected source errors, got {err}");
+    };
+    let lines: Vec<(usize, usize, &str)> = errors
+        .iter()
+        .map(|e| (e.line, e.column, e.message.as_str()))
+        .collect();
+    assert_eq!(lines.len(), 4, "{err}");
+    assert_eq!((lines[0].0, lines[0].1), (2, 25));
+    assert!(lines[0]
+        .2
+        .starts_with("page_size must be between 1 and 512"));
+    assert_eq!(lines[1].0, 2);
+    assert!(lines[1].2.starts_with("head_dim must be a multiple of 8"));
+    // The layout rule is the same text the macro reports (one list of rules).
+    let rule = attnforge_codegen::spec::rules::q_heads_per_kv_head(12, 8).unwrap_err();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.0 == 8 && l.1 == 33 && l.2 == rule.message),
+        "{err}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.0 == 4 && l.2.contains("`kv = Missing` does not name")));
+    // The printed form names the file.
+    assert!(err
+        .to_string()
+        .contains(&format!("{}:2:25:", file.display())));
+}
+
+#[test]
+fn with_hip_off_the_registry_says_why() {
+    let (dir, file) = scratch(SPECS);
+    let report = Build::new()
+        .file(&file)
+        .out_dir(dir.path())
+        .hip(false)
+        .compile()
+        .unwrap();
+    assert_eq!(report.items.len(), 2);
+    assert!(report.objects.is_empty());
+    let reg = std::fs::read_to_string(dir.path().join("attnforge/registry/Small.rs")).unwrap();
+    assert!(reg.contains("NotBuilt"), "{reg}");
+    assert!(reg.contains(&format!("{HIP_DISABLED:?}")));
+}
+
+#[test]
+fn a_missing_hipcc_names_what_to_install() {
+    let (dir, file) = scratch(SPECS);
+    let err = Build::new()
+        .file(&file)
+        .out_dir(dir.path())
+        .hipcc("/nonexistent/hipcc")
+        .compile()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, BuildError::NoHipcc { .. }), "{text}");
+    assert!(text.contains("apt-get install hipcc"), "{text}");
+    assert!(text.contains("`hip` feature"), "{text}");
+}
+
+#[cfg(unix)]
+fn fake_hipcc(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fake-hipcc");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\n\
+         echo 'kernel.hip:3:1: error: something broke' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[cfg(unix)]
+#[test]
+fn a_hipcc_failure_shows_its_command_and_whole_log() {
+    let (dir, file) = scratch(SPECS);
+    let hipcc = fake_hipcc(dir.path());
+    let err = Build::new()
+        .file(&file)
+        .out_dir(dir.path())
+        .archs(&[Arch::Gfx1030])
+        .hipcc(&hipcc)
+        .compile()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, BuildError::Hipcc { .. }), "{text}");
+    assert!(text.contains("something broke"), "{text}");
+    assert!(text.contains("--offload-arch=gfx1030"), "{text}");
+    assert!(text.contains(&hipcc.display().to_string()), "{text}");
+    // Nothing half-written is left under a cached name.
+    let objects = std::fs::read_dir(dir.path().join("attnforge/objects")).unwrap();
+    assert!(objects
+        .filter_map(Result::ok)
+        .all(|e| !e.path().to_string_lossy().ends_with(".co")));
+}
+
+#[test]
+fn an_unchanged_rebuild_compiles_nothing() {
+    if !have_hipcc() {
+        return;
+    }
+    let (dir, file) = scratch(SPECS);
+    let build = || {
+        Build::new()
+            .file(&file)
+            .out_dir(dir.path())
+            .archs(&[Arch::Gfx90a, Arch::Gfx1030])
+            .compile()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let first = build();
+    assert_eq!((first.compiled(), first.cached()), (4, 0));
+    let second = build();
+    assert_eq!((second.compiled(), second.cached()), (0, 4));
+    // A changed spec recompiles only its own kernel.
+    std::fs::write(&file, SPECS.replace("q_heads = 4", "q_heads = 8")).unwrap();
+    let third = build();
+    assert_eq!((third.compiled(), third.cached()), (2, 2));
+    let reg = std::fs::read_to_string(dir.path().join("attnforge/registry/Small.rs")).unwrap();
+    assert!(reg.contains("af_decode_f16_nhd_p16_h2x4_d64"), "{reg}");
+    assert!(reg.contains("Arch::Gfx1030"), "{reg}");
+}
+
+#[test]
+fn hipcc_accepts_every_dtype_order_head_dim_and_variant() {
+    if !have_hipcc() {
+        return;
+    }
+    // (head_dim, kv_heads, q_heads, extra keys): padded rows (96), rows wider
+    // than a wave32 warp (256 in f32), MQA, MHA, odd GQA groups, variants.
+    let shapes = [
+        (64, 2, 14, ""),
+        (96, 4, 4, ", sliding_window = 100"),
+        (256, 1, 8, ", logits_soft_cap = 30.0, scale = 0.1"),
+    ];
+    let mut src = String::from("use attnforge_macros::*;\n");
+    let mut n = 0;
+    for (i, dtype) in ["f32", "f16", "bf16"].iter().enumerate() {
+        for (j, (d, kv, q, extra)) in shapes.iter().enumerate() {
+            let order = if (i + j) % 2 == 0 { "NHD" } else { "HND" };
+            let page = [1, 16, 128][j];
+            src += &format!(
+                "#[kv_layout(page_size = {page}, kv_heads = {kv}, head_dim = {d}, dtype = {dtype}, order = {order})]\n\
+                 pub struct L{i}{j};\n\
+                 #[attention(kv = L{i}{j}, q_heads = {q}{extra})]\n\
+                 pub struct A{i}{j};\n"
+            );
+            n += 2;
+        }
+    }
+    let (dir, file) = scratch(&src);
+    let report = Build::new()
+        .file(&file)
+        .out_dir(dir.path())
+        .archs(&[Arch::Gfx90a, Arch::Gfx1030])
+        .compile()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.objects.len(), n * 2);
+    for o in &report.objects {
+        let bytes = std::fs::read(&o.path).unwrap();
+        let elf = attnforge_codegen::codeobj::parse_elf(&bytes).unwrap();
+        assert_eq!(elf.arch(), Some(o.arch.name()));
+        assert!(
+            elf.has_kernel(&o.symbol),
+            "{} lacks {}",
+            o.path.display(),
+            o.symbol
+        );
+    }
+}

@@ -1,0 +1,6 @@
+use attnforge::prelude::*;
+
+#[kv_layout(page_size = 16, kv_heads = 8, head_dim = 128, dtype = f16, page_size = 32)]
+pub struct Kv;
+
+fn main() {}

@@ -1,0 +1,34 @@
+// Every key of both attributes, accepted together.
+use attnforge::prelude::*;
+
+#[kv_layout(page_size = 1, kv_heads = 1, head_dim = 8, dtype = f32, order = HND, name = "tiny")]
+pub struct Tiny;
+
+#[attention(
+    kv = Tiny,
+    q_heads = 4,
+    scale = 0.5,
+    causal = false,
+    sliding_window = 7,
+    logits_soft_cap = 30,
+    name = "tiny_mqa"
+)]
+pub struct TinyMqa;
+
+mod nested {
+    use attnforge::prelude::*;
+
+    #[kv_layout(page_size = 512, kv_heads = 1024, head_dim = 256, dtype = bf16)]
+    pub struct Largest;
+}
+
+#[attention(kv = nested::Largest, q_heads = 1024)]
+pub struct LargestMha;
+
+fn main() {
+    assert_eq!(<Tiny as KvLayout>::NAME, "tiny");
+    assert_eq!(TinyMqa::SPEC.group_size(), 4);
+    assert_eq!(TinyMqa::SPEC.scale, Some(0.5));
+    assert_eq!(TinyMqa::SPEC.logits_soft_cap, Some(30.0));
+    assert_eq!(LargestMha::SPEC.kv.page_size, 512);
+}

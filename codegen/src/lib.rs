@@ -29,6 +29,8 @@
 
 pub mod build;
 pub mod codeobj;
+#[cfg(feature = "cpu")]
+pub mod cpu;
 pub mod frontend;
 pub mod hip;
 pub mod ir;

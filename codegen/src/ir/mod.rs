@@ -589,6 +589,10 @@ impl Expr {
     pub fn ge(self, rhs: Expr) -> Expr {
         self.cmp(CmpOp::Ge, rhs)
     }
+    /// Logical and of two bools (both sides evaluated).
+    pub fn and_then(self, rhs: Expr) -> Expr {
+        self & rhs
+    }
     /// `cond ? a : b` with `self` as the condition.
     pub fn select(self, a: Expr, b: Expr) -> Expr {
         Expr::Select(Box::new(self), Box::new(a), Box::new(b))

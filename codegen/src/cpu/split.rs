@@ -1,0 +1,285 @@
+//! Splitting a kernel body MCUDA-style into a schedule of regions.
+//!
+//! ```text
+//! block level   statements holding a barrier keep their (block-uniform) control
+//!               flow; maximal runs without one become  for warp { warp level }
+//! warp level    statements holding a collective keep their (warp-uniform) control
+//!               flow; a collective is its own two-phase region; maximal runs
+//!               without one become                      for lane { thread code }
+//! ```
+//!
+//! Warps are independent between barriers, and lanes are independent between
+//! collectives, so running them one after another is a legal schedule. The
+//! verifier guarantees the uniformity this relies on.
+
+use crate::ir::{Stmt, VarId};
+
+/// Level at which a control statement's condition is evaluated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Level {
+    /// Once per block (representative thread 0).
+    Block,
+    /// Once per warp (representative lane 0).
+    Warp,
+}
+
+/// A node of the schedule.
+#[derive(Debug)]
+pub(crate) enum Node<'k> {
+    /// `for lane { stmts }` for the current warp.
+    Threads { region: usize, stmts: Vec<&'k Stmt> },
+    /// `for warp { nodes }` (block level only).
+    Warps(Vec<Node<'k>>),
+    /// A warp collective (two phases over the lanes).
+    Collective { region: usize, stmt: &'k Stmt },
+    /// A barrier: in checked mode, the end of a race-tracking interval.
+    Barrier,
+    /// A uniform `for`, `if` or `while` whose body holds barriers or collectives.
+    Control {
+        region: usize,
+        level: Level,
+        stmt: &'k Stmt,
+        body: Vec<Node<'k>>,
+        otherwise: Vec<Node<'k>>,
+    },
+}
+
+pub(crate) fn has_barrier(s: &Stmt) -> bool {
+    match s {
+        Stmt::Barrier => true,
+        Stmt::For { body, .. } | Stmt::While { body, .. } => body.iter().any(has_barrier),
+        Stmt::If {
+            then, otherwise, ..
+        } => then.iter().chain(otherwise).any(has_barrier),
+        _ => false,
+    }
+}
+
+pub(crate) fn has_collective(s: &Stmt) -> bool {
+    match s {
+        Stmt::Collective { .. } => true,
+        Stmt::For { body, .. } | Stmt::While { body, .. } => body.iter().any(has_collective),
+        Stmt::If {
+            then, otherwise, ..
+        } => then.iter().chain(otherwise).any(has_collective),
+        _ => false,
+    }
+}
+
+/// Builds the schedule and counts regions.
+pub(crate) struct Splitter {
+    pub regions: usize,
+}
+
+impl Splitter {
+    fn next(&mut self) -> usize {
+        self.regions += 1;
+        self.regions - 1
+    }
+
+    pub fn block<'k>(&mut self, stmts: &'k [Stmt]) -> Vec<Node<'k>> {
+        let mut out = Vec::new();
+        let mut run: Vec<&'k Stmt> = Vec::new();
+        for s in stmts {
+            if has_barrier(s) {
+                if !run.is_empty() {
+                    out.push(Node::Warps(self.warp(std::mem::take(&mut run))));
+                }
+                out.push(self.control(s, Level::Block));
+            } else {
+                run.push(s);
+            }
+        }
+        if !run.is_empty() {
+            out.push(Node::Warps(self.warp(run)));
+        }
+        out
+    }
+
+    fn warp<'k>(&mut self, stmts: Vec<&'k Stmt>) -> Vec<Node<'k>> {
+        let mut out = Vec::new();
+        let mut run: Vec<&'k Stmt> = Vec::new();
+        for s in stmts {
+            if has_collective(s) {
+                if !run.is_empty() {
+                    let region = self.next();
+                    out.push(Node::Threads {
+                        region,
+                        stmts: std::mem::take(&mut run),
+                    });
+                }
+                out.push(self.control(s, Level::Warp));
+            } else {
+                run.push(s);
+            }
+        }
+        if !run.is_empty() {
+            let region = self.next();
+            out.push(Node::Threads { region, stmts: run });
+        }
+        out
+    }
+
+    fn nested<'k>(&mut self, stmts: &'k [Stmt], level: Level) -> Vec<Node<'k>> {
+        match level {
+            Level::Block => self.block(stmts),
+            Level::Warp => self.warp(stmts.iter().collect()),
+        }
+    }
+
+    fn control<'k>(&mut self, s: &'k Stmt, level: Level) -> Node<'k> {
+        let region = self.next();
+        match s {
+            Stmt::Barrier => Node::Barrier,
+            Stmt::Collective { .. } => Node::Collective { region, stmt: s },
+            Stmt::For { body, .. } | Stmt::While { body, .. } => Node::Control {
+                region,
+                level,
+                stmt: s,
+                body: self.nested(body, level),
+                otherwise: Vec::new(),
+            },
+            Stmt::If {
+                then, otherwise, ..
+            } => Node::Control {
+                region,
+                level,
+                stmt: s,
+                body: self.nested(then, level),
+                otherwise: self.nested(otherwise, level),
+            },
+            // Only statements that hold a barrier or collective reach here.
+            other => unreachable!("not a synchronising statement: {other:?}"),
+        }
+    }
+}
+
+/// Records, for every variable, the regions that mention it, and which
+/// variables are loop variables of uniform control loops.
+pub(crate) fn var_regions(nodes: &[Node<'_>], nvars: usize) -> (Vec<Vec<usize>>, Vec<bool>) {
+    let mut regions = vec![Vec::new(); nvars];
+    let mut control_var = vec![false; nvars];
+    fn mark(regions: &mut [Vec<usize>], v: VarId, r: usize) {
+        let list = &mut regions[v.0 as usize];
+        if !list.contains(&r) {
+            list.push(r);
+        }
+    }
+    fn stmt_vars(s: &Stmt, f: &mut impl FnMut(VarId)) {
+        let mut e = |x: &crate::ir::Expr| expr_vars(x, f);
+        match s {
+            Stmt::Let(v, x) | Stmt::Assign(v, x) => {
+                f(*v);
+                expr_vars(x, f);
+            }
+            Stmt::Store { index, value, .. } => {
+                e(index);
+                expr_vars(value, f);
+            }
+            Stmt::For {
+                var,
+                start,
+                end,
+                step,
+                body,
+            } => {
+                f(*var);
+                expr_vars(start, f);
+                expr_vars(end, f);
+                expr_vars(step, f);
+                body.iter().for_each(|s| stmt_vars(s, f));
+            }
+            Stmt::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                expr_vars(cond, f);
+                then.iter().chain(otherwise).for_each(|s| stmt_vars(s, f));
+            }
+            Stmt::While { cond, body } => {
+                expr_vars(cond, f);
+                body.iter().for_each(|s| stmt_vars(s, f));
+            }
+            Stmt::Collective { dst, op, value } => {
+                f(*dst);
+                expr_vars(value, f);
+                match op {
+                    crate::ir::Collective::ShuffleXor { mask: a, .. }
+                    | crate::ir::Collective::ShuffleDown { delta: a, .. }
+                    | crate::ir::Collective::ShuffleIdx { lane: a, .. } => expr_vars(a, f),
+                    _ => {}
+                }
+            }
+            Stmt::Barrier | Stmt::Comment(_) => {}
+        }
+    }
+    fn expr_vars(e: &crate::ir::Expr, f: &mut impl FnMut(VarId)) {
+        use crate::ir::Expr;
+        match e {
+            Expr::Var(v) => f(*v),
+            Expr::Lit(_) | Expr::Special(_) => {}
+            Expr::Unary(_, a) | Expr::Cast(_, a) | Expr::Lane(a, _) => expr_vars(a, f),
+            Expr::Load { index, .. } => expr_vars(index, f),
+            Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
+                expr_vars(a, f);
+                expr_vars(b, f);
+            }
+            Expr::Select(c, a, b) => {
+                expr_vars(c, f);
+                expr_vars(a, f);
+                expr_vars(b, f);
+            }
+            Expr::Math(_, xs) | Expr::Vector(xs) => xs.iter().for_each(|x| expr_vars(x, f)),
+        }
+    }
+    fn walk(nodes: &[Node<'_>], regions: &mut [Vec<usize>], control_var: &mut [bool]) {
+        for n in nodes {
+            match n {
+                Node::Threads { region, stmts } => {
+                    for s in stmts {
+                        stmt_vars(s, &mut |v| mark(regions, v, *region));
+                    }
+                }
+                Node::Warps(inner) => walk(inner, regions, control_var),
+                Node::Collective { region, stmt } => {
+                    stmt_vars(stmt, &mut |v| mark(regions, v, *region));
+                }
+                Node::Barrier => {}
+                Node::Control {
+                    region,
+                    stmt,
+                    body,
+                    otherwise,
+                    ..
+                } => {
+                    // The control statement's own expressions belong to its
+                    // region; its body's statements to theirs.
+                    match stmt {
+                        Stmt::For {
+                            var,
+                            start,
+                            end,
+                            step,
+                            ..
+                        } => {
+                            control_var[var.0 as usize] = true;
+                            mark(regions, *var, *region);
+                            for x in [start, end, step] {
+                                expr_vars(x, &mut |v| mark(regions, v, *region));
+                            }
+                        }
+                        Stmt::If { cond, .. } | Stmt::While { cond, .. } => {
+                            expr_vars(cond, &mut |v| mark(regions, v, *region));
+                        }
+                        _ => {}
+                    }
+                    walk(body, regions, control_var);
+                    walk(otherwise, regions, control_var);
+                }
+            }
+        }
+    }
+    walk(nodes, &mut regions, &mut control_var);
+    (regions, control_var)
+}

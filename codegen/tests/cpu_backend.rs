@@ -1,0 +1,354 @@
+//! The CPU backend on small hand-built kernels: HIP's collective semantics,
+//! MCUDA splitting at barriers, and checked mode catching planted bugs.
+#![cfg(feature = "cpu")]
+
+use attnforge_codegen::cpu::{compile, Arg, CpuKernel, CpuOptions, FindingKind, LaunchError};
+use attnforge_codegen::ir::builder::KernelBuilder;
+use attnforge_codegen::ir::verify::verify;
+use attnforge_codegen::ir::{Access, Collective, Dim, Expr, Scalar, Special};
+use attnforge_codegen::target::Arch;
+
+fn tid() -> Expr {
+    Expr::special(Special::ThreadIdx)
+}
+
+fn jit(b: KernelBuilder) -> CpuKernel {
+    let k = b.finish();
+    let a = verify(&k).unwrap_or_else(|e| panic!("{e}"));
+    compile(&k, &a, CpuOptions { checked: true }).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// HIP's rules (amd_warp_functions.h), written independently of the lowering.
+fn hip_shuffle(kind: &str, vals: &[i32], lane: i32, arg: i32, width: i32, ws: i32) -> i32 {
+    let index = match kind {
+        "xor" => {
+            let i = lane ^ arg;
+            if i >= ((lane + width) & !(width - 1)) {
+                lane
+            } else {
+                i
+            }
+        }
+        "down" => {
+            if (lane & (width - 1)) + arg >= width {
+                lane
+            } else {
+                lane + arg
+            }
+        }
+        _ => arg + (lane & !(width - 1)),
+    };
+    vals[(index & (ws - 1)) as usize]
+}
+
+#[test]
+fn shuffles_follow_hip_semantics_on_wave64_and_wave32() {
+    for arch in [Arch::Gfx90a, Arch::Gfx1030] {
+        let ws = arch.target().warp_size as i32;
+        for (kind, arg, width) in [
+            ("xor", 1, ws),
+            ("xor", 5, 8),
+            ("xor", 16, 8), // leaves the segment: own value
+            ("down", 3, ws),
+            ("down", 2, 4),
+            ("idx", 7, ws),
+            ("idx", 3, 4),
+            ("idx", ws + 9, 16), // wraps like ds_bpermute
+        ] {
+            let mut b = KernelBuilder::new("shfl", arch.target(), 2 * ws as u32);
+            let out = b.global("out", Scalar::I32, Access::ReadWrite);
+            // Values differ per thread and per warp: 100·warp + 3·lane + 1.
+            let lane = Expr::special(Special::LaneId);
+            let v = b.let_(
+                "v",
+                Expr::special(Special::WarpId) * Expr::i32(100)
+                    + lane * Expr::i32(3)
+                    + Expr::i32(1),
+            );
+            let a = Expr::i32(arg);
+            let op = match kind {
+                "xor" => Collective::ShuffleXor {
+                    mask: a,
+                    width: width as u32,
+                },
+                "down" => Collective::ShuffleDown {
+                    delta: a,
+                    width: width as u32,
+                },
+                _ => Collective::ShuffleIdx {
+                    lane: a,
+                    width: width as u32,
+                },
+            };
+            let r = b.collective("r", op, v);
+            b.store(out, tid(), r);
+            let k = jit(b);
+            let mut got = vec![0i32; 2 * ws as usize];
+            k.launch_checked([1, 1, 1], &mut [Arg::output(&mut got)])
+                .unwrap();
+            for w in 0..2 {
+                let vals: Vec<i32> = (0..ws).map(|l| 100 * w + 3 * l + 1).collect();
+                for l in 0..ws {
+                    let want = hip_shuffle(kind, &vals, l, arg, width, ws);
+                    assert_eq!(
+                        got[(w * ws + l) as usize],
+                        want,
+                        "{arch} {kind}({arg}, width {width}) warp {w} lane {l}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn warp_reductions_give_every_lane_the_warp_result() {
+    for arch in [Arch::Gfx90a, Arch::Gfx1030] {
+        let ws = arch.target().warp_size;
+        let mut b = KernelBuilder::new("red", arch.target(), 4 * ws);
+        let x = b.global("x", Scalar::F32, Access::Read);
+        let sum = b.global("sum", Scalar::F32, Access::ReadWrite);
+        let max = b.global("max", Scalar::F32, Access::ReadWrite);
+        let v = b.let_("v", Expr::load(x, tid(), 1));
+        let s = b.collective("s", Collective::WarpSum, v.clone());
+        let m = b.collective("m", Collective::WarpMax, v);
+        b.store(sum, tid(), s);
+        b.store(max, tid(), m);
+        let k = jit(b);
+        let n = 4 * ws as usize;
+        let xs: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+        let (mut sums, mut maxs) = (vec![0f32; n], vec![0f32; n]);
+        k.launch_checked(
+            [1, 1, 1],
+            &mut [
+                Arg::input(&xs),
+                Arg::output(&mut sums),
+                Arg::output(&mut maxs),
+            ],
+        )
+        .unwrap();
+        for (w, chunk) in xs.chunks(ws as usize).enumerate() {
+            let want_sum: f32 = chunk.iter().sum();
+            let want_max = chunk.iter().cloned().fold(f32::MIN, f32::max);
+            for l in 0..ws as usize {
+                assert_eq!(sums[w * ws as usize + l], want_sum, "{arch}");
+                assert_eq!(maxs[w * ws as usize + l], want_max, "{arch}");
+            }
+        }
+    }
+}
+
+/// A block-wide tree reduction in shared memory: barriers inside a
+/// block-uniform while loop, a per-thread loop variable carried across them.
+fn tree_sum(arch: Arch, with_barrier: bool) -> KernelBuilder {
+    let bd = 2 * arch.target().warp_size;
+    let mut b = KernelBuilder::new("tree", arch.target(), bd);
+    let x = b.global("x", Scalar::F32, Access::Read);
+    let out = b.global("out", Scalar::F32, Access::ReadWrite);
+    let sm = b.shared("sm", Scalar::F32, bd);
+    let blk = Expr::special(Special::BlockIdx(Dim::X));
+    let g = b.let_("g", blk.clone() * Expr::i32(bd as i32) + tid());
+    b.store(sm, tid(), Expr::load(x, g, 1));
+    b.barrier();
+    let s = b.var("s", Expr::i32(bd as i32 / 2));
+    b.while_(Expr::Var(s).gt(Expr::i32(0)), |b| {
+        b.if_(tid().lt(Expr::Var(s)), |b| {
+            let mine = Expr::load(sm, tid(), 1);
+            let other = Expr::load(sm, tid() + Expr::Var(s), 1);
+            b.store(sm, tid(), mine + other);
+        });
+        if with_barrier {
+            b.barrier();
+        }
+        b.set(s, Expr::Var(s) / Expr::i32(2));
+    });
+    b.if_(tid().eq_(Expr::i32(0)), |b| {
+        b.store(out, blk, Expr::load(sm, Expr::i32(0), 1))
+    });
+    b
+}
+
+#[test]
+fn barriers_inside_uniform_loops_split_correctly() {
+    for arch in [Arch::Gfx90a, Arch::Gfx1030] {
+        let bd = 2 * arch.target().warp_size as usize;
+        let k = jit(tree_sum(arch, true));
+        let blocks = 5;
+        let xs: Vec<f32> = (0..bd * blocks).map(|i| (i % 7) as f32).collect();
+        let mut out = vec![f32::NAN; blocks];
+        k.launch_checked(
+            [blocks as u32, 1, 1],
+            &mut [Arg::input(&xs), Arg::output(&mut out)],
+        )
+        .unwrap();
+        for (blk, chunk) in xs.chunks(bd).enumerate() {
+            assert_eq!(out[blk], chunk.iter().sum::<f32>(), "{arch} block {blk}");
+        }
+    }
+}
+
+fn findings(r: Result<(), LaunchError>) -> Vec<FindingKind> {
+    match r {
+        Ok(()) => vec![],
+        Err(LaunchError::Findings { findings, .. }) => {
+            findings.into_iter().map(|f| f.kind).collect()
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn checked_mode_catches_a_missing_barrier_as_a_race() {
+    let arch = Arch::Gfx1030;
+    let bd = 64;
+    let xs = vec![1f32; bd];
+    let mut out = vec![0f32; 1];
+    let k = jit(tree_sum(arch, false));
+    let f = findings(k.launch_checked([1, 1, 1], &mut [Arg::input(&xs), Arg::output(&mut out)]));
+    assert!(
+        f.iter()
+            .any(|k| matches!(k, FindingKind::SharedRace { buffer, .. } if buffer == "sm")),
+        "{f:?}"
+    );
+    let k = jit(tree_sum(arch, true));
+    let f = findings(k.launch_checked([1, 1, 1], &mut [Arg::input(&xs), Arg::output(&mut out)]));
+    assert_eq!(f, vec![]);
+}
+
+#[test]
+fn checked_mode_catches_out_of_bounds_loads_and_stores() {
+    let arch = Arch::Gfx90a;
+    let mk = |shift: i32| {
+        let mut b = KernelBuilder::new("copy", arch.target(), 64);
+        let x = b.global("x", Scalar::F32, Access::Read);
+        let out = b.global("out", Scalar::F32, Access::ReadWrite);
+        b.store(
+            out,
+            tid() - Expr::i32(shift),
+            Expr::load(x, tid() + Expr::i32(shift), 1),
+        );
+        jit(b)
+    };
+    let xs = vec![1f32; 64];
+    let mut out = vec![0f32; 64];
+    let f =
+        findings(mk(1).launch_checked([1, 1, 1], &mut [Arg::input(&xs), Arg::output(&mut out)]));
+    assert!(f.contains(&FindingKind::OutOfBounds {
+        buffer: "x".into(),
+        index: 64,
+        lanes: 1,
+        len: 64,
+        write: false
+    }));
+    assert!(f.contains(&FindingKind::OutOfBounds {
+        buffer: "out".into(),
+        index: -1,
+        lanes: 1,
+        len: 64,
+        write: true
+    }));
+    // The refused load yields zero and the refused store never happens.
+    assert_eq!(out[62], 0.0);
+    assert_eq!(out[0], 1.0);
+    let f =
+        findings(mk(0).launch_checked([1, 1, 1], &mut [Arg::input(&xs), Arg::output(&mut out)]));
+    assert_eq!(f, vec![]);
+}
+
+/// A global race makes a value the verifier took for block-uniform differ
+/// between threads; checked mode notices when a barrier depends on it.
+fn diverging(arch: Arch, race: bool, collective: bool) -> KernelBuilder {
+    let mut b = KernelBuilder::new("diverge", arch.target(), 2 * arch.target().warp_size);
+    let scratch = b.global("scratch", Scalar::I32, Access::ReadWrite);
+    let value = if race { tid() } else { Expr::i32(7) };
+    b.store(scratch, Expr::i32(0), value);
+    let c = b.let_("c", Expr::load(scratch, Expr::i32(0), 1));
+    b.if_(c.eq_(Expr::i32(0)), |b| {
+        if collective {
+            b.collective("s", Collective::WarpSum, Expr::i32(1));
+        } else {
+            b.barrier();
+        }
+    });
+    b
+}
+
+#[test]
+fn checked_mode_catches_barrier_and_warp_divergence() {
+    for arch in [Arch::Gfx90a, Arch::Gfx1030] {
+        for collective in [false, true] {
+            let want = if collective {
+                FindingKind::WarpDivergence
+            } else {
+                FindingKind::BarrierDivergence
+            };
+            let mut scratch = vec![0i32; 1];
+            let f = findings(
+                jit(diverging(arch, true, collective))
+                    .launch_checked([1, 1, 1], &mut [Arg::output(&mut scratch)]),
+            );
+            assert!(f.contains(&want), "{arch}: {f:?}");
+            let f = findings(
+                jit(diverging(arch, false, collective))
+                    .launch_checked([1, 1, 1], &mut [Arg::output(&mut scratch)]),
+            );
+            assert_eq!(f, vec![], "{arch}");
+        }
+    }
+}
+
+#[test]
+fn findings_name_kernel_block_thread_and_address() {
+    let mut b = KernelBuilder::new("oob", Arch::Gfx90a.target(), 64);
+    let out = b.global("out", Scalar::I32, Access::ReadWrite);
+    let blk = Expr::special(Special::BlockIdx(Dim::Y));
+    b.if_(
+        blk.eq_(Expr::i32(2)).and_then(tid().eq_(Expr::i32(17))),
+        |b| b.store(out, Expr::i32(1000), Expr::i32(1)),
+    );
+    let mut buf = vec![0i32; 8];
+    let err = jit(b)
+        .launch_checked([1, 3, 1], &mut [Arg::output(&mut buf)])
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("kernel `oob`, block (0, 2, 0), thread 17: store of 1 element(s) at `out`[1000] is out of bounds (8 elements)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_typed_errors() {
+    let mut b = KernelBuilder::new("args", Arch::Gfx90a.target(), 64);
+    let x = b.global("x", Scalar::F32, Access::Read);
+    let out = b.global("out", Scalar::F32, Access::ReadWrite);
+    let n = b.scalar_param("n", Scalar::I32);
+    b.if_(tid().lt(n), |b| {
+        b.store(out, tid(), Expr::load(x, tid(), 1))
+    });
+    let k = jit(b);
+    let xs = vec![1f32; 64];
+    let out = vec![0f32; 64];
+    let e = k.launch_checked(
+        [1, 1, 1],
+        &mut [Arg::input(&xs), Arg::input(&out), Arg::I32(3)],
+    );
+    assert!(e.unwrap_err().to_string().contains("pass it as Arg::Out"));
+    let mut out = vec![0f32; 64];
+    let e = k.launch_checked([1, 1, 1], &mut [Arg::input(&xs), Arg::output(&mut out)]);
+    assert!(e
+        .unwrap_err()
+        .to_string()
+        .contains("2 arguments for 3 parameters"));
+    let e = k.launch_checked(
+        [1, 1, 1],
+        &mut [Arg::input(&xs), Arg::output(&mut out), Arg::F32(3.0)],
+    );
+    assert!(e.unwrap_err().to_string().contains("scalar i32"));
+    k.launch_checked(
+        [1, 1, 1],
+        &mut [Arg::input(&xs), Arg::output(&mut out), Arg::I32(3)],
+    )
+    .unwrap();
+    assert_eq!(&out[..4], &[1.0, 1.0, 1.0, 0.0]);
+}

@@ -13,10 +13,13 @@ pub enum Arch {
     Gfx940,
     /// AMD RDNA2 (RX 6000): wave32, 64 KiB LDS.
     Gfx1030,
+    /// The host CPU, for the CPU backend only: a warp of one thread, so a
+    /// kernel generated for it needs no shuffles (not a HIP target).
+    Host,
 }
 
 impl Arch {
-    /// Every supported arch.
+    /// Every GPU arch hipcc compiles for.
     pub const ALL: [Arch; 3] = [Arch::Gfx90a, Arch::Gfx940, Arch::Gfx1030];
 
     /// The name hipcc's `--offload-arch` and the HIP runtime use.
@@ -25,6 +28,7 @@ impl Arch {
             Arch::Gfx90a => "gfx90a",
             Arch::Gfx940 => "gfx940",
             Arch::Gfx1030 => "gfx1030",
+            Arch::Host => "host",
         }
     }
 
@@ -46,6 +50,11 @@ impl Arch {
             Arch::Gfx1030 => Target {
                 arch: self,
                 warp_size: 32,
+                shared_mem_bytes: 64 * 1024,
+            },
+            Arch::Host => Target {
+                arch: self,
+                warp_size: 1,
                 shared_mem_bytes: 64 * 1024,
             },
         }

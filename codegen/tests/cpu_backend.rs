@@ -352,3 +352,49 @@ fn bad_arguments_are_typed_errors() {
     .unwrap();
     assert_eq!(&out[..4], &[1.0, 1.0, 1.0, 0.0]);
 }
+
+#[test]
+fn exp2_is_accurate_and_handles_infinities_and_nan() {
+    let mut b = KernelBuilder::new("exp2", Arch::Host.target(), 1);
+    let x = b.global("x", Scalar::F32, Access::Read);
+    let out = b.global("out", Scalar::F32, Access::ReadWrite);
+    let i = Expr::special(Special::BlockIdx(Dim::X));
+    b.store(out, i.clone(), Expr::load(x, i, 1).exp2());
+    let k = jit(b);
+    let mut xs: Vec<f32> = (0..20000).map(|i| -140.0 + i as f32 * 0.0134).collect();
+    xs.extend([
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        0.5,
+        127.99,
+        128.0,
+        128.5,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ]);
+    let mut got = vec![0f32; xs.len()];
+    k.launch_checked(
+        [xs.len() as u32, 1, 1],
+        &mut [Arg::input(&xs), Arg::output(&mut got)],
+    )
+    .unwrap();
+    for (&x, &y) in xs.iter().zip(&got) {
+        let want = x.exp2();
+        if x.is_nan() {
+            assert!(y.is_nan());
+        } else if x < -126.0 {
+            assert_eq!(y, 0.0, "exp2({x}) flushes below 2^-126");
+        } else if want.is_infinite() {
+            assert_eq!(y, want, "exp2({x})");
+        } else {
+            let rel = ((y - want) / want).abs();
+            assert!(
+                rel <= 3e-7,
+                "exp2({x}) = {y}, want {want} (relative error {rel:e})"
+            );
+        }
+    }
+}

@@ -1,10 +1,71 @@
 //! # attnforge-runtime
 //!
 //! The runtime layer: what an inference engine holds between kernel
-//! launches (page allocator, KV cache, sequences, page tables) and the
-//! devices that launch generated kernels (CPU through an LLVM JIT, AMD GPUs
-//! through HIP).
+//! launches, and the devices that launch generated kernels. It depends on
+//! `attnforge-codegen` for specs and kernels.
 //!
-//! **Not written yet.** The foundation defines the specs and kernels this
-//! crate will serve; the allocator, the KV cache and both devices are
-//! separate pieces of work and nothing here pretends otherwise.
+//! Present now:
+//! - [`PageTable`], the CSR page table, validated before any launch;
+//! - [`cpu::CpuDevice`], which JIT-compiles generated kernels through LLVM
+//!   and runs them on the host, fast or in checked (sanitizer) mode;
+//! - [`reference`], an independent f64 implementation to check kernels against.
+//!
+//! **Not written yet**: the page allocator, the KV cache and the HIP device.
+//!
+//! ```
+//! use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Order, Arch};
+//! use attnforge_runtime::{cpu::{CpuDevice, Mode}, PageTable};
+//!
+//! let kv = KvLayoutSpec { page_size: 4, kv_heads: 1, head_dim: 8, dtype: DType::F32, order: Order::Nhd };
+//! let spec = AttentionSpec { kv, q_heads: 2, scale: None, causal: true, sliding_window: None, logits_soft_cap: None };
+//! // Two pages; one sequence of 6 tokens on pages 1 then 0.
+//! let k = vec![0.5f32; 2 * 4 * 8];
+//! let v: Vec<f32> = (0..64).map(|i| (i / 8) as f32).collect();
+//! let table = PageTable::from_sequences(4, [(&[1, 0][..], 6)]);
+//! let q = vec![1.0f32; 2 * 8];
+//! let mut out = vec![f32::NAN; 2 * 8];
+//! let device = CpuDevice::new();
+//! device.decode(&spec, Arch::Gfx90a.target(), Mode::Checked, &q, &k, &v, &table, &mut out).unwrap();
+//! // Equal keys: the output is the mean of the 6 value rows (4,5,6,7 then 0,1).
+//! assert!((out[0] - 23.0 / 6.0).abs() < 1e-5);
+//! ```
+
+#[cfg(feature = "cpu")]
+pub mod cpu;
+pub mod reference;
+mod table;
+
+pub use table::{validate_slots, PageTable, TableError};
+
+/// Why a runtime call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A spec breaks a rule.
+    #[error("invalid spec: {0}")]
+    Spec(#[from] attnforge_codegen::SpecError),
+    /// A page table or slot mapping is invalid; nothing was launched.
+    #[error("invalid page table: {0}")]
+    Table(#[from] TableError),
+    /// Buffers of the wrong size; nothing was launched.
+    #[error("wrong shape: {0}")]
+    Shape(String),
+    /// Host elements of another dtype than the spec's.
+    #[error("the spec stores {spec} but the buffers hold {given}")]
+    DType {
+        /// The spec's dtype.
+        spec: attnforge_codegen::DType,
+        /// The buffers' dtype.
+        given: attnforge_codegen::DType,
+    },
+    /// Code generation failed.
+    #[error(transparent)]
+    Codegen(#[from] attnforge_codegen::kernels::CodegenError),
+    /// JIT compilation failed.
+    #[cfg(feature = "cpu")]
+    #[error(transparent)]
+    Jit(#[from] attnforge_codegen::cpu::CpuError),
+    /// The launch was refused, or checked mode found problems.
+    #[cfg(feature = "cpu")]
+    #[error(transparent)]
+    Launch(#[from] attnforge_codegen::cpu::LaunchError),
+}

@@ -26,7 +26,7 @@ use inkwell::types::{BasicTypeEnum, FunctionType};
 use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
-use super::split::{var_regions, Level, Node, Splitter};
+use super::split::{max_batch, var_regions, Level, Node, Splitter};
 use crate::ir::verify::{type_of, Analysis};
 use crate::ir::*;
 
@@ -153,7 +153,7 @@ pub(crate) fn lower<'ctx>(
     let nodes = splitter.block(&k.body);
     let (regions, control_var) = var_regions(&nodes, k.vars.len());
     let assigned = assigned_vars(&k.body, k.vars.len());
-    l.layout_frame(an, &regions, &control_var, &assigned)?;
+    l.layout_frame(an, &regions, &control_var, &assigned, max_batch(&nodes))?;
     l.prologue()?;
     l.nodes(&nodes, None)?;
     e(l.b.build_return(None))?;
@@ -227,6 +227,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         regions: &[Vec<usize>],
         control_var: &[bool],
         assigned: &[bool],
+        batch: usize,
     ) -> R<()> {
         let mut off = 0u64;
         for (i, buf) in self.k.buffers.iter().enumerate() {
@@ -267,7 +268,9 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         }
         off = align(off, 64);
         self.scratch = off;
-        off += 3 * 4 * self.ws() as u64;
+        // Per collective of the largest batch: value, argument, and the two
+        // butterfly buffers, one i32 per lane each.
+        off += batch.max(1) as u64 * 4 * 4 * self.ws() as u64;
         self.layout.bytes = align(off, 64);
         Ok(())
     }
@@ -436,7 +439,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                         Ok(())
                     })?;
                 }
-                Node::Collective { stmt, .. } => self.collective(stmt)?,
+                Node::Collectives { stmts, .. } => self.collectives(stmts)?,
                 Node::Barrier => {
                     if self.checked {
                         self.call_check(op::BARRIER, 0, self.i64c(0), 0, self.i32c(0))?;
@@ -583,118 +586,139 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
 
     // ---- collectives ------------------------------------------------------
 
-    fn scratch_ptr(&self, which: u64, lane: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
-        let base = self.scratch + which * 4 * self.ws() as u64;
+    /// Scratch row `row` (0 value, 1 argument, 2/3 butterfly) of collective
+    /// `j` of a batch, at `lane`.
+    fn scratch_ptr(&self, j: usize, row: u64, lane: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+        let ws = self.ws() as u64;
+        let base = self.scratch + (j as u64 * 4 + row) * ws * 4;
         let l64 = e(self.b.build_int_s_extend(lane, self.cx.i64_type(), "l"))?;
         let off = e(self.b.build_int_mul(l64, self.i64c(4), "o"))?;
         let off = e(self.b.build_int_add(off, self.i64c(base as i64), "o"))?;
         self.byte_ptr(self.frame, off)
     }
 
-    fn collective(&mut self, s: &Stmt) -> R<()> {
-        let Stmt::Collective {
-            dst,
-            op: cop,
-            value,
-        } = s
-        else {
-            return Err("not a collective".into());
+    /// HIP's source-lane rule for a shuffle, then ds_bpermute's: the lane
+    /// read is (index mod warp size).
+    fn shuffle_source(
+        &self,
+        op: &Collective,
+        lane: IntValue<'ctx>,
+        a: IntValue<'ctx>,
+        width: i64,
+    ) -> R<IntValue<'ctx>> {
+        let w = self.i32c(width);
+        let wm1 = self.i32c(width - 1);
+        let not_wm1 = self.i32c(!(width - 1));
+        let index = match op {
+            Collective::ShuffleXor { .. } => {
+                let idx = e(self.b.build_xor(lane, a, "idx"))?;
+                let seg_end = e(self.b.build_int_add(lane, w, "se"))?;
+                let seg_end = e(self.b.build_and(seg_end, not_wm1, "se"))?;
+                let out = e(self
+                    .b
+                    .build_int_compare(IntPredicate::SGE, idx, seg_end, "out"))?;
+                e(self.b.build_select(out, lane, idx, "idx"))?.into_int_value()
+            }
+            Collective::ShuffleDown { .. } => {
+                let idx = e(self.b.build_int_add(lane, a, "idx"))?;
+                let pos = e(self.b.build_and(lane, wm1, "pos"))?;
+                let pos = e(self.b.build_int_add(pos, a, "pos"))?;
+                let out = e(self.b.build_int_compare(IntPredicate::SGE, pos, w, "out"))?;
+                e(self.b.build_select(out, lane, idx, "idx"))?.into_int_value()
+            }
+            _ => {
+                let seg = e(self.b.build_and(lane, not_wm1, "seg"))?;
+                e(self.b.build_int_add(a, seg, "idx"))?
+            }
         };
+        e(self
+            .b
+            .build_and(index, self.i32c(self.ws() as i64 - 1), "src"))
+    }
+
+    /// A batch of independent collectives: one pass in which every lane
+    /// contributes, the butterfly rounds of the reductions, and one pass in
+    /// which every lane takes its result.
+    fn collectives(&mut self, stmts: &[&Stmt]) -> R<()> {
+        let mut cs: Vec<(VarId, &Collective, &Expr)> = Vec::new();
+        for s in stmts {
+            match s {
+                Stmt::Collective { dst, op, value } => cs.push((*dst, op, value)),
+                other => return Err(format!("not a collective: {other:?}")),
+            }
+        }
         let ws = self.ws() as i64;
         let base = self.warp_base()?;
-        let t = self.k.var(*dst).ty;
-        let vty = self.ty(t);
         let i32t = self.cx.i32_type();
-        let arg = match cop {
+        let arg = |op: &Collective| match op {
             Collective::ShuffleXor { mask: a, width }
             | Collective::ShuffleDown { delta: a, width }
-            | Collective::ShuffleIdx { lane: a, width } => Some((a, *width as i64)),
+            | Collective::ShuffleIdx { lane: a, width } => Some((a.clone(), *width as i64)),
             Collective::WarpSum | Collective::WarpMax => None,
         };
-        // Phase 1: every lane contributes its value (and its lane argument).
+        let is_red = |op: &Collective| matches!(op, Collective::WarpSum | Collective::WarpMax);
+        // Phase 1: every lane contributes its values (and lane arguments).
         self.counted(self.i32c(ws), &mut |l, lane| {
             let tid = e(l.b.build_int_add(base, lane, "tid"))?;
-            let v = l.expr(value, tid)?;
-            let bits = e(l.b.build_bit_cast(v, i32t, "bits"))?;
-            e(l.b.build_store(l.scratch_ptr(0, lane)?, bits))?;
-            if let Some((a, _)) = arg {
-                let av = l.expr(a, tid)?;
-                e(l.b.build_store(l.scratch_ptr(1, lane)?, av))?;
+            for (j, (_, op, value)) in cs.iter().enumerate() {
+                let v = l.expr(value, tid)?;
+                let bits = e(l.b.build_bit_cast(v, i32t, "bits"))?;
+                e(l.b.build_store(l.scratch_ptr(j, 0, lane)?, bits))?;
+                if let Some((a, _)) = arg(op) {
+                    let av = l.expr(&a, tid)?;
+                    e(l.b.build_store(l.scratch_ptr(j, 1, lane)?, av))?;
+                }
             }
             Ok(())
         })?;
-        match cop {
-            Collective::WarpSum | Collective::WarpMax => {
-                // The butterfly of af_warp_sum/af_warp_max, round by round.
-                let mut from = 0u64;
-                let mut o = ws / 2;
-                while o > 0 {
-                    let to = if from == 0 { 2 } else { 0 };
-                    self.counted(self.i32c(ws), &mut |l, lane| {
-                        let other = e(l.b.build_xor(lane, l.i32c(o), "x"))?;
-                        let a = e(l.b.build_load(i32t, l.scratch_ptr(from, lane)?, "a"))?;
-                        let b = e(l.b.build_load(i32t, l.scratch_ptr(from, other)?, "b"))?;
+        // The butterfly of af_warp_sum/af_warp_max, round by round.
+        let mut from = 0u64;
+        if cs.iter().any(|c| is_red(c.1)) {
+            let mut o = ws / 2;
+            while o > 0 {
+                let to = if from == 2 { 3 } else { 2 };
+                self.counted(self.i32c(ws), &mut |l, lane| {
+                    let other = e(l.b.build_xor(lane, l.i32c(o), "x"))?;
+                    for (j, (dst, op, _)) in cs.iter().enumerate().filter(|(_, c)| is_red(c.1)) {
+                        let t = l.k.var(*dst).ty;
+                        let vty = l.ty(t);
+                        let a = e(l.b.build_load(i32t, l.scratch_ptr(j, from, lane)?, "a"))?;
+                        let b = e(l.b.build_load(i32t, l.scratch_ptr(j, from, other)?, "b"))?;
                         let a = e(l.b.build_bit_cast(a, vty, "a"))?;
                         let b = e(l.b.build_bit_cast(b, vty, "b"))?;
-                        let r = if matches!(cop, Collective::WarpSum) {
+                        let r = if matches!(op, Collective::WarpSum) {
                             l.arith(BinOp::Add, t.scalar, a, b)?
                         } else {
                             l.maxmin(true, t.scalar, a, b)?
                         };
                         let r = e(l.b.build_bit_cast(r, i32t, "r"))?;
-                        e(l.b.build_store(l.scratch_ptr(to, lane)?, r))?;
-                        Ok(())
-                    })?;
-                    from = to;
-                    o /= 2;
-                }
-                self.counted(self.i32c(ws), &mut |l, lane| {
-                    let tid = e(l.b.build_int_add(base, lane, "tid"))?;
-                    let r = e(l.b.build_load(i32t, l.scratch_ptr(from, lane)?, "r"))?;
-                    let r = e(l.b.build_bit_cast(r, vty, "r"))?;
-                    e(l.b.build_store(l.var_ptr(*dst, tid)?, r))?;
+                        e(l.b.build_store(l.scratch_ptr(j, to, lane)?, r))?;
+                    }
                     Ok(())
                 })?;
-            }
-            _ => {
-                let (_, width) = arg.ok_or("shuffles have an argument")?;
-                // Phase 2: HIP's index rule per lane, then ds_bpermute, which
-                // reads lane (index mod warp size).
-                self.counted(self.i32c(ws), &mut |l, lane| {
-                    let tid = e(l.b.build_int_add(base, lane, "tid"))?;
-                    let a = e(l.b.build_load(i32t, l.scratch_ptr(1, lane)?, "a"))?.into_int_value();
-                    let w = l.i32c(width);
-                    let wm1 = l.i32c(width - 1);
-                    let not_wm1 = l.i32c(!(width - 1));
-                    let index = match cop {
-                        Collective::ShuffleXor { .. } => {
-                            let idx = e(l.b.build_xor(lane, a, "idx"))?;
-                            let seg_end = e(l.b.build_int_add(lane, w, "se"))?;
-                            let seg_end = e(l.b.build_and(seg_end, not_wm1, "se"))?;
-                            let out =
-                                e(l.b.build_int_compare(IntPredicate::SGE, idx, seg_end, "out"))?;
-                            e(l.b.build_select(out, lane, idx, "idx"))?.into_int_value()
-                        }
-                        Collective::ShuffleDown { .. } => {
-                            let idx = e(l.b.build_int_add(lane, a, "idx"))?;
-                            let pos = e(l.b.build_and(lane, wm1, "pos"))?;
-                            let pos = e(l.b.build_int_add(pos, a, "pos"))?;
-                            let out = e(l.b.build_int_compare(IntPredicate::SGE, pos, w, "out"))?;
-                            e(l.b.build_select(out, lane, idx, "idx"))?.into_int_value()
-                        }
-                        _ => {
-                            let seg = e(l.b.build_and(lane, not_wm1, "seg"))?;
-                            e(l.b.build_int_add(a, seg, "idx"))?
-                        }
-                    };
-                    let src = e(l.b.build_and(index, l.i32c(l.ws() as i64 - 1), "src"))?;
-                    let v = e(l.b.build_load(i32t, l.scratch_ptr(0, src)?, "v"))?;
-                    let v = e(l.b.build_bit_cast(v, vty, "v"))?;
-                    e(l.b.build_store(l.var_ptr(*dst, tid)?, v))?;
-                    Ok(())
-                })?;
+                from = to;
+                o /= 2;
             }
         }
+        // Phase 2: every lane takes its result.
+        self.counted(self.i32c(ws), &mut |l, lane| {
+            let tid = e(l.b.build_int_add(base, lane, "tid"))?;
+            for (j, (dst, op, _)) in cs.iter().enumerate() {
+                let vty = l.ty(l.k.var(*dst).ty);
+                let bits = match arg(op) {
+                    None => e(l.b.build_load(i32t, l.scratch_ptr(j, from, lane)?, "r"))?,
+                    Some((_, width)) => {
+                        let a = e(l.b.build_load(i32t, l.scratch_ptr(j, 1, lane)?, "a"))?
+                            .into_int_value();
+                        let src = l.shuffle_source(op, lane, a, width)?;
+                        e(l.b.build_load(i32t, l.scratch_ptr(j, 0, src)?, "v"))?
+                    }
+                };
+                let v = e(l.b.build_bit_cast(bits, vty, "v"))?;
+                e(l.b.build_store(l.var_ptr(*dst, tid)?, v))?;
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -1102,7 +1126,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
     fn math(&self, f: MathFn, s: Scalar, v: &[BasicValueEnum<'ctx>]) -> R<BasicValueEnum<'ctx>> {
         let f32t: BasicTypeEnum<'ctx> = self.cx.f32_type().into();
         match f {
-            MathFn::Exp2 => self.intrinsic("llvm.exp2", f32t, v),
+            MathFn::Exp2 => self.exp2(v[0].into_float_value()),
             MathFn::Log2 => self.intrinsic("llvm.log2", f32t, v),
             MathFn::Sqrt => self.intrinsic("llvm.sqrt", f32t, v),
             MathFn::Fma => self.intrinsic("llvm.fma", f32t, v),
@@ -1137,6 +1161,74 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     .ok_or_else(|| "tanhf returns a value".to_string())
             }
         }
+    }
+
+    /// 2^x inline, so that loops over lanes vectorise: x = n + f with n =
+    /// round(x), |f| ≤ 1/2; 2^f by its Taylor series to degree 6 (relative
+    /// error below 2e-7, about one ulp); 2^n built in the exponent bits.
+    /// exp2(-inf) = 0, exp2(+inf) = inf, NaN stays NaN; results below 2^-126
+    /// flush to zero, as the GPU's v_exp_f32 does with denormals off.
+    fn exp2(&self, x: inkwell::values::FloatValue<'ctx>) -> R<BasicValueEnum<'ctx>> {
+        let f32t = self.cx.f32_type();
+        let i32t = self.cx.i32_type();
+        let c = |v: f64| f32t.const_float(v);
+        let lo = e(self
+            .b
+            .build_float_compare(FloatPredicate::OLT, x, c(-126.0), "lo"))?;
+        let hi = e(self
+            .b
+            .build_float_compare(FloatPredicate::OGT, x, c(128.0), "hi"))?;
+        let xc = self.maxmin(true, Scalar::F32, x.into(), c(-126.0).into())?;
+        let xc = self
+            .maxmin(false, Scalar::F32, xc, c(128.0).into())?
+            .into_float_value();
+        let n = self
+            .intrinsic("llvm.rint", f32t.into(), &[xc.into()])?
+            .into_float_value();
+        let f = e(self.b.build_float_sub(xc, n, "f"))?;
+        // ln2^k / k!
+        let coef = [
+            1.0,
+            std::f64::consts::LN_2,
+            0.240_226_506_959_100_7,
+            0.055_504_108_664_821_58,
+            0.009_618_129_107_628_477,
+            0.001_333_355_814_642_844_3,
+            0.000_154_035_303_933_816_1,
+        ];
+        let mut p = c(coef[6]);
+        for k in (0..6).rev() {
+            p = self
+                .intrinsic(
+                    "llvm.fma",
+                    f32t.into(),
+                    &[p.into(), f.into(), c(coef[k]).into()],
+                )?
+                .into_float_value();
+        }
+        let ni = e(self.b.build_float_to_signed_int(n, i32t, "n"))?;
+        let bits = e(self.b.build_int_add(ni, i32t.const_int(127, false), "b"))?;
+        let bits = e(self
+            .b
+            .build_left_shift(bits, i32t.const_int(23, false), "b"))?;
+        // n = 128 would overflow the exponent: split 2^n = 2^(n-1)·2.
+        let big =
+            e(self
+                .b
+                .build_int_compare(IntPredicate::SGE, ni, i32t.const_int(128, false), "big"))?;
+        let bits = e(self
+            .b
+            .build_select(big, i32t.const_int(254 << 23, false), bits, "b"))?
+        .into_int_value();
+        let scale = e(self.b.build_bit_cast(bits, f32t, "s"))?.into_float_value();
+        let r = e(self.b.build_float_mul(p, scale, "r"))?;
+        let two = e(self.b.build_float_mul(r, c(2.0), "r2"))?;
+        let r = e(self.b.build_select(big, two, r, "r"))?.into_float_value();
+        let r = e(self.b.build_select(lo, c(0.0), r, "r"))?.into_float_value();
+        let r = e(self.b.build_select(hi, c(f64::INFINITY), r, "r"))?.into_float_value();
+        // NaN in, NaN out (the comparisons above are false for NaN).
+        let nan = e(self.b.build_float_compare(FloatPredicate::UNO, x, x, "nan"))?;
+        e(self.b.build_select(nan, x, r, "exp2"))
     }
 
     fn cast(&self, from: Scalar, to: Scalar, v: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {

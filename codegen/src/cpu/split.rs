@@ -30,8 +30,9 @@ pub(crate) enum Node<'k> {
     Threads { region: usize, stmts: Vec<&'k Stmt> },
     /// `for warp { nodes }` (block level only).
     Warps(Vec<Node<'k>>),
-    /// A warp collective (two phases over the lanes).
-    Collective { region: usize, stmt: &'k Stmt },
+    /// Consecutive, independent warp collectives, run together in two
+    /// phases over the lanes (no collective reads another's result).
+    Collectives { region: usize, stmts: Vec<&'k Stmt> },
     /// A barrier: in checked mode, the end of a race-tracking interval.
     Barrier,
     /// A uniform `for`, `if` or `while` whose body holds barriers or collectives.
@@ -108,6 +109,14 @@ impl Splitter {
                         stmts: std::mem::take(&mut run),
                     });
                 }
+                if let (Stmt::Collective { .. }, Some(Node::Collectives { stmts: batch, .. })) =
+                    (s, out.last_mut())
+                {
+                    if independent(batch, s) {
+                        batch.push(s);
+                        continue;
+                    }
+                }
                 out.push(self.control(s, Level::Warp));
             } else {
                 run.push(s);
@@ -131,7 +140,10 @@ impl Splitter {
         let region = self.next();
         match s {
             Stmt::Barrier => Node::Barrier,
-            Stmt::Collective { .. } => Node::Collective { region, stmt: s },
+            Stmt::Collective { .. } => Node::Collectives {
+                region,
+                stmts: vec![s],
+            },
             Stmt::For { body, .. } | Stmt::While { body, .. } => Node::Control {
                 region,
                 level,
@@ -154,6 +166,109 @@ impl Splitter {
     }
 }
 
+/// Whether collective `s` reads none of the results of `batch`.
+fn independent(batch: &[&Stmt], s: &Stmt) -> bool {
+    let dsts: Vec<VarId> = batch
+        .iter()
+        .filter_map(|b| match b {
+            Stmt::Collective { dst, .. } => Some(*dst),
+            _ => None,
+        })
+        .collect();
+    let own = match s {
+        Stmt::Collective { dst, .. } => Some(*dst),
+        _ => None,
+    };
+    let mut reads = Vec::new();
+    stmt_vars(s, &mut |v| reads.push(v));
+    !reads.iter().any(|v| Some(*v) != own && dsts.contains(v))
+}
+
+/// The largest batch of collectives in a schedule.
+pub(crate) fn max_batch(nodes: &[Node<'_>]) -> usize {
+    nodes
+        .iter()
+        .map(|n| match n {
+            Node::Collectives { stmts, .. } => stmts.len(),
+            Node::Warps(inner) => max_batch(inner),
+            Node::Control {
+                body, otherwise, ..
+            } => max_batch(body).max(max_batch(otherwise)),
+            Node::Threads { .. } | Node::Barrier => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Calls `f` for every variable a statement (and its body) mentions.
+fn stmt_vars(s: &Stmt, f: &mut impl FnMut(VarId)) {
+    match s {
+        Stmt::Let(v, x) | Stmt::Assign(v, x) => {
+            f(*v);
+            expr_vars(x, f);
+        }
+        Stmt::Store { index, value, .. } => {
+            expr_vars(index, f);
+            expr_vars(value, f);
+        }
+        Stmt::For {
+            var,
+            start,
+            end,
+            step,
+            body,
+        } => {
+            f(*var);
+            expr_vars(start, f);
+            expr_vars(end, f);
+            expr_vars(step, f);
+            body.iter().for_each(|s| stmt_vars(s, f));
+        }
+        Stmt::If {
+            cond,
+            then,
+            otherwise,
+        } => {
+            expr_vars(cond, f);
+            then.iter().chain(otherwise).for_each(|s| stmt_vars(s, f));
+        }
+        Stmt::While { cond, body } => {
+            expr_vars(cond, f);
+            body.iter().for_each(|s| stmt_vars(s, f));
+        }
+        Stmt::Collective { dst, op, value } => {
+            f(*dst);
+            expr_vars(value, f);
+            match op {
+                crate::ir::Collective::ShuffleXor { mask: a, .. }
+                | crate::ir::Collective::ShuffleDown { delta: a, .. }
+                | crate::ir::Collective::ShuffleIdx { lane: a, .. } => expr_vars(a, f),
+                _ => {}
+            }
+        }
+        Stmt::Barrier | Stmt::Comment(_) => {}
+    }
+}
+fn expr_vars(e: &crate::ir::Expr, f: &mut impl FnMut(VarId)) {
+    use crate::ir::Expr;
+    match e {
+        Expr::Var(v) => f(*v),
+        Expr::Lit(_) | Expr::Special(_) => {}
+        Expr::Unary(_, a) | Expr::Cast(_, a) | Expr::Lane(a, _) => expr_vars(a, f),
+        Expr::Load { index, .. } => expr_vars(index, f),
+        Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
+            expr_vars(a, f);
+            expr_vars(b, f);
+        }
+        Expr::Select(c, a, b) => {
+            expr_vars(c, f);
+            expr_vars(a, f);
+            expr_vars(b, f);
+        }
+        Expr::Math(_, xs) | Expr::Vector(xs) => xs.iter().for_each(|x| expr_vars(x, f)),
+    }
+}
+
 /// Records, for every variable, the regions that mention it, and which
 /// variables are loop variables of uniform control loops.
 pub(crate) fn var_regions(nodes: &[Node<'_>], nvars: usize) -> (Vec<Vec<usize>>, Vec<bool>) {
@@ -165,74 +280,6 @@ pub(crate) fn var_regions(nodes: &[Node<'_>], nvars: usize) -> (Vec<Vec<usize>>,
             list.push(r);
         }
     }
-    fn stmt_vars(s: &Stmt, f: &mut impl FnMut(VarId)) {
-        let mut e = |x: &crate::ir::Expr| expr_vars(x, f);
-        match s {
-            Stmt::Let(v, x) | Stmt::Assign(v, x) => {
-                f(*v);
-                expr_vars(x, f);
-            }
-            Stmt::Store { index, value, .. } => {
-                e(index);
-                expr_vars(value, f);
-            }
-            Stmt::For {
-                var,
-                start,
-                end,
-                step,
-                body,
-            } => {
-                f(*var);
-                expr_vars(start, f);
-                expr_vars(end, f);
-                expr_vars(step, f);
-                body.iter().for_each(|s| stmt_vars(s, f));
-            }
-            Stmt::If {
-                cond,
-                then,
-                otherwise,
-            } => {
-                expr_vars(cond, f);
-                then.iter().chain(otherwise).for_each(|s| stmt_vars(s, f));
-            }
-            Stmt::While { cond, body } => {
-                expr_vars(cond, f);
-                body.iter().for_each(|s| stmt_vars(s, f));
-            }
-            Stmt::Collective { dst, op, value } => {
-                f(*dst);
-                expr_vars(value, f);
-                match op {
-                    crate::ir::Collective::ShuffleXor { mask: a, .. }
-                    | crate::ir::Collective::ShuffleDown { delta: a, .. }
-                    | crate::ir::Collective::ShuffleIdx { lane: a, .. } => expr_vars(a, f),
-                    _ => {}
-                }
-            }
-            Stmt::Barrier | Stmt::Comment(_) => {}
-        }
-    }
-    fn expr_vars(e: &crate::ir::Expr, f: &mut impl FnMut(VarId)) {
-        use crate::ir::Expr;
-        match e {
-            Expr::Var(v) => f(*v),
-            Expr::Lit(_) | Expr::Special(_) => {}
-            Expr::Unary(_, a) | Expr::Cast(_, a) | Expr::Lane(a, _) => expr_vars(a, f),
-            Expr::Load { index, .. } => expr_vars(index, f),
-            Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
-                expr_vars(a, f);
-                expr_vars(b, f);
-            }
-            Expr::Select(c, a, b) => {
-                expr_vars(c, f);
-                expr_vars(a, f);
-                expr_vars(b, f);
-            }
-            Expr::Math(_, xs) | Expr::Vector(xs) => xs.iter().for_each(|x| expr_vars(x, f)),
-        }
-    }
     fn walk(nodes: &[Node<'_>], regions: &mut [Vec<usize>], control_var: &mut [bool]) {
         for n in nodes {
             match n {
@@ -242,8 +289,10 @@ pub(crate) fn var_regions(nodes: &[Node<'_>], nvars: usize) -> (Vec<Vec<usize>>,
                     }
                 }
                 Node::Warps(inner) => walk(inner, regions, control_var),
-                Node::Collective { region, stmt } => {
-                    stmt_vars(stmt, &mut |v| mark(regions, v, *region));
+                Node::Collectives { region, stmts } => {
+                    for s in stmts {
+                        stmt_vars(s, &mut |v| mark(regions, v, *region));
+                    }
                 }
                 Node::Barrier => {}
                 Node::Control {

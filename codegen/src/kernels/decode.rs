@@ -180,18 +180,39 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                 ));
             }
         }
-        for gi in 0..g as usize {
-            let mut dot = Expr::f32(0.0);
-            for (qx, kx) in qv[gi].iter().zip(&kf) {
-                dot = qx.clone().fma(kx.clone(), dot);
-            }
-            let mut dot = b.let_(&format!("dot{gi}"), dot);
-            let mut mask = lanes_per_row / 2;
-            while mask > 0 {
-                let other = b.shfl_xor(&format!("dot{gi}_x{mask}"), dot.clone(), mask as i32, ws);
-                dot = b.let_(&format!("dot{gi}_r{mask}"), dot + other);
-                mask /= 2;
-            }
+        // Partial dots of every query head, then one butterfly over the row
+        // group for all of them (the shuffles of a step are independent).
+        // A statement per 16-byte chunk keeps every expression shallow,
+        // however many chunks a lane reads.
+        let mut dots: Vec<Expr> = (0..g as usize)
+            .map(|gi| {
+                let dot = b.var(&format!("dot{gi}"), Expr::f32(0.0));
+                for (qc, kc) in qv[gi].chunks(vec as usize).zip(kf.chunks(vec as usize)) {
+                    let mut sum = Expr::Var(dot);
+                    for (qx, kx) in qc.iter().zip(kc) {
+                        sum = qx.clone().fma(kx.clone(), sum);
+                    }
+                    b.set(dot, sum);
+                }
+                Expr::Var(dot)
+            })
+            .collect();
+        let mut mask = lanes_per_row / 2;
+        while mask > 0 {
+            let others: Vec<Expr> = dots
+                .iter()
+                .enumerate()
+                .map(|(gi, d)| b.shfl_xor(&format!("dot{gi}_x{mask}"), d.clone(), mask as i32, ws))
+                .collect();
+            dots = dots
+                .into_iter()
+                .zip(others)
+                .enumerate()
+                .map(|(gi, (d, o))| b.let_(&format!("dot{gi}_r{mask}"), d + o))
+                .collect();
+            mask /= 2;
+        }
+        for (gi, dot) in dots.into_iter().enumerate() {
             // Logit in the base-2 domain: scale·log2(e) folds into one
             // constant unless the soft-cap's tanh sits between them.
             let s = match spec.logits_soft_cap {
@@ -229,10 +250,29 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     b.comment("Merge the row groups of each warp.");
     let mut off = lanes_per_row;
     while off < ws {
+        // Every shuffle of the step first (they read the states as they are),
+        // then the merges.
+        let mut other = Vec::new();
         for gi in 0..g as usize {
             let name = |s: &str| format!("{s}{gi}_o{off}");
             let m_o = b.shfl_xor(&name("m"), Expr::Var(m[gi]), off as i32, ws);
             let l_o = b.shfl_xor(&name("l"), Expr::Var(l[gi]), off as i32, ws);
+            let acc_o: Vec<Expr> = acc[gi]
+                .iter()
+                .enumerate()
+                .map(|(j, a)| {
+                    b.shfl_xor(
+                        &format!("acc{gi}_{j}_o{off}"),
+                        Expr::Var(*a),
+                        off as i32,
+                        ws,
+                    )
+                })
+                .collect();
+            other.push((m_o, l_o, acc_o));
+        }
+        for (gi, (m_o, l_o, acc_o)) in other.into_iter().enumerate() {
+            let name = |s: &str| format!("{s}{gi}_o{off}");
             let m_new = b.let_(&name("mm"), Expr::Var(m[gi]).max(m_o.clone()));
             let is_empty = m_new.clone().eq_(ninf.clone());
             let fa = b.let_(
@@ -246,13 +286,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                 is_empty.select(Expr::f32(0.0), (m_o - m_new.clone()).exp2()),
             );
             b.set(l[gi], Expr::Var(l[gi]) * fa.clone() + l_o * fb.clone());
-            for (j, a) in acc[gi].iter().enumerate() {
-                let a_o = b.shfl_xor(
-                    &format!("acc{gi}_{j}_o{off}"),
-                    Expr::Var(*a),
-                    off as i32,
-                    ws,
-                );
+            for (a, a_o) in acc[gi].iter().zip(acc_o) {
                 b.set(*a, Expr::Var(*a) * fa.clone() + a_o * fb.clone());
             }
             b.set(m[gi], m_new);
@@ -260,12 +294,18 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         off *= 2;
     }
 
-    b.comment("The first row group of each warp hands its state to shared memory.");
-    b.if_(lane.clone().lt(i32(lanes_per_row)), |b| {
+    b.comment("The first row group of each warp hands its state to shared memory:");
+    b.comment("lane 0 the running max and sum, every lane of the group its chunks.");
+    b.if_(lane.clone().eq_(Expr::i32(0)), |b| {
         for gi in 0..g {
             let slot = warp.clone() * i32(g) + i32(gi);
             b.store(sm_m, slot.clone(), Expr::Var(m[gi as usize]));
-            b.store(sm_l, slot.clone(), Expr::Var(l[gi as usize]));
+            b.store(sm_l, slot, Expr::Var(l[gi as usize]));
+        }
+    });
+    b.if_(lane.clone().lt(i32(lanes_per_row)), |b| {
+        for gi in 0..g {
+            let slot = warp.clone() * i32(g) + i32(gi);
             for (c, ci) in chunk_idx.iter().enumerate() {
                 let store = |b: &mut KernelBuilder| {
                     for e in 0..vec {

@@ -1,0 +1,330 @@
+//! Every bundled spec's decode and append kernels, run on the CPU backend at
+//! a wave64 (gfx90a) and a wave32 (gfx1030) target, and at the host target
+//! (a warp of one, the CPU device's fast path), fast and in checked mode,
+//! against the independent f64 reference in `attnforge::runtime::reference`.
+//!
+//! Inputs are fresh each run; the seed is printed and set with ATTNFORGE_SEED.
+//! Pages are scattered in random order; free pages and the unused tail of
+//! each last page hold NaN, and outputs are NaN before the launch, so a
+//! kernel that reads past a sequence or skips an output fails.
+
+use attnforge::codegen::kernels::KernelSpec;
+use attnforge::runtime::cpu::{CpuDevice, Element, Mode};
+use attnforge::runtime::{reference, PageTable};
+use attnforge::{Arch, AttentionSpec, DType, KvLayoutSpec, Order};
+use half::{bf16, f16};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let s = std::env::var("ATTNFORGE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    println!("seed {s} (rerun with ATTNFORGE_SEED={s})");
+    s
+}
+
+fn tolerance(d: DType) -> f64 {
+    match d {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1e-2,
+    }
+}
+
+/// Context lengths per batch: one token; a partly filled last page; a mixed
+/// batch; several thousand tokens (past a 4096-token window).
+const CASES: &[&[usize]] = &[&[1], &[13], &[1, 17, 100, 33, 2], &[4100, 2500]];
+
+/// Arenas with every sequence's pages scattered, K/V random, everything else NaN.
+struct Setup<T> {
+    k: Vec<T>,
+    v: Vec<T>,
+    table: PageTable,
+}
+
+fn setup<T: Element>(l: &KvLayoutSpec, lens: &[usize], rng: &mut Rng) -> Setup<T> {
+    let p = l.page_size as usize;
+    let need: usize = lens.iter().map(|n| n.div_ceil(p)).sum();
+    let max_pages = need + need / 2 + 3;
+    let mut ids: Vec<i32> = (0..max_pages as i32).collect();
+    rng.shuffle(&mut ids);
+    let nan = T::from_f64(f64::NAN);
+    let elems = max_pages * l.page_elems() as usize;
+    let (mut k, mut v) = (vec![nan; elems], vec![nan; elems]);
+    let mut next = 0;
+    let mut seqs = Vec::new();
+    for &len in lens {
+        let pages = &ids[next..next + len.div_ceil(p)];
+        next += pages.len();
+        for t in 0..len {
+            for h in 0..l.kv_heads as u64 {
+                let at = l.offset(pages[t / p] as u64, (t % p) as u64, h) as usize;
+                for i in 0..l.head_dim as usize {
+                    k[at + i] = T::from_f64(rng.uniform());
+                    v[at + i] = T::from_f64(rng.uniform());
+                }
+            }
+        }
+        seqs.push((pages, len));
+    }
+    let table = PageTable::from_sequences(l.page_size, seqs.iter().map(|(pg, n)| (*pg, *n)));
+    Setup { k, v, table }
+}
+
+fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn check_decode<T: Element>(device: &CpuDevice, name: &str, spec: &AttentionSpec, seed: u64) {
+    for arch in [Arch::Gfx90a, Arch::Gfx1030, Arch::Host] {
+        for (ci, lens) in CASES.iter().enumerate() {
+            let mut rng = Rng(seed ^ (ci as u64 * 7919));
+            let s = setup::<T>(&spec.kv, lens, &mut rng);
+            let n = lens.len() * spec.q_heads as usize * spec.kv.head_dim as usize;
+            // Larger queries make the softmax peaked, not uniform.
+            let q: Vec<T> = (0..n).map(|_| T::from_f64(3.0 * rng.uniform())).collect();
+            let f = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
+            let want = reference::decode(spec, &f(&q), &f(&s.k), &f(&s.v), &s.table);
+            for mode in [Mode::Fast, Mode::Checked] {
+                let mut out = vec![T::from_f64(f64::NAN); n];
+                let ctx = format!("{name} @{arch} {mode:?} lens {lens:?} seed {seed}");
+                device
+                    .decode(
+                        spec,
+                        arch.target(),
+                        mode,
+                        &q,
+                        &s.k,
+                        &s.v,
+                        &s.table,
+                        &mut out,
+                    )
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                let got = f(&out);
+                assert!(
+                    got.iter().all(|x| x.is_finite()),
+                    "{ctx}: non-finite output"
+                );
+                let err = rel_l2(&got, &want);
+                assert!(
+                    err <= tolerance(spec.kv.dtype),
+                    "{ctx}: relative L2 error {err:e} > {:e}",
+                    tolerance(spec.kv.dtype)
+                );
+            }
+        }
+    }
+}
+
+fn check_append<T: Element + PartialEq>(
+    device: &CpuDevice,
+    name: &str,
+    l: &KvLayoutSpec,
+    seed: u64,
+) {
+    for arch in [Arch::Gfx90a, Arch::Gfx1030, Arch::Host] {
+        let mut rng = Rng(seed ^ 0xa99e);
+        let max_pages = 9;
+        let elems = max_pages * l.page_elems() as usize;
+        let k0: Vec<T> = (0..elems).map(|_| T::from_f64(rng.uniform())).collect();
+        let v0: Vec<T> = (0..elems).map(|_| T::from_f64(rng.uniform())).collect();
+        let mut slots: Vec<i64> = (0..(max_pages * l.page_size as usize) as i64).collect();
+        rng.shuffle(&mut slots);
+        let tokens = 37.min(slots.len());
+        slots.truncate(tokens);
+        slots[tokens / 2] = -1; // padding: skipped
+        let row = l.kv_heads as usize * l.head_dim as usize;
+        let k_new: Vec<T> = (0..tokens * row)
+            .map(|_| T::from_f64(rng.uniform()))
+            .collect();
+        let v_new: Vec<T> = (0..tokens * row)
+            .map(|_| T::from_f64(rng.uniform()))
+            .collect();
+        let (mut kw, mut vw) = (k0.clone(), v0.clone());
+        reference::append(l, &k_new, &v_new, &slots, &mut kw, &mut vw);
+        for mode in [Mode::Fast, Mode::Checked] {
+            let ctx = format!("{name} @{arch} {mode:?} seed {seed}");
+            let (mut k, mut v) = (k0.clone(), v0.clone());
+            device
+                .append(
+                    l,
+                    arch.target(),
+                    mode,
+                    &k_new,
+                    &v_new,
+                    &slots,
+                    &mut k,
+                    &mut v,
+                )
+                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert!(
+                k == kw && v == vw,
+                "{ctx}: arenas differ from the reference append"
+            );
+        }
+    }
+}
+
+fn check(device: &CpuDevice, name: &str, kernel: &KernelSpec, seed: u64) {
+    match kernel {
+        KernelSpec::Decode(a) => match a.kv.dtype {
+            DType::F32 => check_decode::<f32>(device, name, a, seed),
+            DType::F16 => check_decode::<f16>(device, name, a, seed),
+            DType::BF16 => check_decode::<bf16>(device, name, a, seed),
+        },
+        KernelSpec::Append(l) => match l.dtype {
+            DType::F32 => check_append::<f32>(device, name, l, seed),
+            DType::F16 => check_append::<f16>(device, name, l, seed),
+            DType::BF16 => check_append::<bf16>(device, name, l, seed),
+        },
+    }
+}
+
+#[test]
+fn bundled_kernels_match_the_reference() {
+    let seed = seed();
+    let device = CpuDevice::new();
+    for b in attnforge::kernels::ALL {
+        check(&device, b.name, &b.kernel, seed);
+    }
+}
+
+#[test]
+fn shapes_beyond_the_bundled_set_match_the_reference() {
+    let seed = seed();
+    let device = CpuDevice::new();
+    let kv = |page_size, kv_heads, head_dim, dtype, order| KvLayoutSpec {
+        page_size,
+        kv_heads,
+        head_dim,
+        dtype,
+        order,
+    };
+    let specs = [
+        // A short window inside one page and across pages, with a soft-cap.
+        AttentionSpec {
+            kv: kv(16, 2, 64, DType::F32, Order::Nhd),
+            q_heads: 4,
+            scale: Some(0.2),
+            causal: true,
+            sliding_window: Some(37),
+            logits_soft_cap: Some(5.0),
+        },
+        // MQA, rows wider than a wave32 warp (f32 head_dim 256), HND, page size 1.
+        AttentionSpec {
+            kv: kv(1, 1, 256, DType::F32, Order::Hnd),
+            q_heads: 8,
+            scale: None,
+            causal: true,
+            sliding_window: None,
+            logits_soft_cap: None,
+        },
+        // Head dim 80 (padded rows), GQA groups of 7, bf16, pages of 128.
+        AttentionSpec {
+            kv: kv(128, 2, 80, DType::BF16, Order::Hnd),
+            q_heads: 14,
+            scale: None,
+            causal: true,
+            sliding_window: None,
+            logits_soft_cap: None,
+        },
+    ];
+    for (i, a) in specs.iter().enumerate() {
+        let name = format!("extra spec {i}");
+        check(&device, &name, &KernelSpec::Decode(*a), seed);
+        check(&device, &name, &KernelSpec::Append(a.kv), seed);
+    }
+}
+
+#[test]
+fn an_invalid_page_table_is_refused_before_any_launch() {
+    let kv = KvLayoutSpec {
+        page_size: 4,
+        kv_heads: 1,
+        head_dim: 8,
+        dtype: DType::F32,
+        order: Order::Nhd,
+    };
+    let spec = AttentionSpec {
+        kv,
+        q_heads: 1,
+        scale: None,
+        causal: true,
+        sliding_window: None,
+        logits_soft_cap: None,
+    };
+    let (k, v) = (vec![0f32; 2 * 32], vec![0f32; 2 * 32]);
+    let q = vec![0f32; 8];
+    let mut out = vec![0f32; 8];
+    let device = CpuDevice::new();
+    let table = PageTable::from_sequences(4, [(&[2][..], 3)]); // page 2 of 2
+    let err = device
+        .decode(
+            &spec,
+            Arch::Gfx90a.target(),
+            Mode::Fast,
+            &q,
+            &k,
+            &v,
+            &table,
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("page 2 (at kv_indices[0]) is not below max_pages = 2"),
+        "{err}"
+    );
+    let half_q = vec![f16::ZERO; 8];
+    let mut half_out = vec![f16::ZERO; 8];
+    let hk = vec![f16::ZERO; 64];
+    let table = PageTable::from_sequences(4, [(&[1][..], 3)]);
+    let err = device
+        .decode(
+            &spec,
+            Arch::Gfx90a.target(),
+            Mode::Fast,
+            &half_q,
+            &hk,
+            &hk,
+            &table,
+            &mut half_out,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("stores f32 but the buffers hold f16"),
+        "{err}"
+    );
+}

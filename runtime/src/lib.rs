@@ -5,12 +5,14 @@
 //! `attnforge-codegen` for specs and kernels.
 //!
 //! Present now:
+//! - [`PageAllocator`], the capacity-checked, reference-counted page
+//!   allocator with prefix caching and explicit LRU eviction;
 //! - [`PageTable`], the CSR page table, validated before any launch;
 //! - [`cpu::CpuDevice`], which JIT-compiles generated kernels through LLVM
 //!   and runs them on the host, fast or in checked (sanitizer) mode;
 //! - [`reference`], an independent f64 implementation to check kernels against.
 //!
-//! **Not written yet**: the page allocator, the KV cache and the HIP device.
+//! **Not written yet**: the KV cache (sequences) and the HIP device.
 //!
 //! ```
 //! use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Order, Arch};
@@ -30,11 +32,13 @@
 //! assert!((out[0] - 23.0 / 6.0).abs() < 1e-5);
 //! ```
 
+pub mod alloc;
 #[cfg(feature = "cpu")]
 pub mod cpu;
 pub mod reference;
 mod table;
 
+pub use alloc::{AllocError, BlockHash, PageAllocator, PageId};
 pub use table::{validate_slots, PageTable, TableError};
 
 /// Why a runtime call failed.

@@ -7,12 +7,15 @@
 //! Present now:
 //! - [`PageAllocator`], the capacity-checked, reference-counted page
 //!   allocator with prefix caching and explicit LRU eviction;
+//! - [`KvCache`], sequences over the allocator and the K/V arenas of every
+//!   layer: all-or-nothing appends, forks with copy-on-write, explicit LRU
+//!   eviction, sliding-window release, CSR and 2-D block tables;
 //! - [`PageTable`], the CSR page table, validated before any launch;
 //! - [`cpu::CpuDevice`], which JIT-compiles generated kernels through LLVM
 //!   and runs them on the host, fast or in checked (sanitizer) mode;
 //! - [`reference`], an independent f64 implementation to check kernels against.
 //!
-//! **Not written yet**: the KV cache (sequences) and the HIP device.
+//! **Not written yet**: the HIP device.
 //!
 //! ```
 //! use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Order, Arch};
@@ -33,12 +36,14 @@
 //! ```
 
 pub mod alloc;
+mod cache;
 #[cfg(feature = "cpu")]
 pub mod cpu;
 pub mod reference;
 mod table;
 
 pub use alloc::{AllocError, BlockHash, PageAllocator, PageId};
+pub use cache::{BlockTable, CacheError, KvCache, SeqId};
 pub use table::{validate_slots, PageTable, TableError};
 
 /// Why a runtime call failed.

@@ -1,0 +1,183 @@
+//! Property and stress tests of the KV cache over random operation sequences.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use attnforge_codegen::{DType, KvLayoutSpec, Order};
+use attnforge_runtime::{KvCache, SeqId};
+use proptest::prelude::*;
+
+fn new_cache(page_size: u32, max_pages: u32, window: Option<u32>) -> KvCache<f32> {
+    let l = KvLayoutSpec {
+        page_size,
+        kv_heads: 1,
+        head_dim: 8,
+        dtype: DType::F32,
+        order: Order::Nhd,
+    };
+    KvCache::new(l, 1, max_pages)
+        .unwrap()
+        .with_sliding_window(window)
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Add,
+    Append(usize, usize),
+    Fork(usize),
+    Remove(usize),
+    Complete(usize),
+    Cleanup,
+    Evict(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => Just(Op::Add),
+        5 => (0..6usize, 0..7usize).prop_map(|(s, n)| Op::Append(s, n)),
+        1 => (0..6usize).prop_map(Op::Fork),
+        1 => (0..6usize).prop_map(Op::Remove),
+        1 => (0..6usize).prop_map(Op::Complete),
+        1 => Just(Op::Cleanup),
+        1 => (0..3usize).prop_map(Op::Evict),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cache_keeps_its_invariants(
+        page_size in prop_oneof![Just(1u32), Just(2), Just(4)],
+        max_pages in 1u32..10,
+        window in prop_oneof![Just(None), (1u32..9).prop_map(Some)],
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        let mut c = new_cache(page_size, max_pages, window);
+        // Sequences of one fork family may share pages; no others may.
+        let mut family: HashMap<SeqId, usize> = HashMap::new();
+        let mut families = 0;
+        for (i, o) in ops.iter().enumerate() {
+            let live: Vec<SeqId> = c.sequences().collect();
+            let pick = |k: usize| live.get(k % live.len().max(1)).copied();
+            let before = format!("{c:?}");
+            let ok = match *o {
+                Op::Add => {
+                    let s = c.add_sequence();
+                    family.insert(s, families);
+                    families += 1;
+                    true
+                }
+                Op::Append(k, n) => match pick(k) {
+                    Some(s) => {
+                        let len = c.seq_len(s).unwrap();
+                        match c.append_tokens(s, n) {
+                            Ok(slots) => {
+                                prop_assert_eq!(slots.len(), n);
+                                prop_assert_eq!(c.seq_len(s).unwrap(), len + n);
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                    None => true,
+                },
+                Op::Fork(k) => match pick(k) {
+                    Some(s) => {
+                        let child = c.fork(s).unwrap();
+                        family.insert(child, family[&s]);
+                        true
+                    }
+                    None => true,
+                },
+                Op::Remove(k) => {
+                    if let Some(s) = pick(k) {
+                        c.remove(s).unwrap();
+                    }
+                    true
+                }
+                Op::Complete(k) => {
+                    if let Some(s) = pick(k) {
+                        c.mark_completed(s).unwrap();
+                    }
+                    true
+                }
+                Op::Cleanup => {
+                    c.cleanup_completed().unwrap();
+                    true
+                }
+                Op::Evict(n) => {
+                    let gone = c.evict_lru_sequences(n).unwrap();
+                    prop_assert_eq!(gone.len(), n.min(live.len()));
+                    true
+                }
+            };
+            if !ok {
+                prop_assert_eq!(format!("{c:?}"), before, "step {}: a failed {:?} changed the cache", i, o);
+            }
+            prop_assert_eq!(c.check_invariants(), Ok(()), "step {}: {:?}", i, o);
+            let mut owner: HashMap<u32, usize> = HashMap::new();
+            for s in c.sequences() {
+                for &p in c.seq_pages(s).unwrap() {
+                    let f = family[&s];
+                    let prev = *owner.entry(p).or_insert(f);
+                    prop_assert_eq!(prev, f, "step {}: page {} held by two unrelated sequences", i, p);
+                }
+            }
+        }
+        let all: Vec<SeqId> = c.sequences().collect();
+        for s in all {
+            c.remove(s).unwrap();
+        }
+        prop_assert_eq!(c.allocator().free_pages(), max_pages as usize);
+        prop_assert_eq!(c.check_invariants(), Ok(()));
+    }
+}
+
+#[test]
+fn shared_across_threads_the_cache_stays_consistent() {
+    let cache = Arc::new(Mutex::new(new_cache(4, 64, None)));
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let cache = cache.clone();
+            s.spawn(move || {
+                let mut rng = 0x9e37_79b9u64 ^ t;
+                let mut next = || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng
+                };
+                let mut mine: Vec<SeqId> = Vec::new();
+                for _ in 0..3000 {
+                    let mut c = cache.lock().unwrap();
+                    match next() % 5 {
+                        0 => mine.push(c.add_sequence()),
+                        1 | 2 if !mine.is_empty() => {
+                            let s = mine[next() as usize % mine.len()];
+                            let _ = c.append_tokens(s, (next() % 6) as usize);
+                        }
+                        3 if !mine.is_empty() => {
+                            let s = mine[next() as usize % mine.len()];
+                            mine.push(c.fork(s).unwrap());
+                        }
+                        _ if !mine.is_empty() => {
+                            let s = mine.swap_remove(next() as usize % mine.len());
+                            c.remove(s).unwrap();
+                        }
+                        _ => {}
+                    }
+                    c.check_invariants().unwrap();
+                }
+                let mut c = cache.lock().unwrap();
+                for s in mine {
+                    c.remove(s).unwrap();
+                }
+            });
+        }
+    });
+    let c = cache.lock().unwrap();
+    assert_eq!(c.sequences().count(), 0);
+    assert_eq!(c.allocator().free_pages(), 64);
+    c.check_invariants().unwrap();
+}

@@ -238,7 +238,7 @@ impl<T: Copy + Default> KvCache<T> {
         let last = s.pages.last().copied();
         let npages = s.pages.len();
         let cow = n > 0
-            && held % p != 0
+            && !held.is_multiple_of(p)
             && last.is_some_and(|pg| self.alloc.ref_count(pg).is_ok_and(|r| r > 1));
         let new_pages = (held + n).div_ceil(p) - npages;
         let mut fresh = self

@@ -8,6 +8,7 @@ use attnforge_codegen::cpu::{compile, Arg, CpuKernel, CpuOptions, Pod};
 use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
 use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Target};
 
+use crate::cache::{KvCache, SeqId};
 use crate::table::{validate_slots, PageTable};
 use crate::RuntimeError;
 
@@ -237,5 +238,51 @@ impl CpuDevice {
         // rows have the tokens' shape, so every access is in bounds.
         unsafe { kernel.launch(ks.grid(tokens), &mut args)? };
         Ok(())
+    }
+}
+
+impl CpuDevice {
+    /// Appends new K/V rows of one layer into a cache, at the slots
+    /// [`KvCache::append_tokens`] returned for them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_to_cache<T: Element + Default>(
+        &self,
+        cache: &mut KvCache<T>,
+        layer: u32,
+        target: Target,
+        mode: Mode,
+        slots: &[i64],
+        k_new: &[T],
+        v_new: &[T],
+    ) -> Result<(), RuntimeError> {
+        let layout = *cache.layout();
+        let (k, v) = cache.layer_mut(layer)?;
+        self.append(&layout, target, mode, k_new, v_new, slots, k, v)
+    }
+
+    /// Decode for a batch of the cache's sequences at one layer: one query
+    /// token per sequence, attending to everything the cache holds for it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_from_cache<T: Element + Default>(
+        &self,
+        spec: &AttentionSpec,
+        cache: &mut KvCache<T>,
+        layer: u32,
+        batch: &[SeqId],
+        target: Target,
+        mode: Mode,
+        q: &[T],
+        out: &mut [T],
+    ) -> Result<(), RuntimeError> {
+        if spec.kv != *cache.layout() {
+            return Err(RuntimeError::Shape(format!(
+                "the attention's layout {:?} is not the cache's {:?}",
+                spec.kv,
+                cache.layout()
+            )));
+        }
+        let table = cache.page_table(batch)?;
+        let (k, v) = cache.layer(layer)?;
+        self.decode(spec, target, mode, q, k, v, &table, out)
     }
 }

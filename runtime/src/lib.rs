@@ -52,6 +52,9 @@ pub enum RuntimeError {
     /// A spec breaks a rule.
     #[error("invalid spec: {0}")]
     Spec(#[from] attnforge_codegen::SpecError),
+    /// A KV cache operation failed; nothing changed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     /// A page table or slot mapping is invalid; nothing was launched.
     #[error("invalid page table: {0}")]
     Table(#[from] TableError),

@@ -7,6 +7,9 @@ use attnforge_runtime::cpu::{CpuDevice, Mode};
 use attnforge_runtime::{reference, KvCache};
 use half::f16;
 
+/// One token's K and V rows.
+type Rows = (Vec<f16>, Vec<f16>);
+
 #[test]
 fn append_then_decode_through_the_cache_matches_the_reference() {
     let kv = KvLayoutSpec {
@@ -39,8 +42,7 @@ fn append_then_decode_through_the_cache_matches_the_reference() {
     };
     // Everything appended, per sequence and layer, in token order.
     let seqs: Vec<u64> = (0..3).map(|_| cache.add_sequence()).collect();
-    let mut history: Vec<Vec<Vec<(Vec<f16>, Vec<f16>)>>> =
-        vec![vec![Vec::new(); layers as usize]; 3];
+    let mut history: Vec<Vec<Vec<Rows>>> = vec![vec![Vec::new(); layers as usize]; 3];
     // A prompt of different lengths, then decode steps of one token each.
     for (step, counts) in [[7, 3, 12], [1, 1, 1], [1, 1, 1], [5, 1, 1], [1, 1, 1]]
         .iter()

@@ -103,6 +103,34 @@ fn check_dtype<T: Element>(layout: &KvLayoutSpec) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Every check a decode launch needs, on any device: the spec, the dtype,
+/// the arenas' shape, the page table against them, and q/out's shape.
+pub(crate) fn validate_decode<T: Element>(
+    spec: &AttentionSpec,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    table: &PageTable,
+    out: &[T],
+) -> Result<(), RuntimeError> {
+    spec.validate()?;
+    check_dtype::<T>(&spec.kv)?;
+    let max_pages = arena_pages(&spec.kv, k, v)?;
+    table.validate(&spec.kv, max_pages)?;
+    let batch = table.batch();
+    let row = spec.q_heads as usize * spec.kv.head_dim as usize;
+    if q.len() != batch * row || out.len() != batch * row {
+        return Err(RuntimeError::Shape(format!(
+            "q and out hold {} and {} elements; a batch of {batch} needs {} each \
+             ([batch][q_heads][head_dim])",
+            q.len(),
+            out.len(),
+            batch * row
+        )));
+    }
+    Ok(())
+}
+
 impl CpuDevice {
     /// A device with an empty kernel cache.
     pub fn new() -> CpuDevice {
@@ -155,21 +183,8 @@ impl CpuDevice {
         table: &PageTable,
         out: &mut [T],
     ) -> Result<(), RuntimeError> {
-        spec.validate()?;
-        check_dtype::<T>(&spec.kv)?;
-        let max_pages = arena_pages(&spec.kv, k, v)?;
-        table.validate(&spec.kv, max_pages)?;
+        validate_decode(spec, q, k, v, table, out)?;
         let batch = table.batch();
-        let row = spec.q_heads as usize * spec.kv.head_dim as usize;
-        if q.len() != batch * row || out.len() != batch * row {
-            return Err(RuntimeError::Shape(format!(
-                "q and out hold {} and {} elements; a batch of {batch} needs {} each \
-                 ([batch][q_heads][head_dim])",
-                q.len(),
-                out.len(),
-                batch * row
-            )));
-        }
         if batch == 0 {
             return Ok(());
         }

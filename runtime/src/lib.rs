@@ -15,7 +15,9 @@
 //!   and runs them on the host, fast or in checked (sanitizer) mode;
 //! - [`reference`], an independent f64 implementation to check kernels against.
 //!
-//! **Not written yet**: the HIP device.
+//! - [`hip::HipDevice`], on hip-sys (feature `hip`): code objects from the
+//!   build-time registry or compiled at run time with hiprtc (cached on
+//!   disk). **Never run on a GPU yet**: no launch has been tested on hardware.
 //!
 //! ```
 //! use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Order, Arch};
@@ -39,6 +41,7 @@ pub mod alloc;
 mod cache;
 #[cfg(feature = "cpu")]
 pub mod cpu;
+pub mod hip;
 pub mod reference;
 mod table;
 
@@ -76,6 +79,9 @@ pub enum RuntimeError {
     #[cfg(feature = "cpu")]
     #[error(transparent)]
     Jit(#[from] attnforge_codegen::cpu::CpuError),
+    /// The HIP device could not be used, or a HIP call failed.
+    #[error(transparent)]
+    Hip(#[from] hip::HipError),
     /// The launch was refused, or checked mode found problems.
     #[cfg(feature = "cpu")]
     #[error(transparent)]

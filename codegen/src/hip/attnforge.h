@@ -4,8 +4,11 @@
 // unit, after defining AF_WARP_SIZE (the target's warp size) and AF_BLOCK_DIM
 // (the kernel's fixed block size), so that each unit compiles on its own with
 // hipcc or hiprtc. Keep it free of anything target-specific beyond those two.
+// hiprtc provides the HIP headers itself; hipcc needs them included.
+#if !defined(__HIPCC_RTC__)
 #include <hip/hip_runtime.h>
 #include <hip/hip_fp16.h>
+#endif
 
 #ifndef AF_WARP_SIZE
 #error "AF_WARP_SIZE must be defined before attnforge.h"

@@ -1,0 +1,133 @@
+//! The HIP device where no GPU is needed: the runtime is reached and says
+//! whether it has a device; hiprtc compiles generated kernels into code
+//! objects, cached on disk. Launch tests skip, with a printed reason, when
+//! there is no device.
+#![cfg(feature = "hip")]
+
+use attnforge_codegen::codeobj::amdgpu_elf_objects;
+use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
+use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, Order};
+use attnforge_runtime::hip::{rtc, HipDevice, HipError};
+
+fn spec() -> AttentionSpec {
+    AttentionSpec {
+        kv: KvLayoutSpec {
+            page_size: 16,
+            kv_heads: 3,
+            head_dim: 64,
+            dtype: DType::F16,
+            order: Order::Nhd,
+        },
+        q_heads: 9,
+        scale: None,
+        causal: true,
+        sliding_window: None,
+        logits_soft_cap: Some(30.0),
+    }
+}
+
+#[test]
+fn the_hip_runtime_is_reached_and_reports_whether_it_has_a_device() {
+    match HipDevice::new(0) {
+        Err(HipError::NoDevice(why)) => {
+            println!("HIP runtime reached; no device: {why}");
+            assert!(why.contains("hipErrorNoDevice"), "{why}");
+        }
+        Ok(d) => println!("HIP device 0: {} ({})", d.arch_name(), d.arch()),
+        Err(e) => panic!("unexpected: {e}"),
+    }
+}
+
+#[test]
+fn hiprtc_compiles_generated_kernels_and_caches_them_atomically() {
+    let dir = std::env::temp_dir().join(format!("attnforge-rtc-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (ks, arch) in [
+        (KernelSpec::Decode(spec()), Arch::Gfx90a),
+        (KernelSpec::Append(spec().kv), Arch::Gfx1030),
+    ] {
+        let source = generate(&ks, arch.target()).unwrap().to_string();
+        let (bytes, compiled) =
+            rtc::compile_cached(&source, arch, &dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(compiled);
+        let objects = amdgpu_elf_objects(&bytes).unwrap();
+        assert!(!objects.is_empty(), "no AMDGPU ELF in hiprtc's output");
+        for o in &objects {
+            assert_eq!(o.arch(), Some(arch.name()));
+            assert!(o.has_kernel(&symbol(&ks)), "{:?}", o.symbols);
+        }
+        let (again, compiled) = rtc::compile_cached(&source, arch, &dir).unwrap();
+        assert!(!compiled, "the second call is served from the cache");
+        assert_eq!(again, bytes);
+    }
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|f| f.ends_with(".co") && !f.starts_with('.')),
+        "{files:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn hiprtc_errors_carry_the_log() {
+    let err = rtc::compile("this is not C++", Arch::Gfx90a).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("hiprtcCompileProgram") && text.contains("--offload-arch=gfx90a"),
+        "{text}"
+    );
+}
+
+#[test]
+fn decode_on_a_hip_device_matches_the_cpu() {
+    let device = match HipDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("skipped: {e}");
+            return;
+        }
+    };
+    use attnforge_runtime::cpu::{CpuDevice, Mode};
+    use attnforge_runtime::PageTable;
+    use half::f16;
+    let s = spec();
+    let pages = 4usize;
+    let k: Vec<f16> = (0..pages * 16 * 3 * 64)
+        .map(|i| f16::from_f32(((i % 13) as f32 - 6.0) / 6.0))
+        .collect();
+    let v: Vec<f16> = (0..k.len())
+        .map(|i| f16::from_f32(((i % 7) as f32 - 3.0) / 3.0))
+        .collect();
+    let table = PageTable::from_sequences(16, [(&[2, 0][..], 20), (&[3][..], 5)]);
+    let q: Vec<f16> = (0..2 * 9 * 64)
+        .map(|i| f16::from_f32(((i % 5) as f32 - 2.0) / 2.0))
+        .collect();
+    let (mut gpu, mut cpu) = (vec![f16::ZERO; q.len()], vec![f16::ZERO; q.len()]);
+    device
+        .decode(&s, None, &q, &k, &v, &table, &mut gpu)
+        .unwrap();
+    CpuDevice::new()
+        .decode(
+            &s,
+            device.arch().target(),
+            Mode::Checked,
+            &q,
+            &k,
+            &v,
+            &table,
+            &mut cpu,
+        )
+        .unwrap();
+    let err: f32 = gpu
+        .iter()
+        .zip(&cpu)
+        .map(|(a, b)| (a.to_f32() - b.to_f32()).abs())
+        .fold(0.0, f32::max);
+    assert!(err < 1e-2, "GPU and CPU differ by {err}");
+}

@@ -650,12 +650,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         let ws = self.ws() as i64;
         let base = self.warp_base()?;
         let i32t = self.cx.i32_type();
-        let arg = |op: &Collective| match op {
-            Collective::ShuffleXor { mask: a, width }
-            | Collective::ShuffleDown { delta: a, width }
-            | Collective::ShuffleIdx { lane: a, width } => Some((a.clone(), *width as i64)),
-            Collective::WarpSum | Collective::WarpMax => None,
-        };
+        let arg = |op: &Collective| op.lane_arg().map(|(a, w)| (a.clone(), w as i64));
         let is_red = |op: &Collective| matches!(op, Collective::WarpSum | Collective::WarpMax);
         // Phase 1: every lane contributes its values (and lane arguments).
         self.counted(self.i32c(ws), &mut |l, lane| {

@@ -180,7 +180,7 @@ fn independent(batch: &[&Stmt], s: &Stmt) -> bool {
         _ => None,
     };
     let mut reads = Vec::new();
-    stmt_vars(s, &mut |v| reads.push(v));
+    s.for_each_var(&mut |v| reads.push(v));
     !reads.iter().any(|v| Some(*v) != own && dsts.contains(v))
 }
 
@@ -200,75 +200,6 @@ pub(crate) fn max_batch(nodes: &[Node<'_>]) -> usize {
         .unwrap_or(0)
 }
 
-/// Calls `f` for every variable a statement (and its body) mentions.
-fn stmt_vars(s: &Stmt, f: &mut impl FnMut(VarId)) {
-    match s {
-        Stmt::Let(v, x) | Stmt::Assign(v, x) => {
-            f(*v);
-            expr_vars(x, f);
-        }
-        Stmt::Store { index, value, .. } => {
-            expr_vars(index, f);
-            expr_vars(value, f);
-        }
-        Stmt::For {
-            var,
-            start,
-            end,
-            step,
-            body,
-        } => {
-            f(*var);
-            expr_vars(start, f);
-            expr_vars(end, f);
-            expr_vars(step, f);
-            body.iter().for_each(|s| stmt_vars(s, f));
-        }
-        Stmt::If {
-            cond,
-            then,
-            otherwise,
-        } => {
-            expr_vars(cond, f);
-            then.iter().chain(otherwise).for_each(|s| stmt_vars(s, f));
-        }
-        Stmt::While { cond, body } => {
-            expr_vars(cond, f);
-            body.iter().for_each(|s| stmt_vars(s, f));
-        }
-        Stmt::Collective { dst, op, value } => {
-            f(*dst);
-            expr_vars(value, f);
-            match op {
-                crate::ir::Collective::ShuffleXor { mask: a, .. }
-                | crate::ir::Collective::ShuffleDown { delta: a, .. }
-                | crate::ir::Collective::ShuffleIdx { lane: a, .. } => expr_vars(a, f),
-                _ => {}
-            }
-        }
-        Stmt::Barrier | Stmt::Comment(_) => {}
-    }
-}
-fn expr_vars(e: &crate::ir::Expr, f: &mut impl FnMut(VarId)) {
-    use crate::ir::Expr;
-    match e {
-        Expr::Var(v) => f(*v),
-        Expr::Lit(_) | Expr::Special(_) => {}
-        Expr::Unary(_, a) | Expr::Cast(_, a) | Expr::Lane(a, _) => expr_vars(a, f),
-        Expr::Load { index, .. } => expr_vars(index, f),
-        Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
-            expr_vars(a, f);
-            expr_vars(b, f);
-        }
-        Expr::Select(c, a, b) => {
-            expr_vars(c, f);
-            expr_vars(a, f);
-            expr_vars(b, f);
-        }
-        Expr::Math(_, xs) | Expr::Vector(xs) => xs.iter().for_each(|x| expr_vars(x, f)),
-    }
-}
-
 /// Records, for every variable, the regions that mention it, and which
 /// variables are loop variables of uniform control loops.
 pub(crate) fn var_regions(nodes: &[Node<'_>], nvars: usize) -> (Vec<Vec<usize>>, Vec<bool>) {
@@ -285,13 +216,13 @@ pub(crate) fn var_regions(nodes: &[Node<'_>], nvars: usize) -> (Vec<Vec<usize>>,
             match n {
                 Node::Threads { region, stmts } => {
                     for s in stmts {
-                        stmt_vars(s, &mut |v| mark(regions, v, *region));
+                        s.for_each_var(&mut |v| mark(regions, v, *region));
                     }
                 }
                 Node::Warps(inner) => walk(inner, regions, control_var),
                 Node::Collectives { region, stmts } => {
                     for s in stmts {
-                        stmt_vars(s, &mut |v| mark(regions, v, *region));
+                        s.for_each_var(&mut |v| mark(regions, v, *region));
                     }
                 }
                 Node::Barrier => {}
@@ -315,11 +246,11 @@ pub(crate) fn var_regions(nodes: &[Node<'_>], nvars: usize) -> (Vec<Vec<usize>>,
                             control_var[var.0 as usize] = true;
                             mark(regions, *var, *region);
                             for x in [start, end, step] {
-                                expr_vars(x, &mut |v| mark(regions, v, *region));
+                                x.for_each_var(&mut |v| mark(regions, v, *region));
                             }
                         }
                         Stmt::If { cond, .. } | Stmt::While { cond, .. } => {
-                            expr_vars(cond, &mut |v| mark(regions, v, *region));
+                            cond.for_each_var(&mut |v| mark(regions, v, *region));
                         }
                         _ => {}
                     }

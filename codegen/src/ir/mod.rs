@@ -626,3 +626,87 @@ impl Expr {
         Expr::Math(MathFn::Fma, vec![self, a, b])
     }
 }
+
+impl Expr {
+    /// Calls `f` for every variable the expression reads.
+    pub fn for_each_var(&self, f: &mut impl FnMut(VarId)) {
+        match self {
+            Expr::Var(v) => f(*v),
+            Expr::Lit(_) | Expr::Special(_) => {}
+            Expr::Unary(_, a) | Expr::Cast(_, a) | Expr::Lane(a, _) => a.for_each_var(f),
+            Expr::Load { index, .. } => index.for_each_var(f),
+            Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
+                a.for_each_var(f);
+                b.for_each_var(f);
+            }
+            Expr::Select(c, a, b) => {
+                c.for_each_var(f);
+                a.for_each_var(f);
+                b.for_each_var(f);
+            }
+            Expr::Math(_, xs) | Expr::Vector(xs) => xs.iter().for_each(|x| x.for_each_var(f)),
+        }
+    }
+}
+
+impl Collective {
+    /// A shuffle's lane argument and segment width (`None` for reductions).
+    pub fn lane_arg(&self) -> Option<(&Expr, u32)> {
+        match self {
+            Collective::ShuffleXor { mask: a, width }
+            | Collective::ShuffleDown { delta: a, width }
+            | Collective::ShuffleIdx { lane: a, width } => Some((a, *width)),
+            Collective::WarpSum | Collective::WarpMax => None,
+        }
+    }
+}
+
+impl Stmt {
+    /// Calls `f` for every variable the statement (and its body) declares,
+    /// reads or writes.
+    pub fn for_each_var(&self, f: &mut impl FnMut(VarId)) {
+        match self {
+            Stmt::Let(v, x) | Stmt::Assign(v, x) => {
+                f(*v);
+                x.for_each_var(f);
+            }
+            Stmt::Store { index, value, .. } => {
+                index.for_each_var(f);
+                value.for_each_var(f);
+            }
+            Stmt::For {
+                var,
+                start,
+                end,
+                step,
+                body,
+            } => {
+                f(*var);
+                for x in [start, end, step] {
+                    x.for_each_var(f);
+                }
+                body.iter().for_each(|s| s.for_each_var(f));
+            }
+            Stmt::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                cond.for_each_var(f);
+                then.iter().chain(otherwise).for_each(|s| s.for_each_var(f));
+            }
+            Stmt::While { cond, body } => {
+                cond.for_each_var(f);
+                body.iter().for_each(|s| s.for_each_var(f));
+            }
+            Stmt::Collective { dst, op, value } => {
+                f(*dst);
+                value.for_each_var(f);
+                if let Some((a, _)) = op.lane_arg() {
+                    a.for_each_var(f);
+                }
+            }
+            Stmt::Barrier | Stmt::Comment(_) => {}
+        }
+    }
+}

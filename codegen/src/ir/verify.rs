@@ -315,7 +315,7 @@ impl Checker<'_> {
 
     fn uses(&mut self, e: &Expr, at: &str) {
         let mut vars = Vec::new();
-        collect_vars(e, &mut vars);
+        e.for_each_var(&mut |v| vars.push(v));
         for v in vars {
             if (v.0 as usize) < self.k.vars.len() && !self.in_scope(v) {
                 let name = self.k.var(v).name.clone();
@@ -439,15 +439,10 @@ impl Checker<'_> {
             Stmt::Collective { dst, op, value } => {
                 let ws = self.k.target.warp_size;
                 let i32t = Ty::scalar(Scalar::I32);
-                let width = match op {
-                    Collective::ShuffleXor { mask: a, width }
-                    | Collective::ShuffleDown { delta: a, width }
-                    | Collective::ShuffleIdx { lane: a, width } => {
-                        self.expect(a, i32t, "a shuffle's lane argument", at);
-                        Some(*width)
-                    }
-                    Collective::WarpSum | Collective::WarpMax => None,
-                };
+                let width = op.lane_arg().map(|(a, width)| {
+                    self.expect(a, i32t, "a shuffle's lane argument", at);
+                    width
+                });
                 if let Some(w) = width {
                     if !w.is_power_of_two() || w > ws {
                         self.err(
@@ -477,25 +472,6 @@ impl Checker<'_> {
                 self.declare(*dst, at);
             }
         }
-    }
-}
-
-fn collect_vars(e: &Expr, out: &mut Vec<VarId>) {
-    match e {
-        Expr::Var(v) => out.push(*v),
-        Expr::Lit(_) | Expr::Special(_) => {}
-        Expr::Unary(_, a) | Expr::Cast(_, a) | Expr::Lane(a, _) => collect_vars(a, out),
-        Expr::Load { index, .. } => collect_vars(index, out),
-        Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
-            collect_vars(a, out);
-            collect_vars(b, out);
-        }
-        Expr::Select(c, a, b) => {
-            collect_vars(c, out);
-            collect_vars(a, out);
-            collect_vars(b, out);
-        }
-        Expr::Math(_, args) | Expr::Vector(args) => args.iter().for_each(|a| collect_vars(a, out)),
     }
 }
 

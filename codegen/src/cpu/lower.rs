@@ -155,7 +155,7 @@ pub(crate) fn lower<'ctx>(
     let assigned = assigned_vars(&k.body, k.vars.len());
     l.layout_frame(an, &regions, &control_var, &assigned, max_batch(&nodes))?;
     l.prologue()?;
-    l.nodes(&nodes, None)?;
+    l.nodes(&nodes)?;
     e(l.b.build_return(None))?;
     Ok(l.layout)
 }
@@ -417,7 +417,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         Ok(e(self.b.build_load(self.cx.i32_type(), w, "w"))?.into_int_value())
     }
 
-    fn nodes(&mut self, nodes: &[Node<'_>], in_warp: Option<()>) -> R<()> {
+    fn nodes(&mut self, nodes: &[Node<'_>]) -> R<()> {
         for n in nodes {
             match n {
                 Node::Warps(inner) => {
@@ -425,7 +425,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     let wv = self.warp_var.ok_or("no warp variable")?;
                     self.counted(self.i32c(nwarps), &mut |l, w| {
                         e(l.b.build_store(wv, w))?;
-                        l.nodes(inner, Some(()))
+                        l.nodes(inner)
                     })?;
                 }
                 Node::Threads { stmts, .. } => {
@@ -452,7 +452,6 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     otherwise,
                     ..
                 } => {
-                    let _ = in_warp;
                     self.control(*level, stmt, body, otherwise)?;
                 }
             }
@@ -507,7 +506,6 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         body: &[Node<'_>],
         otherwise: &[Node<'_>],
     ) -> R<()> {
-        let in_warp = (level == Level::Warp).then_some(());
         match s {
             Stmt::For {
                 var,
@@ -532,7 +530,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 })?;
                 e(self.b.build_conditional_branch(c, bodyb, exit))?;
                 self.b.position_at_end(bodyb);
-                self.nodes(body, in_warp)?;
+                self.nodes(body)?;
                 let (rep, _, _) = self.scope(level)?;
                 let v = self.expr(&Expr::Var(*var), rep)?.into_int_value();
                 let stp = self.expr(step, rep)?.into_int_value();
@@ -553,7 +551,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     self.uniform_cond(level, &|l, tid| Ok(l.expr(cond, tid)?.into_int_value()))?;
                 e(self.b.build_conditional_branch(c, bodyb, exit))?;
                 self.b.position_at_end(bodyb);
-                self.nodes(body, in_warp)?;
+                self.nodes(body)?;
                 e(self.b.build_unconditional_branch(head))?;
                 self.b.position_at_end(exit);
             }
@@ -563,10 +561,10 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 let (t, f, j) = (self.bb("uthen"), self.bb("uelse"), self.bb("uend"));
                 e(self.b.build_conditional_branch(c, t, f))?;
                 self.b.position_at_end(t);
-                self.nodes(body, in_warp)?;
+                self.nodes(body)?;
                 e(self.b.build_unconditional_branch(j))?;
                 self.b.position_at_end(f);
-                self.nodes(otherwise, in_warp)?;
+                self.nodes(otherwise)?;
                 e(self.b.build_unconditional_branch(j))?;
                 self.b.position_at_end(j);
             }

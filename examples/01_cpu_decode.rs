@@ -6,6 +6,7 @@
 
 use attnforge::prelude::*;
 use attnforge::runtime::cpu::{CpuDevice, Mode};
+use attnforge::runtime::device::Cpu;
 use attnforge::runtime::{reference, KvCache};
 use half::f16;
 
@@ -18,8 +19,13 @@ pub struct Tiny;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let spec = Tiny::SPEC;
-    let target = Arch::Gfx1030.target(); // the wave32 kernel, exactly as a GPU gets it
     let device = CpuDevice::new();
+    // The wave32 kernel, exactly as a GPU gets it, under the sanitizer.
+    let cpu = Cpu {
+        device: &device,
+        target: Arch::Gfx1030.target(),
+        mode: Mode::Checked,
+    };
     let mut cache = KvCache::<f16>::new(spec.kv, 1, 64)?;
     let mut x = 7u64;
     let mut rnd = move || {
@@ -34,22 +40,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let slots = cache.append_tokens(*s, n)?; // pages allocated here
         let k: Vec<f16> = (0..n * row).map(|_| rnd()).collect();
         let v: Vec<f16> = (0..n * row).map(|_| rnd()).collect();
-        device.append_to_cache(&mut cache, 0, target, Mode::Checked, &slots, &k, &v)?;
+        cache.append_with(&cpu, 0, &slots, &k, &v)?;
     }
 
     // One query token per sequence.
     let q: Vec<f16> = (0..2 * 8 * 64).map(|_| rnd()).collect();
     let mut out = vec![f16::ZERO; q.len()];
-    device.decode_from_cache(
-        &spec,
-        &mut cache,
-        0,
-        &seqs,
-        target,
-        Mode::Checked,
-        &q,
-        &mut out,
-    )?;
+    cache.decode_with(&cpu, &spec, 0, &seqs, &q, &mut out)?;
 
     // The same attention in plain f64.
     let table = cache.page_table(&seqs)?;

@@ -8,7 +8,6 @@ use attnforge_codegen::cpu::{compile, Arg, CpuKernel, CpuOptions, Pod};
 use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
 use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Target};
 
-use crate::cache::{KvCache, SeqId};
 use crate::table::{validate_slots, PageTable};
 use crate::RuntimeError;
 
@@ -131,6 +130,35 @@ pub(crate) fn validate_decode<T: Element>(
     Ok(())
 }
 
+/// Every check an append launch needs, on any device; returns the number
+/// of tokens (the grid).
+pub(crate) fn validate_append<T: Element>(
+    layout: &KvLayoutSpec,
+    k_new: &[T],
+    v_new: &[T],
+    slots: &[i64],
+    k: &[T],
+    v: &[T],
+) -> Result<u32, RuntimeError> {
+    layout.validate()?;
+    check_dtype::<T>(layout)?;
+    let max_pages = arena_pages(layout, k, v)?;
+    validate_slots(slots, layout, max_pages)?;
+    let row = layout.kv_heads as usize * layout.head_dim as usize;
+    if k_new.len() != slots.len() * row || v_new.len() != slots.len() * row {
+        return Err(RuntimeError::Shape(format!(
+            "k_new and v_new hold {} and {} elements; {} tokens need {} each \
+             ([tokens][kv_heads][head_dim])",
+            k_new.len(),
+            v_new.len(),
+            slots.len(),
+            slots.len() * row
+        )));
+    }
+    u32::try_from(slots.len())
+        .map_err(|_| RuntimeError::Shape("more than u32::MAX tokens in one append".into()))
+}
+
 impl CpuDevice {
     /// A device with an empty kernel cache.
     pub fn new() -> CpuDevice {
@@ -220,26 +248,10 @@ impl CpuDevice {
         k: &mut [T],
         v: &mut [T],
     ) -> Result<(), RuntimeError> {
-        layout.validate()?;
-        check_dtype::<T>(layout)?;
-        let max_pages = arena_pages(layout, k, v)?;
-        validate_slots(slots, layout, max_pages)?;
-        let row = layout.kv_heads as usize * layout.head_dim as usize;
-        if k_new.len() != slots.len() * row || v_new.len() != slots.len() * row {
-            return Err(RuntimeError::Shape(format!(
-                "k_new and v_new hold {} and {} elements; {} tokens need {} each \
-                 ([tokens][kv_heads][head_dim])",
-                k_new.len(),
-                v_new.len(),
-                slots.len(),
-                slots.len() * row
-            )));
-        }
-        if slots.is_empty() {
+        let tokens = validate_append(layout, k_new, v_new, slots, k, v)?;
+        if tokens == 0 {
             return Ok(());
         }
-        let tokens = u32::try_from(slots.len())
-            .map_err(|_| RuntimeError::Shape("more than u32::MAX tokens in one append".into()))?;
         let ks = KernelSpec::Append(*layout);
         let kernel = self.kernel(&ks, target, mode)?;
         let mut args = [
@@ -253,51 +265,5 @@ impl CpuDevice {
         // rows have the tokens' shape, so every access is in bounds.
         unsafe { kernel.launch(ks.grid(tokens), &mut args)? };
         Ok(())
-    }
-}
-
-impl CpuDevice {
-    /// Appends new K/V rows of one layer into a cache, at the slots
-    /// [`KvCache::append_tokens`] returned for them.
-    #[allow(clippy::too_many_arguments)]
-    pub fn append_to_cache<T: Element + Default>(
-        &self,
-        cache: &mut KvCache<T>,
-        layer: u32,
-        target: Target,
-        mode: Mode,
-        slots: &[i64],
-        k_new: &[T],
-        v_new: &[T],
-    ) -> Result<(), RuntimeError> {
-        let layout = *cache.layout();
-        let (k, v) = cache.layer_mut(layer)?;
-        self.append(&layout, target, mode, k_new, v_new, slots, k, v)
-    }
-
-    /// Decode for a batch of the cache's sequences at one layer: one query
-    /// token per sequence, attending to everything the cache holds for it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn decode_from_cache<T: Element + Default>(
-        &self,
-        spec: &AttentionSpec,
-        cache: &mut KvCache<T>,
-        layer: u32,
-        batch: &[SeqId],
-        target: Target,
-        mode: Mode,
-        q: &[T],
-        out: &mut [T],
-    ) -> Result<(), RuntimeError> {
-        if spec.kv != *cache.layout() {
-            return Err(RuntimeError::Shape(format!(
-                "the attention's layout {:?} is not the cache's {:?}",
-                spec.kv,
-                cache.layout()
-            )));
-        }
-        let table = cache.page_table(batch)?;
-        let (k, v) = cache.layer(layer)?;
-        self.decode(spec, target, mode, q, k, v, &table, out)
     }
 }

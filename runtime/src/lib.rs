@@ -13,6 +13,8 @@
 //! - [`PageTable`], the CSR page table, validated before any launch;
 //! - [`cpu::CpuDevice`], which JIT-compiles generated kernels through LLVM
 //!   and runs them on the host, fast or in checked (sanitizer) mode;
+//! - [`device::Device`], one launch API for both devices, and launches
+//!   through a [`KvCache`] on any of them;
 //! - [`reference`], an independent f64 implementation to check kernels against.
 //!
 //! - [`hip::HipDevice`], on hip-sys (feature `hip`): code objects from the
@@ -41,6 +43,8 @@ pub mod alloc;
 mod cache;
 #[cfg(feature = "cpu")]
 pub mod cpu;
+#[cfg(feature = "cpu")]
+pub mod device;
 pub mod hip;
 pub mod reference;
 mod table;

@@ -4,6 +4,7 @@
 
 use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, Order};
 use attnforge_runtime::cpu::{CpuDevice, Mode};
+use attnforge_runtime::device::Cpu;
 use attnforge_runtime::{reference, KvCache};
 use half::f16;
 
@@ -32,6 +33,17 @@ fn append_then_decode_through_the_cache_matches_the_reference() {
         .unwrap()
         .with_sliding_window(spec.sliding_window);
     let device = CpuDevice::new();
+    // Append with the wave32 kernel, decode with the wave64 one, both checked.
+    let wave32 = Cpu {
+        device: &device,
+        target: Arch::Gfx1030.target(),
+        mode: Mode::Checked,
+    };
+    let wave64 = Cpu {
+        device: &device,
+        target: Arch::Gfx90a.target(),
+        mode: Mode::Checked,
+    };
     let row = (kv.kv_heads * kv.head_dim) as usize;
     let mut x = 1u64;
     let mut rnd = move || {
@@ -57,34 +69,15 @@ fn append_then_decode_through_the_cache_matches_the_reference() {
                     history[i][layer as usize]
                         .push((k[t * row..][..row].to_vec(), v[t * row..][..row].to_vec()));
                 }
-                device
-                    .append_to_cache(
-                        &mut cache,
-                        layer,
-                        Arch::Gfx1030.target(),
-                        Mode::Checked,
-                        &slots,
-                        &k,
-                        &v,
-                    )
-                    .unwrap();
+                cache.append_with(&wave32, layer, &slots, &k, &v).unwrap();
             }
         }
         cache.check_invariants().unwrap();
         for layer in 0..layers {
             let q: Vec<f16> = (0..3 * 6 * 16).map(|_| rnd()).collect();
             let mut out = vec![f16::NAN; q.len()];
-            device
-                .decode_from_cache(
-                    &spec,
-                    &mut cache,
-                    layer,
-                    &seqs,
-                    Arch::Gfx90a.target(),
-                    Mode::Checked,
-                    &q,
-                    &mut out,
-                )
+            cache
+                .decode_with(&wave64, &spec, layer, &seqs, &q, &mut out)
                 .unwrap();
             // Reference on a dense copy of each sequence's history.
             for (i, hist) in history.iter().enumerate() {

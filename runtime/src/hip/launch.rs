@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 
 use attnforge_codegen::cpu::Pod;
 use attnforge_codegen::kernels::{generate, KernelSpec};
-use attnforge_codegen::{AttentionSpec, HipKernels};
+use attnforge_codegen::{AttentionSpec, HipKernels, KvLayoutSpec};
 
 use super::result::{check, HipStatus};
 use super::{rtc, sys, HipDevice, HipError};
@@ -199,6 +199,54 @@ impl HipDevice {
             )?
         };
         dout.to_host(out)?;
+        Ok(())
+    }
+
+    /// KV append on the GPU, with the same arguments and the same validation
+    /// as [`crate::cpu::CpuDevice::append`]. The arenas are copied to the
+    /// device and back (a device-resident arena is future work).
+    #[allow(clippy::too_many_arguments)]
+    pub fn append<T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        registry: Option<&HipKernels>,
+        k_new: &[T],
+        v_new: &[T],
+        slots: &[i64],
+        k: &mut [T],
+        v: &mut [T],
+    ) -> Result<(), RuntimeError> {
+        let tokens = crate::cpu::validate_append(layout, k_new, v_new, slots, k, v)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let ks = KernelSpec::Append(*layout);
+        let module = Module::load(&self.code_object(&ks, registry)?)?;
+        let block = generate(&ks, self.arch.target())?.block_dim();
+        let (dkn, dvn) = (
+            DeviceBuffer::from_host(k_new)?,
+            DeviceBuffer::from_host(v_new)?,
+        );
+        let ds = DeviceBuffer::from_host(slots)?;
+        let (dk, dv) = (DeviceBuffer::from_host(k)?, DeviceBuffer::from_host(v)?);
+        let mut ptrs = [dkn.ptr, dvn.ptr, ds.ptr, dk.ptr, dv.ptr];
+        let mut args: Vec<*mut c_void> = ptrs
+            .iter_mut()
+            .map(|p| (p as *mut *mut c_void).cast())
+            .collect();
+        // SAFETY: every slot was validated against the arenas and the new rows
+        // have the tokens' shape; the pointers are the append kernel's
+        // parameters in order.
+        unsafe {
+            module.launch(
+                &attnforge_codegen::kernels::symbol(&ks),
+                ks.grid(tokens),
+                block,
+                &mut args,
+            )?
+        };
+        dk.to_host(k)?;
+        dv.to_host(v)?;
         Ok(())
     }
 }

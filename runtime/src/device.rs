@@ -1,0 +1,148 @@
+//! One launch API for every device.
+//!
+//! [`Device`] is what the CPU and HIP devices have in common: the decode and
+//! append kernels of a spec, with the same arguments and the same
+//! validation before anything is launched. [`KvCache`] launches through any
+//! `Device`, so an engine's step reads the same whatever runs it.
+
+use attnforge_codegen::{AttentionSpec, KvLayoutSpec};
+
+use crate::cache::{KvCache, SeqId};
+use crate::cpu::Element;
+use crate::table::PageTable;
+use crate::RuntimeError;
+
+/// A device that runs attnforge's kernels.
+pub trait Device {
+    /// Decode attention: `q`/`out` are [batch][q_heads][head_dim], `k`/`v`
+    /// whole arenas, `table` the batch's page table.
+    #[allow(clippy::too_many_arguments)]
+    fn decode<T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        table: &PageTable,
+        out: &mut [T],
+    ) -> Result<(), RuntimeError>;
+
+    /// KV append: row i of `k_new`/`v_new` goes to slot `slots[i]`.
+    #[allow(clippy::too_many_arguments)]
+    fn append<T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        k_new: &[T],
+        v_new: &[T],
+        slots: &[i64],
+        k: &mut [T],
+        v: &mut [T],
+    ) -> Result<(), RuntimeError>;
+}
+
+/// The CPU device with a chosen target and mode.
+#[cfg(feature = "cpu")]
+pub struct Cpu<'a> {
+    /// The device (and its kernel cache).
+    pub device: &'a crate::cpu::CpuDevice,
+    /// Which kernel variant to run (`Arch::Host` for speed, a GPU arch to
+    /// run exactly the GPU's kernel).
+    pub target: attnforge_codegen::Target,
+    /// Fast or checked.
+    pub mode: crate::cpu::Mode,
+}
+
+#[cfg(feature = "cpu")]
+impl Device for Cpu<'_> {
+    fn decode<T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        table: &PageTable,
+        out: &mut [T],
+    ) -> Result<(), RuntimeError> {
+        self.device
+            .decode(spec, self.target, self.mode, q, k, v, table, out)
+    }
+
+    fn append<T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        k_new: &[T],
+        v_new: &[T],
+        slots: &[i64],
+        k: &mut [T],
+        v: &mut [T],
+    ) -> Result<(), RuntimeError> {
+        self.device
+            .append(layout, self.target, self.mode, k_new, v_new, slots, k, v)
+    }
+}
+
+#[cfg(feature = "hip")]
+impl Device for crate::hip::HipDevice {
+    fn decode<T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        table: &PageTable,
+        out: &mut [T],
+    ) -> Result<(), RuntimeError> {
+        crate::hip::HipDevice::decode(self, spec, None, q, k, v, table, out)
+    }
+
+    fn append<T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        k_new: &[T],
+        v_new: &[T],
+        slots: &[i64],
+        k: &mut [T],
+        v: &mut [T],
+    ) -> Result<(), RuntimeError> {
+        crate::hip::HipDevice::append(self, layout, None, k_new, v_new, slots, k, v)
+    }
+}
+
+impl<T: Element + Default> KvCache<T> {
+    /// Writes new K/V rows of one layer at `slots` (from
+    /// [`KvCache::append_tokens`]) on `device`.
+    pub fn append_with<D: Device>(
+        &mut self,
+        device: &D,
+        layer: u32,
+        slots: &[i64],
+        k_new: &[T],
+        v_new: &[T],
+    ) -> Result<(), RuntimeError> {
+        let layout = *self.layout();
+        let (k, v) = self.layer_mut(layer)?;
+        device.append(&layout, k_new, v_new, slots, k, v)
+    }
+
+    /// Decode for a batch of sequences at one layer on `device`.
+    pub fn decode_with<D: Device>(
+        &mut self,
+        device: &D,
+        spec: &AttentionSpec,
+        layer: u32,
+        batch: &[SeqId],
+        q: &[T],
+        out: &mut [T],
+    ) -> Result<(), RuntimeError> {
+        if spec.kv != *self.layout() {
+            return Err(RuntimeError::Shape(format!(
+                "the attention's layout {:?} is not the cache's {:?}",
+                spec.kv,
+                self.layout()
+            )));
+        }
+        let table = self.page_table(batch)?;
+        let (k, v) = self.layer(layer)?;
+        device.decode(spec, q, k, v, &table, out)
+    }
+}

@@ -18,7 +18,7 @@
 //! writes one registry file per item, which that item's macro expansion
 //! includes, and `registry.rs`, a list of every code object.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -330,13 +330,13 @@ impl Build {
             }
         }
 
-        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut seen: HashSet<String> = HashSet::new();
         let idents = layouts
             .iter()
             .map(|(f, l)| (f, &l.ident))
             .chain(attentions.iter().map(|(f, a)| (f, &a.ident)));
         for (file, ident) in idents {
-            if seen.insert(ident.to_string(), ()).is_some() {
+            if !seen.insert(ident.to_string()) {
                 let msg = format!(
                     "two spec items are named `{ident}`; the build helper's registry needs distinct names"
                 );

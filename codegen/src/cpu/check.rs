@@ -137,7 +137,7 @@ pub(crate) struct BlockState<'k> {
 const KEEP: usize = 64;
 
 impl<'k> BlockState<'k> {
-    pub fn new(kernel: &'k Kernel, global_lens: &'k [u64], _shared: &[(u32, u64)]) -> Self {
+    pub fn new(kernel: &'k Kernel, global_lens: &'k [u64]) -> Self {
         let shadow = kernel
             .buffers
             .iter()

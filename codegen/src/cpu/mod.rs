@@ -176,11 +176,9 @@ struct Engine(#[allow(dead_code)] ExecutionEngine<'static>);
 
 /// A kernel compiled for the host CPU.
 pub struct CpuKernel {
-    name: String,
     kernel: Kernel,
     checked: bool,
     frame_bytes: u64,
-    shared: Vec<(u32, u64)>,
     func: BlockFn,
     compile_time: Duration,
     _engine: Engine,
@@ -196,7 +194,7 @@ unsafe impl Sync for CpuKernel {}
 impl fmt::Debug for CpuKernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CpuKernel")
-            .field("name", &self.name)
+            .field("name", &self.kernel.name)
             .field("checked", &self.checked)
             .field("frame_bytes", &self.frame_bytes)
             .field("compile_time", &self.compile_time)
@@ -276,14 +274,10 @@ pub fn compile(
         .map_err(|e| fail(e.to_string()))?;
     // SAFETY: `block` was emitted with exactly the BlockFn signature.
     let func: BlockFn = unsafe { std::mem::transmute::<usize, BlockFn>(addr) };
-    let mut shared: Vec<(u32, u64)> = layout.shared.into_iter().collect();
-    shared.sort();
     Ok(CpuKernel {
-        name: kernel.name.clone(),
         kernel: kernel.clone(),
         checked: opts.checked,
         frame_bytes: layout.bytes,
-        shared,
         func,
         compile_time: start.elapsed(),
         _engine: Engine(engine),
@@ -298,7 +292,7 @@ struct Line([u8; 64]);
 impl CpuKernel {
     /// The kernel's symbol.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.kernel.name
     }
 
     /// Whether it was compiled in checked mode.
@@ -320,7 +314,7 @@ impl CpuKernel {
     /// this is safe whatever the arguments hold.
     pub fn launch_checked(&self, grid: [u32; 3], args: &mut [Arg<'_>]) -> Result<(), LaunchError> {
         if !self.checked {
-            return Err(LaunchError::NotChecked(self.name.clone()));
+            return Err(LaunchError::NotChecked(self.kernel.name.clone()));
         }
         // SAFETY: checked mode refuses every out-of-bounds access.
         unsafe { self.launch(grid, args) }
@@ -335,7 +329,7 @@ impl CpuKernel {
     /// tables and slot mappings that are valid for the buffers passed).
     pub unsafe fn launch(&self, grid: [u32; 3], args: &mut [Arg<'_>]) -> Result<(), LaunchError> {
         let bad = |message: String| LaunchError::BadArguments {
-            kernel: self.name.clone(),
+            kernel: self.kernel.name.clone(),
             message,
         };
         if args.len() != self.kernel.params.len() {
@@ -432,8 +426,7 @@ impl CpuKernel {
                 s.spawn(|| {
                     let info = shared_info.get();
                     let mut frame = vec![Line([0; 64]); lines.max(1)];
-                    let mut state =
-                        check::BlockState::new(&self.kernel, &global_lens, &self.shared);
+                    let mut state = check::BlockState::new(&self.kernel, &global_lens);
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= total {
@@ -471,7 +464,7 @@ impl CpuKernel {
         if total_findings > 0 {
             list.sort_by_key(|f| (f.block[2], f.block[1], f.block[0], f.thread));
             return Err(LaunchError::Findings {
-                kernel: self.name.clone(),
+                kernel: self.kernel.name.clone(),
                 findings: list,
                 total: total_findings,
             });

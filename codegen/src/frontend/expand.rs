@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use proc_macro2::{Literal, TokenStream};
-use quote::{quote, quote_spanned};
+use quote::{quote, quote_spanned, ToTokens};
 
 use super::parse::{ParsedAttention, ParsedKvLayout};
 use crate::spec::{DType, KvLayoutSpec, Order};
@@ -130,5 +130,3 @@ pub fn attention(
         #check
     }
 }
-
-use quote::ToTokens;

@@ -106,18 +106,25 @@ fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
     (num / den.max(1e-300)).sqrt()
 }
 
-fn check_decode<T: Element>(device: &CpuDevice, name: &str, spec: &AttentionSpec, seed: u64) {
+fn check_decode<Q: Element, T: Element>(
+    device: &CpuDevice,
+    name: &str,
+    spec: &AttentionSpec,
+    seed: u64,
+) {
+    let tol = tolerance(spec.kv.dtype).max(tolerance(spec.query_dtype()));
     for arch in [Arch::Gfx90a, Arch::Gfx1030, Arch::Host] {
         for (ci, lens) in CASES.iter().enumerate() {
             let mut rng = Rng(seed ^ (ci as u64 * 7919));
             let s = setup::<T>(&spec.kv, lens, &mut rng);
             let n = lens.len() * spec.q_heads as usize * spec.kv.head_dim as usize;
             // Larger queries make the softmax peaked, not uniform.
-            let q: Vec<T> = (0..n).map(|_| T::from_f64(3.0 * rng.uniform())).collect();
+            let q: Vec<Q> = (0..n).map(|_| Q::from_f64(3.0 * rng.uniform())).collect();
             let f = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
-            let want = reference::decode(spec, &f(&q), &f(&s.k), &f(&s.v), &s.table);
+            let fq = |x: &[Q]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
+            let want = reference::decode(spec, &fq(&q), &f(&s.k), &f(&s.v), &s.table);
             for mode in [Mode::Fast, Mode::Checked] {
-                let mut out = vec![T::from_f64(f64::NAN); n];
+                let mut out = vec![Q::from_f64(f64::NAN); n];
                 let ctx = format!("{name} @{arch} {mode:?} lens {lens:?} seed {seed}");
                 device
                     .decode(
@@ -131,17 +138,13 @@ fn check_decode<T: Element>(device: &CpuDevice, name: &str, spec: &AttentionSpec
                         &mut out,
                     )
                     .unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                let got = f(&out);
+                let got = fq(&out);
                 assert!(
                     got.iter().all(|x| x.is_finite()),
                     "{ctx}: non-finite output"
                 );
                 let err = rel_l2(&got, &want);
-                assert!(
-                    err <= tolerance(spec.kv.dtype),
-                    "{ctx}: relative L2 error {err:e} > {:e}",
-                    tolerance(spec.kv.dtype)
-                );
+                assert!(err <= tol, "{ctx}: relative L2 error {err:e} > {tol:e}");
             }
         }
     }
@@ -198,10 +201,16 @@ fn check_append<T: Element + PartialEq>(
 
 fn check(device: &CpuDevice, name: &str, kernel: &KernelSpec, seed: u64) {
     match kernel {
-        KernelSpec::Decode(a) => match a.kv.dtype {
-            DType::F32 => check_decode::<f32>(device, name, a, seed),
-            DType::F16 => check_decode::<f16>(device, name, a, seed),
-            DType::BF16 => check_decode::<bf16>(device, name, a, seed),
+        KernelSpec::Decode(a) => match (a.query_dtype(), a.kv.dtype) {
+            (DType::F32, DType::F32) => check_decode::<f32, f32>(device, name, a, seed),
+            (DType::F16, DType::F16) => check_decode::<f16, f16>(device, name, a, seed),
+            (DType::BF16, DType::BF16) => check_decode::<bf16, bf16>(device, name, a, seed),
+            (DType::F32, DType::F16) => check_decode::<f32, f16>(device, name, a, seed),
+            (DType::F32, DType::BF16) => check_decode::<f32, bf16>(device, name, a, seed),
+            (DType::F16, DType::F32) => check_decode::<f16, f32>(device, name, a, seed),
+            (DType::BF16, DType::F32) => check_decode::<bf16, f32>(device, name, a, seed),
+            (DType::F16, DType::BF16) => check_decode::<f16, bf16>(device, name, a, seed),
+            (DType::BF16, DType::F16) => check_decode::<bf16, f16>(device, name, a, seed),
         },
         KernelSpec::Append(l) => match l.dtype {
             DType::F32 => check_append::<f32>(device, name, l, seed),
@@ -240,6 +249,7 @@ fn shapes_beyond_the_bundled_set_match_the_reference() {
             causal: true,
             sliding_window: Some(37),
             logits_soft_cap: Some(5.0),
+            q_dtype: None,
         },
         // MQA, rows wider than a wave32 warp (f32 head_dim 256), HND, page size 1.
         AttentionSpec {
@@ -249,6 +259,7 @@ fn shapes_beyond_the_bundled_set_match_the_reference() {
             causal: true,
             sliding_window: None,
             logits_soft_cap: None,
+            q_dtype: None,
         },
         // Head dim 80 (padded rows), GQA groups of 7, bf16, pages of 128.
         AttentionSpec {
@@ -258,6 +269,28 @@ fn shapes_beyond_the_bundled_set_match_the_reference() {
             causal: true,
             sliding_window: None,
             logits_soft_cap: None,
+            q_dtype: None,
+        },
+        // f32 queries and outputs over an f16 cache (llama.cpp's precision:
+        // the output is not rounded to the cache's dtype), GQA groups of 3.
+        AttentionSpec {
+            kv: kv(16, 3, 64, DType::F16, Order::Nhd),
+            q_heads: 9,
+            scale: None,
+            causal: true,
+            sliding_window: None,
+            logits_soft_cap: None,
+            q_dtype: Some(DType::F32),
+        },
+        // bf16 queries over an f32 cache, HND, a window.
+        AttentionSpec {
+            kv: kv(8, 2, 96, DType::F32, Order::Hnd),
+            q_heads: 4,
+            scale: None,
+            causal: true,
+            sliding_window: Some(100),
+            logits_soft_cap: None,
+            q_dtype: Some(DType::BF16),
         },
     ];
     for (i, a) in specs.iter().enumerate() {
@@ -283,6 +316,7 @@ fn an_invalid_page_table_is_refused_before_any_launch() {
         causal: true,
         sliding_window: None,
         logits_soft_cap: None,
+        q_dtype: None,
     };
     let (k, v) = (vec![0f32; 2 * 32], vec![0f32; 2 * 32]);
     let q = vec![0f32; 8];

@@ -19,7 +19,7 @@
 //!
 //! let kv = KvLayoutSpec { page_size: 16, kv_heads: 8, head_dim: 128, dtype: DType::F16, order: Order::Nhd };
 //! let llama3 = AttentionSpec {
-//!     kv, q_heads: 32, scale: None, causal: true, sliding_window: None, logits_soft_cap: None,
+//!     kv, q_heads: 32, scale: None, causal: true, sliding_window: None, logits_soft_cap: None, q_dtype: None,
 //! };
 //! let decode = generate(&KernelSpec::Decode(llama3), Arch::Gfx90a.target()).unwrap();
 //! let hip = decode.to_string(); // a complete HIP translation unit

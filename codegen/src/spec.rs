@@ -281,9 +281,21 @@ pub struct AttentionSpec {
     pub sliding_window: Option<u32>,
     /// Logits become `cap·tanh(logit/cap)` before the softmax.
     pub logits_soft_cap: Option<f32>,
+    /// The dtype of queries and outputs; `None` means the layout's dtype.
+    /// An f32 query over an f16 cache keeps the output unrounded, as
+    /// llama.cpp's attention does.
+    pub q_dtype: Option<DType>,
 }
 
 impl AttentionSpec {
+    /// The dtype of queries and outputs.
+    pub const fn query_dtype(&self) -> DType {
+        match self.q_dtype {
+            Some(d) => d,
+            None => self.kv.dtype,
+        }
+    }
+
     /// Checks every rule of the attention and of its layout.
     pub const fn validate(&self) -> Result<(), SpecError> {
         ctry!(self.kv.validate());
@@ -400,6 +412,7 @@ mod tests {
             causal: true,
             sliding_window: None,
             logits_soft_cap: None,
+            q_dtype: None,
         };
         assert_eq!(spec.validate().unwrap_err().field, "q_heads");
         let ok = AttentionSpec {

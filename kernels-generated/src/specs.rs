@@ -61,6 +61,7 @@ pub struct Phi3;
 #[kv_layout(page_size = 16, kv_heads = 3, head_dim = 64, dtype = f16, order = NHD, name = "smollm2_kv")]
 pub struct SmolLM2Kv;
 
-/// SmolLM2-135M: 9 query heads, GQA groups of 3.
-#[attention(kv = SmolLM2Kv, q_heads = 9, causal, name = "smollm2_135m")]
+/// SmolLM2-135M: 9 query heads, GQA groups of 3; f32 queries and outputs
+/// over the f16 cache, as `examples/smollm2.rs` runs it.
+#[attention(kv = SmolLM2Kv, q_heads = 9, causal, q_dtype = f32, name = "smollm2_135m")]
 pub struct SmolLM2;

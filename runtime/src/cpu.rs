@@ -104,16 +104,22 @@ fn check_dtype<T: Element>(layout: &KvLayoutSpec) -> Result<(), RuntimeError> {
 
 /// Every check a decode launch needs, on any device: the spec, the dtype,
 /// the arenas' shape, the page table against them, and q/out's shape.
-pub(crate) fn validate_decode<T: Element>(
+pub(crate) fn validate_decode<Q: Element, T: Element>(
     spec: &AttentionSpec,
-    q: &[T],
+    q: &[Q],
     k: &[T],
     v: &[T],
     table: &PageTable,
-    out: &[T],
+    out: &[Q],
 ) -> Result<(), RuntimeError> {
     spec.validate()?;
     check_dtype::<T>(&spec.kv)?;
+    if Q::DTYPE != spec.query_dtype() {
+        return Err(RuntimeError::DType {
+            spec: spec.query_dtype(),
+            given: Q::DTYPE,
+        });
+    }
     let max_pages = arena_pages(&spec.kv, k, v)?;
     table.validate(&spec.kv, max_pages)?;
     let batch = table.batch();
@@ -200,16 +206,16 @@ impl CpuDevice {
     /// arenas (whole pages in the layout's order); `table` maps sequences
     /// to pages. Everything is validated before the launch.
     #[allow(clippy::too_many_arguments)]
-    pub fn decode<T: Element>(
+    pub fn decode<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
         target: Target,
         mode: Mode,
-        q: &[T],
+        q: &[Q],
         k: &[T],
         v: &[T],
         table: &PageTable,
-        out: &mut [T],
+        out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         validate_decode(spec, q, k, v, table, out)?;
         let batch = table.batch();

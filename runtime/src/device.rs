@@ -14,17 +14,18 @@ use crate::RuntimeError;
 
 /// A device that runs attnforge's kernels.
 pub trait Device {
-    /// Decode attention: `q`/`out` are [batch][q_heads][head_dim], `k`/`v`
-    /// whole arenas, `table` the batch's page table.
+    /// Decode attention: `q`/`out` are [batch][q_heads][head_dim] in the
+    /// spec's query dtype, `k`/`v` whole arenas in the layout's dtype,
+    /// `table` the batch's page table.
     #[allow(clippy::too_many_arguments)]
-    fn decode<T: Element>(
+    fn decode<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
-        q: &[T],
+        q: &[Q],
         k: &[T],
         v: &[T],
         table: &PageTable,
-        out: &mut [T],
+        out: &mut [Q],
     ) -> Result<(), RuntimeError>;
 
     /// KV append: row i of `k_new`/`v_new` goes to slot `slots[i]`.
@@ -54,14 +55,14 @@ pub struct Cpu<'a> {
 
 #[cfg(feature = "cpu")]
 impl Device for Cpu<'_> {
-    fn decode<T: Element>(
+    fn decode<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
-        q: &[T],
+        q: &[Q],
         k: &[T],
         v: &[T],
         table: &PageTable,
-        out: &mut [T],
+        out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         self.device
             .decode(spec, self.target, self.mode, q, k, v, table, out)
@@ -83,14 +84,14 @@ impl Device for Cpu<'_> {
 
 #[cfg(feature = "hip")]
 impl Device for crate::hip::HipDevice {
-    fn decode<T: Element>(
+    fn decode<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
-        q: &[T],
+        q: &[Q],
         k: &[T],
         v: &[T],
         table: &PageTable,
-        out: &mut [T],
+        out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         crate::hip::HipDevice::decode(self, spec, None, q, k, v, table, out)
     }
@@ -125,14 +126,14 @@ impl<T: Element + Default> KvCache<T> {
     }
 
     /// Decode for a batch of sequences at one layer on `device`.
-    pub fn decode_with<D: Device>(
+    pub fn decode_with<D: Device, Q: Element>(
         &mut self,
         device: &D,
         spec: &AttentionSpec,
         layer: u32,
         batch: &[SeqId],
-        q: &[T],
-        out: &mut [T],
+        q: &[Q],
+        out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         if spec.kv != *self.layout() {
             return Err(RuntimeError::Shape(format!(

@@ -26,7 +26,7 @@
 //! use attnforge_runtime::{cpu::{CpuDevice, Mode}, PageTable};
 //!
 //! let kv = KvLayoutSpec { page_size: 4, kv_heads: 1, head_dim: 8, dtype: DType::F32, order: Order::Nhd };
-//! let spec = AttentionSpec { kv, q_heads: 2, scale: None, causal: true, sliding_window: None, logits_soft_cap: None };
+//! let spec = AttentionSpec { kv, q_heads: 2, scale: None, causal: true, sliding_window: None, logits_soft_cap: None, q_dtype: None };
 //! // Two pages; one sequence of 6 tokens on pages 1 then 0.
 //! let k = vec![0.5f32; 2 * 4 * 8];
 //! let v: Vec<f32> = (0..64).map(|i| (i / 8) as f32).collect();

@@ -23,6 +23,7 @@ fn spec() -> AttentionSpec {
         causal: true,
         sliding_window: None,
         logits_soft_cap: Some(30.0),
+        q_dtype: None,
     }
 }
 

@@ -105,6 +105,17 @@ pub fn attention(
     let cap = option(p.logits_soft_cap, |v| {
         Literal::f32_suffixed(v).into_token_stream()
     });
+    let q_dtype = option(p.q_dtype, |d| {
+        let v = syn::Ident::new(
+            match d {
+                crate::DType::F32 => "F32",
+                crate::DType::F16 => "F16",
+                crate::DType::BF16 => "BF16",
+            },
+            proc_macro2::Span::call_site(),
+        );
+        quote!(#krate::DType::#v)
+    });
     let hip = hip_tokens(krate, registry);
     let check = quote_spanned! {p.span_of("q_heads")=>
         const _: () = match <#ident as #krate::Attention>::SPEC.validate() {
@@ -124,6 +135,7 @@ pub fn attention(
                 causal: #causal,
                 sliding_window: #window,
                 logits_soft_cap: #cap,
+                q_dtype: #q_dtype,
             };
             const HIP: #krate::HipKernels = #hip;
         }

@@ -42,6 +42,8 @@ pub struct ParsedAttention {
     pub sliding_window: Option<u32>,
     /// `logits_soft_cap`, if given.
     pub logits_soft_cap: Option<f32>,
+    /// `q_dtype`, if given.
+    pub q_dtype: Option<DType>,
     spans: HashMap<&'static str, Span>,
 }
 
@@ -55,6 +57,7 @@ impl ParsedAttention {
             causal: self.causal,
             sliding_window: self.sliding_window,
             logits_soft_cap: self.logits_soft_cap,
+            q_dtype: self.q_dtype,
         }
     }
 
@@ -92,6 +95,7 @@ pub const ATTENTION_KEYS: &[&str] = &[
     "causal",
     "sliding_window",
     "logits_soft_cap",
+    "q_dtype",
     "name",
 ];
 
@@ -376,18 +380,7 @@ pub fn kv_layout(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
             "page_size" => page_size = ruled_int(e, rules::page_size, &mut errors),
             "kv_heads" => kv_heads = ruled_int(e, rules::kv_heads, &mut errors),
             "head_dim" => head_dim = ruled_int(e, rules::head_dim, &mut errors),
-            "dtype" => {
-                dtype = word(e, "dtype = f16", &mut errors).and_then(|(w, span)| {
-                    let d = DType::from_name(&w);
-                    if d.is_none() {
-                        errors.at(
-                            span,
-                            format!("unknown dtype `{w}`; expected f32, f16 or bf16"),
-                        );
-                    }
-                    d
-                })
-            }
+            "dtype" => dtype = dtype_word(e, "dtype = f16", &mut errors),
             "order" => {
                 order = word(e, "order = NHD", &mut errors).and_then(|(w, span)| {
                     let o = Order::from_name(&w);
@@ -426,6 +419,20 @@ pub fn kv_layout(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
     })
 }
 
+/// A dtype value (`f32`, `f16`, `bf16`); an unknown word is an error at it.
+fn dtype_word(e: &Entry, example: &str, errors: &mut Errors) -> Option<DType> {
+    word(e, example, errors).and_then(|(w, span)| {
+        let d = DType::from_name(&w);
+        if d.is_none() {
+            errors.at(
+                span,
+                format!("unknown dtype `{w}`; expected f32, f16 or bf16"),
+            );
+        }
+        d
+    })
+}
+
 /// Parses and checks the arguments of `#[attention(..)]` on `item`.
 pub fn attention(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<ParsedAttention> {
     let mut errors = Errors(None);
@@ -433,7 +440,7 @@ pub fn attention(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
     let entries = entries(attr, ATTENTION_KEYS, &mut errors);
     let mut spans = HashMap::new();
     let (mut kv, mut q_heads, mut scale, mut causal) = (None, None, None, false);
-    let (mut window, mut cap, mut name) = (None, None, None);
+    let (mut window, mut cap, mut name, mut q_dtype) = (None, None, None, None);
     for e in &entries {
         let key: &'static str = ATTENTION_KEYS
             .iter()
@@ -453,6 +460,7 @@ pub fn attention(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
             "scale" => scale = ruled_float(e, rules::scale, &mut errors),
             "sliding_window" => window = ruled_int(e, rules::sliding_window, &mut errors),
             "logits_soft_cap" => cap = ruled_float(e, rules::logits_soft_cap, &mut errors),
+            "q_dtype" => q_dtype = dtype_word(e, "q_dtype = f32", &mut errors),
             "causal" => match &e.value {
                 None => causal = true,
                 Some(Expr::Lit(ExprLit {
@@ -483,6 +491,7 @@ pub fn attention(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
         causal,
         sliding_window: window.map(|v| v.0),
         logits_soft_cap: cap.map(|v| v.0),
+        q_dtype,
         spans,
     })
 }

@@ -1,7 +1,7 @@
 //! Paged decode attention: one query token per sequence.
 //!
 //! ```text
-//! q, out:    [batch][q_heads][head_dim]            (dtype of the layout)
+//! q, out:    [batch][q_heads][head_dim]            (the spec's query dtype)
 //! k_cache, v_cache: the two arenas, in the layout's order
 //! kv_indptr: [batch+1] i32, kv_indices: [pages] i32, kv_last_page_len: [batch] i32
 //! grid: (kv_heads, batch); block: DECODE_WARPS warps
@@ -38,6 +38,7 @@ const LOG2_E: f32 = std::f32::consts::LOG2_E;
 pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel {
     let kv = spec.kv;
     let elem = Scalar::of_dtype(kv.dtype);
+    let q_elem = Scalar::of_dtype(spec.query_dtype());
     let ws = target.warp_size;
     let d = kv.head_dim;
     let g = spec.group_size();
@@ -52,13 +53,13 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     let ninf = Expr::f32(f32::NEG_INFINITY);
 
     let mut b = KernelBuilder::new(name, target, DECODE_WARPS * ws);
-    let q = b.global("q", elem, Access::Read);
+    let q = b.global("q", q_elem, Access::Read);
     let k_cache = b.global("k_cache", elem, Access::Read);
     let v_cache = b.global("v_cache", elem, Access::Read);
     let indptr = b.global("kv_indptr", Scalar::I32, Access::Read);
     let indices = b.global("kv_indices", Scalar::I32, Access::Read);
     let last_len = b.global("kv_last_page_len", Scalar::I32, Access::Read);
-    let out = b.global("out", elem, Access::ReadWrite);
+    let out = b.global("out", q_elem, Access::ReadWrite);
     let sm_m = b.shared("sm_m", Scalar::F32, DECODE_WARPS * g);
     let sm_l = b.shared("sm_l", Scalar::F32, DECODE_WARPS * g);
     let sm_acc = b.shared("sm_acc", Scalar::F32, DECODE_WARPS * g * d);
@@ -115,10 +116,27 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         );
         let mut regs = Vec::new();
         for (c, ci) in chunk_idx.iter().enumerate() {
+            // A query chunk is as many elements as a K/V chunk, read in
+            // 16-byte pieces (two when the query is wider than the cache).
             let off = base.clone() + i64(ci.clone()) * Expr::i64(vec as i64);
-            let raw = b.let_(&format!("q{gi}_{c}"), Expr::load(q, off, vec as u8));
-            for e in 0..vec as u8 {
-                let x = raw.clone().lane(e).cast(Scalar::F32);
+            let qvec = vec.min(vector_lanes(spec.query_dtype()));
+            let raws: Vec<Expr> = (0..vec / qvec)
+                .map(|p| {
+                    let name = if vec == qvec {
+                        format!("q{gi}_{c}")
+                    } else {
+                        format!("q{gi}_{c}_{p}")
+                    };
+                    let o = match p {
+                        0 => off.clone(),
+                        _ => off.clone() + Expr::i64((p * qvec) as i64),
+                    };
+                    b.let_(&name, Expr::load(q, o, qvec as u8))
+                })
+                .collect();
+            for e in 0..vec {
+                let raw = &raws[(e / qvec) as usize];
+                let x = raw.clone().lane((e % qvec) as u8).cast(Scalar::F32);
                 let x = match &chunk_ok[c] {
                     Some(ok) => ok.clone().select(x, Expr::f32(0.0)),
                     None => x,
@@ -369,7 +387,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             let idx = (i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead))
                 * Expr::i64(d as i64)
                 + i64(dd);
-            b.store(out, idx, o.cast(elem));
+            b.store(out, idx, o.cast(q_elem));
         },
     );
     b.finish()

@@ -91,6 +91,9 @@ pub fn symbol(spec: &KernelSpec) -> String {
             if let Some(sc) = a.scale {
                 s += &format!("_s{}", number(sc));
             }
+            if a.q_dtype.is_some_and(|d| d != kv.dtype) {
+                s += &format!("_q{}", a.query_dtype().name());
+            }
             s
         }
     }

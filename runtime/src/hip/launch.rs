@@ -156,15 +156,15 @@ impl HipDevice {
     /// Decode attention on the GPU, with the same arguments and the same
     /// validation as [`crate::cpu::CpuDevice::decode`].
     #[allow(clippy::too_many_arguments)]
-    pub fn decode<T: Element>(
+    pub fn decode<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
         registry: Option<&HipKernels>,
-        q: &[T],
+        q: &[Q],
         k: &[T],
         v: &[T],
         table: &PageTable,
-        out: &mut [T],
+        out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         crate::cpu::validate_decode(spec, q, k, v, table, out)?;
         if table.batch() == 0 {

@@ -1,0 +1,311 @@
+//! # attnforge-llama
+//!
+//! A llama-architecture model read from a GGUF file, generating text with
+//! attnforge's paged KV cache and generated kernels: every token's K/V goes
+//! into a [`KvCache`] through the append kernel, and attention is the decode
+//! kernel of the attention spec the caller declares. Matrix multiplies use
+//! candle's quantized CPU kernels (the same Q4/Q8 block dot products as
+//! llama.cpp); norms, RoPE and sampling are plain Rust.
+//!
+//! The model's attention is declared by the caller, as model code does; a
+//! GGUF whose heads or head_dim differ from the declaration is refused with
+//! [`LlamaError::SpecMismatch`].
+//!
+//! Prompts are processed token by token through append and decode (there is
+//! no prefill kernel yet), so a batch of prompts runs as one ragged batch:
+//! each step feeds every live sequence one token.
+//!
+//! ```no_run
+//! use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, Order};
+//! use attnforge_llama::{Engine, Model};
+//! use attnforge_runtime::{cpu::{CpuDevice, Mode}, device::Cpu};
+//!
+//! let kv = KvLayoutSpec { page_size: 16, kv_heads: 3, head_dim: 64, dtype: DType::F16, order: Order::Nhd };
+//! let spec = AttentionSpec { kv, q_heads: 9, scale: None, causal: true, sliding_window: None, logits_soft_cap: None, q_dtype: Some(DType::F32) };
+//! let model = Model::load(&attnforge_llama::default_model_path()).unwrap();
+//! let cpu = CpuDevice::new();
+//! let device = Cpu { device: &cpu, target: Arch::Host.target(), mode: Mode::Fast };
+//! let mut engine = Engine::<f32, half::f16, _>::new(&model, spec, device, 256).unwrap();
+//! let prompt = model.tokenizer.encode("The capital of France is", true);
+//! let out = engine.generate(&[prompt], 16, |_, _| {}).unwrap();
+//! println!("{}", model.tokenizer.decode(&out.tokens[0]));
+//! ```
+
+mod model;
+mod quant;
+pub mod tokenizer;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use attnforge_codegen::AttentionSpec;
+use attnforge_runtime::cpu::Element;
+use attnforge_runtime::device::Device;
+use attnforge_runtime::{CacheError, KvCache, RuntimeError, SeqId};
+
+pub use model::{Config, Model};
+pub use tokenizer::{TextStream, TokenId, Tokenizer};
+
+/// The file name of the SmolLM2 model the set-up script installs.
+pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Where the set-up script puts the SmolLM2 model:
+/// `$ATTNFORGE_MODEL_DIR`, else `$XDG_CACHE_HOME/attnforge/models`, else
+/// `~/.cache/attnforge/models`.
+pub fn default_model_path() -> PathBuf {
+    let dir = if let Some(d) = std::env::var_os("ATTNFORGE_MODEL_DIR") {
+        PathBuf::from(d)
+    } else if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        PathBuf::from(d).join("attnforge/models")
+    } else {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
+            .join(".cache/attnforge/models")
+    };
+    dir.join(SMOLLM2_FILE)
+}
+
+/// Why loading or generating failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LlamaError {
+    /// The model file could not be read.
+    #[error("cannot read {0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// candle could not parse or load the GGUF file.
+    #[error("GGUF: {0}")]
+    Gguf(#[from] candle_core::Error),
+    /// A metadata key the model needs is absent.
+    #[error("the GGUF file has no metadata key {0:?}")]
+    MissingKey(String),
+    /// A metadata key has the wrong type.
+    #[error("GGUF metadata key {0:?}: {1}")]
+    BadKey(String, String),
+    /// A weight the model needs is absent.
+    #[error("the GGUF file has no tensor {0:?}")]
+    MissingTensor(String),
+    /// The file is a model this runner does not handle.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    /// The declared attention spec does not describe this model.
+    #[error(
+        "the model does not match the declared attention: its {field} is {gguf}, the spec says {declared}"
+    )]
+    SpecMismatch {
+        /// The spec field.
+        field: &'static str,
+        /// The model's value.
+        gguf: u32,
+        /// The declared value.
+        declared: u32,
+    },
+    /// The K/V element type is not the spec's dtype.
+    #[error("the spec stores K/V as {spec}, but the engine was built for {given}")]
+    DType {
+        /// The spec's dtype.
+        spec: attnforge_codegen::DType,
+        /// The element type's dtype.
+        given: attnforge_codegen::DType,
+    },
+    /// Tokenizer data is malformed, or a token is out of range.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A prompt had no tokens.
+    #[error("prompt {0} has no tokens")]
+    EmptyPrompt(usize),
+    /// The KV cache refused an operation (when full: raise `max_pages`).
+    #[error("KV cache: {0} (when it is full, raise max_pages)")]
+    Cache(#[from] CacheError),
+    /// A kernel launch failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Tokens generated per prompt, with timings.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    /// Generated tokens per prompt (EOS included when it ended the text).
+    pub tokens: Vec<Vec<TokenId>>,
+    /// Prompt tokens fed.
+    pub prompt_tokens: usize,
+    /// Time in steps that fed prompt tokens only.
+    pub prompt_time: Duration,
+    /// Generated tokens fed back (the first of each prompt comes from the
+    /// prompt's last step).
+    pub gen_tokens: usize,
+    /// Time in the other steps.
+    pub gen_time: Duration,
+    /// Most pages in use at once.
+    pub peak_pages: usize,
+}
+
+/// A model with its KV cache on a device.
+pub struct Engine<'m, Q, T, D> {
+    model: &'m Model,
+    spec: AttentionSpec,
+    device: D,
+    cache: KvCache<T>,
+    _q: std::marker::PhantomData<Q>,
+}
+
+struct Live {
+    seq: SeqId,
+    prompt: Vec<TokenId>,
+    pos: usize,
+    done: bool,
+}
+
+impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T, D> {
+    /// An engine whose cache holds `max_pages` pages per layer. Fails if the
+    /// spec does not describe the model or `T` is not the spec's dtype.
+    pub fn new(
+        model: &'m Model,
+        spec: AttentionSpec,
+        device: D,
+        max_pages: u32,
+    ) -> Result<Self, LlamaError> {
+        model.config.check_spec(&spec)?;
+        if T::DTYPE != spec.kv.dtype {
+            return Err(LlamaError::DType {
+                spec: spec.kv.dtype,
+                given: T::DTYPE,
+            });
+        }
+        if Q::DTYPE != spec.query_dtype() {
+            return Err(LlamaError::DType {
+                spec: spec.query_dtype(),
+                given: Q::DTYPE,
+            });
+        }
+        let cache = KvCache::new(spec.kv, model.config.layers, max_pages)?;
+        Ok(Engine {
+            model,
+            spec,
+            device,
+            cache,
+            _q: std::marker::PhantomData,
+        })
+    }
+
+    /// The cache (for page counts).
+    pub fn cache(&self) -> &KvCache<T> {
+        &self.cache
+    }
+
+    /// Greedy generation of up to `max_new` tokens for each prompt, all in
+    /// one batch through one cache; stops a prompt at EOS. `on_token(i, t)`
+    /// is called as prompt `i` produces token `t`. Every sequence is removed
+    /// from the cache before returning, on error too.
+    pub fn generate(
+        &mut self,
+        prompts: &[Vec<TokenId>],
+        max_new: usize,
+        mut on_token: impl FnMut(usize, TokenId),
+    ) -> Result<Output, LlamaError> {
+        if let Some(i) = prompts.iter().position(Vec::is_empty) {
+            return Err(LlamaError::EmptyPrompt(i));
+        }
+        let mut live: Vec<Live> = prompts
+            .iter()
+            .map(|p| Live {
+                seq: self.cache.add_sequence(),
+                prompt: p.clone(),
+                pos: 0,
+                done: max_new == 0,
+            })
+            .collect();
+        let mut out = Output {
+            tokens: vec![Vec::new(); prompts.len()],
+            ..Output::default()
+        };
+        let r = self.run(&mut live, max_new, &mut out, &mut on_token);
+        for l in &live {
+            if self.cache.seq_len(l.seq).is_ok() {
+                self.cache.remove(l.seq)?;
+            }
+        }
+        r.map(|()| out)
+    }
+
+    fn run(
+        &mut self,
+        live: &mut [Live],
+        max_new: usize,
+        out: &mut Output,
+        on_token: &mut impl FnMut(usize, TokenId),
+    ) -> Result<(), LlamaError> {
+        let eos = self.model.tokenizer.eos;
+        loop {
+            let rows: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done).collect();
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let (mut seqs, mut tokens, mut positions, mut slots, mut want) =
+                (vec![], vec![], vec![], vec![], vec![]);
+            let mut prompt_only = true;
+            for (r, &i) in rows.iter().enumerate() {
+                let l = &live[i];
+                let tok = if l.pos < l.prompt.len() {
+                    out.prompt_tokens += 1;
+                    l.prompt[l.pos]
+                } else {
+                    prompt_only = false;
+                    out.gen_tokens += 1;
+                    *out.tokens[i]
+                        .last()
+                        .expect("past the prompt, a token exists")
+                };
+                if l.pos + 1 >= l.prompt.len() {
+                    want.push(r);
+                }
+                seqs.push(l.seq);
+                tokens.push(tok);
+                positions.push(l.pos);
+                slots.extend(self.cache.append_tokens(l.seq, 1)?);
+                self.cache.touch(l.seq)?;
+            }
+            out.peak_pages = out.peak_pages.max(self.cache.allocator().used_pages());
+            let t0 = Instant::now();
+            let logits = self.model.forward::<Q, T, D>(
+                &self.device,
+                &self.spec,
+                &mut self.cache,
+                &seqs,
+                &tokens,
+                &positions,
+                &slots,
+                &want,
+            )?;
+            let dt = t0.elapsed();
+            if prompt_only {
+                out.prompt_time += dt;
+            } else {
+                out.gen_time += dt;
+            }
+            let vocab = self.model.tokenizer.vocab_size();
+            for (w, &r) in want.iter().enumerate() {
+                let i = rows[r];
+                let row = &logits[w * vocab..(w + 1) * vocab];
+                let next = argmax(row);
+                out.tokens[i].push(next);
+                on_token(i, next);
+                if Some(next) == eos || out.tokens[i].len() >= max_new {
+                    live[i].done = true;
+                    self.cache.remove(live[i].seq)?;
+                }
+            }
+            for &i in &rows {
+                live[i].pos += 1;
+            }
+        }
+    }
+}
+
+/// The index of the largest value (the first, on ties).
+pub fn argmax(xs: &[f32]) -> TokenId {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as TokenId
+}

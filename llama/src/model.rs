@@ -1,0 +1,415 @@
+//! The llama-architecture model: weights from a GGUF file, matrix multiplies
+//! through candle's quantized kernels, everything around attention in plain
+//! f32 Rust, and attention itself (KV append and decode) through attnforge.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+
+use attnforge_codegen::AttentionSpec;
+use attnforge_runtime::cpu::Element;
+use attnforge_runtime::device::Device;
+use attnforge_runtime::{KvCache, SeqId};
+use candle_core::quantized::gguf_file;
+use candle_core::Tensor;
+
+use crate::quant::Weight;
+use crate::tokenizer::Tokenizer;
+use crate::LlamaError;
+
+/// The hyper-parameters read from a GGUF file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// `general.architecture`.
+    pub arch: String,
+    /// Transformer blocks.
+    pub layers: u32,
+    /// Embedding width.
+    pub hidden: usize,
+    /// Query heads.
+    pub q_heads: u32,
+    /// KV heads.
+    pub kv_heads: u32,
+    /// Head dimension.
+    pub head_dim: u32,
+    /// Feed-forward width.
+    pub ffn: usize,
+    /// RoPE base frequency.
+    pub rope_base: f32,
+    /// RMS-norm epsilon.
+    pub rms_eps: f32,
+    /// Training context length.
+    pub context: usize,
+}
+
+fn meta<'a>(c: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value, LlamaError> {
+    c.metadata
+        .get(key)
+        .ok_or_else(|| LlamaError::MissingKey(key.to_owned()))
+}
+
+fn meta_u32(c: &gguf_file::Content, key: &str) -> Result<u32, LlamaError> {
+    let v = meta(c, key)?;
+    v.to_u32()
+        .or_else(|_| v.to_u64().map(|x| x as u32))
+        .or_else(|_| v.to_i32().map(|x| x as u32))
+        .map_err(|e| LlamaError::BadKey(key.to_owned(), e.to_string()))
+}
+
+fn meta_f32(c: &gguf_file::Content, key: &str) -> Result<f32, LlamaError> {
+    meta(c, key)?
+        .to_f32()
+        .map_err(|e| LlamaError::BadKey(key.to_owned(), e.to_string()))
+}
+
+fn meta_str<'a>(c: &'a gguf_file::Content, key: &str) -> Result<&'a str, LlamaError> {
+    meta(c, key)?
+        .to_string()
+        .map(String::as_str)
+        .map_err(|e| LlamaError::BadKey(key.to_owned(), e.to_string()))
+}
+
+impl Config {
+    fn from_gguf(c: &gguf_file::Content) -> Result<Config, LlamaError> {
+        let arch = meta_str(c, "general.architecture")?.to_owned();
+        if arch != "llama" {
+            return Err(LlamaError::Unsupported(format!(
+                "architecture {arch:?} (this runner knows llama)"
+            )));
+        }
+        let k = |s: &str| format!("{arch}.{s}");
+        let hidden = meta_u32(c, &k("embedding_length"))? as usize;
+        let q_heads = meta_u32(c, &k("attention.head_count"))?;
+        let kv_heads = match meta_u32(c, &k("attention.head_count_kv")) {
+            Err(LlamaError::MissingKey(_)) => q_heads,
+            r => r?,
+        };
+        let head_dim = match meta_u32(c, &k("attention.key_length")) {
+            Err(LlamaError::MissingKey(_)) if q_heads > 0 => hidden as u32 / q_heads,
+            r => r?,
+        };
+        Ok(Config {
+            layers: meta_u32(c, &k("block_count"))?,
+            hidden,
+            q_heads,
+            kv_heads,
+            head_dim,
+            ffn: meta_u32(c, &k("feed_forward_length"))? as usize,
+            rope_base: match meta_f32(c, &k("rope.freq_base")) {
+                Err(LlamaError::MissingKey(_)) => 10_000.0,
+                r => r?,
+            },
+            rms_eps: meta_f32(c, &k("attention.layer_norm_rms_epsilon"))?,
+            context: meta_u32(c, &k("context_length"))? as usize,
+            arch,
+        })
+    }
+
+    /// Checks that a declared attention spec is this model's: a mismatch
+    /// names the spec field and both values.
+    pub fn check_spec(&self, spec: &AttentionSpec) -> Result<(), LlamaError> {
+        let pairs = [
+            ("q_heads", self.q_heads, spec.q_heads),
+            ("kv_heads", self.kv_heads, spec.kv.kv_heads),
+            ("head_dim", self.head_dim, spec.kv.head_dim),
+        ];
+        for (field, gguf, declared) in pairs {
+            if gguf != declared {
+                return Err(LlamaError::SpecMismatch {
+                    field,
+                    gguf,
+                    declared,
+                });
+            }
+        }
+        if self.q_heads * self.head_dim != self.hidden as u32 {
+            return Err(LlamaError::Unsupported(format!(
+                "q_heads × head_dim = {} but the embedding is {} wide",
+                self.q_heads * self.head_dim,
+                self.hidden
+            )));
+        }
+        if spec.sliding_window.is_some() || spec.logits_soft_cap.is_some() || !spec.causal {
+            return Err(LlamaError::Unsupported(
+                "a llama model's attention is causal, with no window and no soft-cap".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct Block {
+    attn_norm: Vec<f32>,
+    wq: Weight,
+    wk: Weight,
+    wv: Weight,
+    wo: Weight,
+    ffn_norm: Vec<f32>,
+    w_gate: Weight,
+    w_up: Weight,
+    w_down: Weight,
+}
+
+/// A loaded model: configuration, tokenizer and weights.
+pub struct Model {
+    /// Hyper-parameters.
+    pub config: Config,
+    /// The tokenizer built from the file's metadata.
+    pub tokenizer: Tokenizer,
+    embed: Vec<f32>,
+    blocks: Vec<Block>,
+    out_norm: Vec<f32>,
+    output: Weight,
+    /// cos and sin of θ_i for i in 0..head_dim/2, per position (grown on
+    /// demand).
+    inv_freq: Vec<f64>,
+}
+
+fn load_qt<R: Read + Seek>(
+    c: &gguf_file::Content,
+    r: &mut R,
+    name: &str,
+) -> Result<candle_core::quantized::QTensor, LlamaError> {
+    if !c.tensor_infos.contains_key(name) {
+        return Err(LlamaError::MissingTensor(name.to_owned()));
+    }
+    Ok(c.tensor(r, name, &candle_core::Device::Cpu)?)
+}
+
+fn load_vec<R: Read + Seek>(
+    c: &gguf_file::Content,
+    r: &mut R,
+    name: &str,
+) -> Result<Vec<f32>, LlamaError> {
+    tensor_vec(&load_qt(c, r, name)?.dequantize(&candle_core::Device::Cpu)?)
+}
+
+fn tensor_vec(t: &Tensor) -> Result<Vec<f32>, LlamaError> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl Model {
+    /// Loads a GGUF file.
+    pub fn load(path: &Path) -> Result<Model, LlamaError> {
+        let file = File::open(path).map_err(|e| LlamaError::Io(path.display().to_string(), e))?;
+        let mut r = BufReader::new(file);
+        Model::read(&mut r)
+    }
+
+    fn read<R: Read + Seek>(r: &mut R) -> Result<Model, LlamaError> {
+        let content = gguf_file::Content::read(r)?;
+        let config = Config::from_gguf(&content)?;
+        let tokenizer = tokenizer_from_gguf(&content)?;
+        let embed = load_vec(&content, r, "token_embd.weight")?;
+        let out_norm = load_vec(&content, r, "output_norm.weight")?;
+        let mut blocks = Vec::with_capacity(config.layers as usize);
+        for i in 0..config.layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let mut mm = |s: &str| -> Result<Weight, LlamaError> {
+                Weight::new(load_qt(&content, r, &n(s))?)
+            };
+            blocks.push(Block {
+                wq: mm("attn_q")?,
+                wk: mm("attn_k")?,
+                wv: mm("attn_v")?,
+                wo: mm("attn_output")?,
+                w_gate: mm("ffn_gate")?,
+                w_up: mm("ffn_up")?,
+                w_down: mm("ffn_down")?,
+                attn_norm: load_vec(&content, r, &n("attn_norm"))?,
+                ffn_norm: load_vec(&content, r, &n("ffn_norm"))?,
+            });
+        }
+        // Tied embeddings when there is no separate output matrix.
+        let out_name = if content.tensor_infos.contains_key("output.weight") {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
+        let output = Weight::new(load_qt(&content, r, out_name)?)?;
+        if embed.len() != tokenizer.vocab_size() * config.hidden {
+            return Err(LlamaError::Unsupported(format!(
+                "token_embd holds {} values, not vocab {} × hidden {}",
+                embed.len(),
+                tokenizer.vocab_size(),
+                config.hidden
+            )));
+        }
+        let half = config.head_dim as usize / 2;
+        let inv_freq = (0..half)
+            .map(|i| (config.rope_base as f64).powf(-2.0 * i as f64 / config.head_dim as f64))
+            .collect();
+        Ok(Model {
+            config,
+            tokenizer,
+            embed,
+            blocks,
+            out_norm,
+            output,
+            inv_freq,
+        })
+    }
+
+    fn rms_norm(&self, x: &[f32], w: &[f32], out: &mut [f32]) {
+        let n = w.len();
+        for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let scale = 1.0 / ((ss / n as f64) as f32 + self.config.rms_eps).sqrt();
+            for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+                *o = v * scale * g;
+            }
+        }
+    }
+
+    /// Rotates adjacent pairs (llama.cpp's "normal" RoPE, which GGUF llama
+    /// weights are permuted for) of every head of every row.
+    fn rope(&self, x: &mut [f32], heads: usize, positions: &[usize]) {
+        let d = self.config.head_dim as usize;
+        for (row, &pos) in x.chunks_exact_mut(heads * d).zip(positions) {
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                let theta = pos as f64 * f;
+                let (s, c) = (theta.sin() as f32, theta.cos() as f32);
+                for h in 0..heads {
+                    let j = h * d + 2 * i;
+                    let (a, b) = (row[j], row[j + 1]);
+                    row[j] = a * c - b * s;
+                    row[j + 1] = a * s + b * c;
+                }
+            }
+        }
+    }
+
+    fn matmul(w: &Weight, x: &[f32], rows: usize) -> Result<Vec<f32>, LlamaError> {
+        w.matmul(x, rows)
+    }
+
+    /// One step for a batch of rows: row `i` feeds `tokens[i]` at position
+    /// `positions[i]` of sequence `seqs[i]`, whose slot in the cache is
+    /// `slots[i]` (from [`KvCache::append_tokens`]). K/V are appended and
+    /// attention decoded through `device`; returns the logits of the rows
+    /// listed in `want_logits` (in that order), `vocab` values each.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward<Q: Element + Default, T: Element + Default, D: Device>(
+        &self,
+        device: &D,
+        spec: &AttentionSpec,
+        cache: &mut KvCache<T>,
+        seqs: &[SeqId],
+        tokens: &[u32],
+        positions: &[usize],
+        slots: &[i64],
+        want_logits: &[usize],
+    ) -> Result<Vec<f32>, LlamaError> {
+        let c = &self.config;
+        let (b, h) = (tokens.len(), c.hidden);
+        let (qh, kvh, d) = (c.q_heads as usize, c.kv_heads as usize, c.head_dim as usize);
+        let vocab = self.tokenizer.vocab_size();
+        let mut x = Vec::with_capacity(b * h);
+        for &t in tokens {
+            let t = t as usize;
+            if t >= vocab {
+                return Err(LlamaError::Tokenizer(format!(
+                    "token {t} is outside the vocabulary of {vocab}"
+                )));
+            }
+            x.extend_from_slice(&self.embed[t * h..(t + 1) * h]);
+        }
+        let mut xn = vec![0f32; b * h];
+        let mut q_t = vec![Q::default(); b * qh * d];
+        let mut k_t = vec![T::default(); b * kvh * d];
+        let mut v_t = vec![T::default(); b * kvh * d];
+        let mut attn_t = vec![Q::default(); b * qh * d];
+        fn convert<E: Element>(src: &[f32], dst: &mut [E]) {
+            for (o, &v) in dst.iter_mut().zip(src) {
+                *o = E::from_f64(v as f64);
+            }
+        }
+        for (layer, blk) in self.blocks.iter().enumerate() {
+            let layer = layer as u32;
+            self.rms_norm(&x, &blk.attn_norm, &mut xn);
+            let mut q = Self::matmul(&blk.wq, &xn, b)?;
+            let mut k = Self::matmul(&blk.wk, &xn, b)?;
+            let v = Self::matmul(&blk.wv, &xn, b)?;
+            self.rope(&mut q, qh, positions);
+            self.rope(&mut k, kvh, positions);
+            // llama.cpp multiplies K by the query converted to the cache's
+            // dtype; so does this model, for the same tokens.
+            for x in q.iter_mut() {
+                *x = T::from_f64(*x as f64).to_f64() as f32;
+            }
+            convert(&q, &mut q_t);
+            convert(&k, &mut k_t);
+            convert(&v, &mut v_t);
+            cache.append_with(device, layer, slots, &k_t, &v_t)?;
+            cache.decode_with(device, spec, layer, seqs, &q_t, &mut attn_t)?;
+            let attn: Vec<f32> = attn_t.iter().map(|v| v.to_f64() as f32).collect();
+            let o = Self::matmul(&blk.wo, &attn, b)?;
+            for (xv, ov) in x.iter_mut().zip(&o) {
+                *xv += ov;
+            }
+            self.rms_norm(&x, &blk.ffn_norm, &mut xn);
+            let gate = Self::matmul(&blk.w_gate, &xn, b)?;
+            let up = Self::matmul(&blk.w_up, &xn, b)?;
+            let act: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
+            let down = Self::matmul(&blk.w_down, &act, b)?;
+            for (xv, dv) in x.iter_mut().zip(&down) {
+                *xv += dv;
+            }
+        }
+        if want_logits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut last = Vec::with_capacity(want_logits.len() * h);
+        for &i in want_logits {
+            last.extend_from_slice(&x[i * h..(i + 1) * h]);
+        }
+        let mut normed = vec![0f32; last.len()];
+        self.rms_norm(&last, &self.out_norm, &mut normed);
+        Self::matmul(&self.output, &normed, want_logits.len())
+    }
+}
+
+fn tokenizer_from_gguf(c: &gguf_file::Content) -> Result<Tokenizer, LlamaError> {
+    let model = meta_str(c, "tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(LlamaError::Unsupported(format!(
+            "tokenizer model {model:?} (this runner knows gpt2-style byte-level BPE)"
+        )));
+    }
+    let strings = |key: &str| -> Result<Vec<String>, LlamaError> {
+        meta(c, key)?
+            .to_vec()
+            .map_err(|e| LlamaError::BadKey(key.to_owned(), e.to_string()))?
+            .iter()
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|e| LlamaError::BadKey(key.to_owned(), e.to_string()))
+            })
+            .collect()
+    };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let merges = strings("tokenizer.ggml.merges")?;
+    let types = match meta(c, "tokenizer.ggml.token_type") {
+        Ok(v) => v
+            .to_vec()
+            .map_err(|e| LlamaError::BadKey("tokenizer.ggml.token_type".into(), e.to_string()))?
+            .iter()
+            .map(|t| t.to_i32().unwrap_or(1))
+            .collect(),
+        Err(_) => vec![1; tokens.len()],
+    };
+    let pre = meta_str(c, "tokenizer.ggml.pre").unwrap_or("default");
+    let mut tok = Tokenizer::new(tokens, types, &merges, pre)?;
+    tok.eos = meta_u32(c, "tokenizer.ggml.eos_token_id").ok();
+    tok.bos = meta_u32(c, "tokenizer.ggml.bos_token_id").ok();
+    tok.add_bos = meta(c, "tokenizer.ggml.add_bos_token")
+        .ok()
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(false);
+    Ok(tok)
+}

@@ -31,4 +31,11 @@ with open(part, "wb") as f:
 os.replace(part, dest)
 PY
 fi
+# The file the tests' llama.cpp references were made from.
+want=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+got="$(sha256sum "$file" | cut -d' ' -f1)"
+if [ "$got" != "$want" ]; then
+    echo "fetch-model: $file has SHA-256 $got, expected $want; delete it and run again" >&2
+    exit 1
+fi
 echo "$file"

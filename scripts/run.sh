@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The main job: build the bundled model specs' kernels with hipcc (at build
-# time) and list, per spec, its kernels, archs and code-object sizes.
+# The demo: SmolLM2-135M generating text on attnforge's paged KV cache and
+# generated kernels (CPU backend), streamed as it is generated. Arguments go
+# to the example: --prompt TEXT, --chat, --max-new-tokens N, --json,
+# --model PATH; --help lists them all. Set-up (system packages, the model)
+# comes first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo run --quiet --example 00_bundled_kernels -- "$@"
+exec cargo run --example smollm2 -- "$@"

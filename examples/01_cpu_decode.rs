@@ -7,7 +7,7 @@
 use attnforge::prelude::*;
 use attnforge::runtime::cpu::{CpuDevice, Mode};
 use attnforge::runtime::device::Cpu;
-use attnforge::runtime::{reference, KvCache};
+use attnforge::runtime::reference;
 use half::f16;
 
 // Model code declares its shapes; invalid combinations do not compile.
@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         target: Arch::Gfx1030.target(),
         mode: Mode::Checked,
     };
-    let mut cache = KvCache::<f16>::new(spec.kv, 1, 64)?;
+    let mut cache = Tiny::new_cache::<f16>(1, 64)?;
     let mut x = 7u64;
     let mut rnd = move || {
         x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -40,13 +40,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let slots = cache.append_tokens(*s, n)?; // pages allocated here
         let k: Vec<f16> = (0..n * row).map(|_| rnd()).collect();
         let v: Vec<f16> = (0..n * row).map(|_| rnd()).collect();
-        cache.append_with(&cpu, 0, &slots, &k, &v)?;
+        Tiny::append(&cpu, &mut cache, 0, &slots, &k, &v)?;
     }
 
     // One query token per sequence.
     let q: Vec<f16> = (0..2 * 8 * 64).map(|_| rnd()).collect();
     let mut out = vec![f16::ZERO; q.len()];
-    cache.decode_with(&cpu, &spec, 0, &seqs, &q, &mut out)?;
+    Tiny::decode(&cpu, &mut cache, 0, &seqs, &q, &mut out)?;
 
     // The same attention in plain f64.
     let table = cache.page_table(&seqs)?;

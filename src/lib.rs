@@ -49,6 +49,7 @@ pub use attnforge_codegen::{
 
 /// Everything a model file needs.
 pub mod prelude {
+    pub use crate::runtime::device::AttentionHandle;
     pub use crate::{
         attention, kv_layout, Arch, Attention, AttentionSpec, DType, HipKernels, KernelKind,
         KvLayout, KvLayoutSpec, Order, Target,

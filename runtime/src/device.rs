@@ -5,9 +5,9 @@
 //! validation before anything is launched. [`KvCache`] launches through any
 //! `Device`, so an engine's step reads the same whatever runs it.
 
-use attnforge_codegen::{AttentionSpec, KvLayoutSpec};
+use attnforge_codegen::{Attention, AttentionSpec, KvLayoutSpec};
 
-use crate::cache::{KvCache, SeqId};
+use crate::cache::{CacheError, KvCache, SeqId};
 use crate::cpu::Element;
 use crate::table::PageTable;
 use crate::RuntimeError;
@@ -135,15 +135,61 @@ impl<T: Element + Default> KvCache<T> {
         q: &[Q],
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        if spec.kv != *self.layout() {
-            return Err(RuntimeError::Shape(format!(
-                "the attention's layout {:?} is not the cache's {:?}",
-                spec.kv,
-                self.layout()
-            )));
-        }
+        same_layout(spec, self.layout())?;
         let table = self.page_table(batch)?;
         let (k, v) = self.layer(layer)?;
         device.decode(spec, q, k, v, &table, out)
     }
+}
+
+/// Launches through the `#[attention]` item itself, on any device:
+/// `Llama3::decode(&device, &mut cache, layer, &batch, &q, &mut out)`.
+/// Implemented for every [`Attention`]; in `attnforge::prelude`.
+pub trait AttentionHandle: Attention {
+    /// A KV cache for this attention: its layout, `layers` layers of
+    /// `max_pages` pages, and its sliding window (pages that fall out of it
+    /// are released).
+    fn new_cache<T: Copy + Default>(layers: u32, max_pages: u32) -> Result<KvCache<T>, CacheError> {
+        Ok(KvCache::new(Self::SPEC.kv, layers, max_pages)?
+            .with_sliding_window(Self::SPEC.sliding_window))
+    }
+
+    /// Writes new K/V rows of one layer at `slots` (from
+    /// [`KvCache::append_tokens`]); the cache must have this attention's
+    /// layout.
+    fn append<D: Device, T: Element + Default>(
+        device: &D,
+        cache: &mut KvCache<T>,
+        layer: u32,
+        slots: &[i64],
+        k_new: &[T],
+        v_new: &[T],
+    ) -> Result<(), RuntimeError> {
+        same_layout(&Self::SPEC, cache.layout())?;
+        cache.append_with(device, layer, slots, k_new, v_new)
+    }
+
+    /// Decode attention for a batch of sequences at one layer.
+    fn decode<D: Device, Q: Element, T: Element + Default>(
+        device: &D,
+        cache: &mut KvCache<T>,
+        layer: u32,
+        batch: &[SeqId],
+        q: &[Q],
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        cache.decode_with(device, &Self::SPEC, layer, batch, q, out)
+    }
+}
+
+impl<A: Attention + ?Sized> AttentionHandle for A {}
+
+fn same_layout(spec: &AttentionSpec, cache: &KvLayoutSpec) -> Result<(), RuntimeError> {
+    if spec.kv != *cache {
+        return Err(RuntimeError::Shape(format!(
+            "the attention's layout {:?} is not the cache's {cache:?}",
+            spec.kv
+        )));
+    }
+    Ok(())
 }

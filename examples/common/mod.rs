@@ -1,0 +1,427 @@
+//! The serving simulation shared by the per-model examples.
+//!
+//! A stream of requests with varied prompt and output lengths enters a
+//! `KvCache` of limited capacity. Each step admits waiting requests (their
+//! prompts' K/V go in through the append kernel), then decodes one token for
+//! every running sequence: it appends the new token's K/V and runs the
+//! decode kernel on every layer. Q/K/V are random; the shapes are the
+//! model's.
+//!
+//! When the cache is full, `append_tokens` returns `CapacityExceeded` and
+//! nothing is evicted behind the engine's back. The engine then preempts
+//! explicitly: the most recently admitted sequence leaves the cache and
+//! goes back to the front of the queue, to be recomputed later, as vLLM
+//! does. Preemptions are counted. A sample of steps is checked against the
+//! f64 reference.
+//!
+//! There is no prefill kernel yet, so a prompt's attention is not computed:
+//! prefill here is the append of its K/V only.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use attnforge::prelude::*;
+use attnforge::runtime::cpu::{CpuDevice, Element, Mode};
+use attnforge::runtime::device::{Cpu, Device};
+use attnforge::runtime::{reference, AllocError, CacheError, KvCache, RuntimeError, SeqId};
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// The CPU device: kernels JIT-compiled through LLVM (host target).
+    Cpu,
+    /// The HIP device (an AMD GPU with ROCm).
+    Hip,
+}
+
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// Where the kernels run.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+    /// Requests in the stream.
+    #[arg(long, default_value_t = 24)]
+    pub requests: usize,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Pages per layer in the cache (the capacity limit).
+    #[arg(long, default_value_t = 160)]
+    pub max_pages: u32,
+    /// Layers simulated (the K/V of each is real; fewer than the model's
+    /// keep the default run short).
+    #[arg(long, default_value_t = 2)]
+    pub layers: u32,
+    /// Prompt lengths are drawn from MIN..=MAX.
+    #[arg(long, default_value_t = 32)]
+    pub prompt_min: usize,
+    #[arg(long, default_value_t = 512)]
+    pub prompt_max: usize,
+    /// Output lengths are drawn from MIN..=MAX.
+    #[arg(long, default_value_t = 16)]
+    pub output_min: usize,
+    #[arg(long, default_value_t = 128)]
+    pub output_max: usize,
+    /// Check every Nth step against the f64 reference (0: never).
+    #[arg(long, default_value_t = 16)]
+    pub check_every: usize,
+    /// Seed for lengths and values.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+    fn value(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Request {
+    id: usize,
+    prompt: usize,
+    output: usize,
+}
+
+struct Running {
+    req: Request,
+    seq: SeqId,
+    done: usize,
+}
+
+/// What a run measured.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub steps: usize,
+    pub decoded: usize,
+    pub prefilled: usize,
+    pub preemptions: usize,
+    pub deferred: usize,
+    pub checks: usize,
+    pub worst: f64,
+    pub util_sum: f64,
+    pub decode_time: Duration,
+}
+
+/// Parses the command line and runs the simulation for a model whose
+/// layers use `specs` in turn (one spec, or Gemma-2's global/local pair),
+/// over K/V elements of type `T`.
+pub fn main<T: Element + Default>(model: &str, model_layers: u32, specs: &[AttentionSpec]) {
+    let args = Args::parse();
+    if let Err(e) = run::<T>(model, model_layers, specs, &args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs the simulation with parsed arguments; returns what it measured.
+pub fn run<T: Element + Default>(
+    model: &str,
+    model_layers: u32,
+    specs: &[AttentionSpec],
+    args: &Args,
+) -> Result<Stats, Box<dyn std::error::Error>> {
+    if args.requests == 0 || args.max_batch == 0 || args.layers == 0 {
+        return Err("--requests, --max-batch and --layers must be at least 1".into());
+    }
+    if args.prompt_min == 0 || args.prompt_min > args.prompt_max {
+        return Err("need 1 <= --prompt-min <= --prompt-max".into());
+    }
+    if args.output_min == 0 || args.output_min > args.output_max {
+        return Err("need 1 <= --output-min <= --output-max".into());
+    }
+    println!(
+        "{model}: {} query / {} KV heads of {}, {}, pages of {}; {} of its {model_layers} layers \
+         simulated; backend {:?}",
+        specs[0].q_heads,
+        specs[0].kv.kv_heads,
+        specs[0].kv.head_dim,
+        specs[0].kv.dtype,
+        specs[0].kv.page_size,
+        args.layers,
+        args.backend
+    );
+    match args.backend {
+        Backend::Cpu => {
+            let cpu = CpuDevice::new();
+            let device = Cpu {
+                device: &cpu,
+                target: Arch::Host.target(),
+                mode: Mode::Fast,
+            };
+            simulate::<T, _>(&device, specs, args)
+        }
+        Backend::Hip => {
+            let device = attnforge::runtime::hip::HipDevice::new(0).map_err(|e| {
+                format!("the HIP backend is not available here: {e} (use --backend cpu)")
+            })?;
+            simulate::<T, _>(&device, specs, args)
+        }
+    }
+}
+
+fn simulate<T: Element + Default, D: Device>(
+    device: &D,
+    specs: &[AttentionSpec],
+    args: &Args,
+) -> Result<Stats, Box<dyn std::error::Error>> {
+    let layout = specs[0].kv;
+    let mut rng = Rng(args.seed.max(1).wrapping_mul(0x9e3779b97f4a7c15) | 1);
+    let mut waiting: VecDeque<Request> = (0..args.requests)
+        .map(|id| Request {
+            id,
+            prompt: rng.range(args.prompt_min, args.prompt_max),
+            output: rng.range(args.output_min, args.output_max),
+        })
+        .collect();
+    let tokens_needed = waiting
+        .iter()
+        .map(|r| r.prompt + r.output)
+        .max()
+        .unwrap_or(0);
+    let capacity = args.max_pages as usize * layout.page_size as usize;
+    if tokens_needed > capacity {
+        return Err(format!(
+            "a request needs {tokens_needed} tokens but the cache holds {capacity}; raise --max-pages"
+        )
+        .into());
+    }
+    let mut cache = KvCache::<T>::new(layout, args.layers, args.max_pages)?;
+    let row = (layout.kv_heads * layout.head_dim) as usize;
+    let q_row = (specs[0].q_heads * layout.head_dim) as usize;
+    let mut running: Vec<Running> = Vec::new();
+    let mut stats = Stats::default();
+    let total_out: usize = waiting.iter().map(|r| r.output).sum();
+    let progress = Progress::new(total_out);
+    let t0 = Instant::now();
+    let random =
+        |n: usize, rng: &mut Rng| -> Vec<T> { (0..n).map(|_| T::from_f64(rng.value())).collect() };
+
+    while !waiting.is_empty() || !running.is_empty() {
+        // Admit while there is room in the batch and in the cache.
+        while running.len() < args.max_batch {
+            let Some(req) = waiting.front().copied() else {
+                break;
+            };
+            let seq = cache.add_sequence();
+            match cache.append_tokens(seq, req.prompt) {
+                Ok(slots) => {
+                    waiting.pop_front();
+                    for layer in 0..args.layers {
+                        let (k, v) = (
+                            random(req.prompt * row, &mut rng),
+                            random(req.prompt * row, &mut rng),
+                        );
+                        cache.append_with(device, layer, &slots, &k, &v)?;
+                    }
+                    stats.prefilled += req.prompt;
+                    running.push(Running { req, seq, done: 0 });
+                }
+                Err(e) if is_full(&e) => {
+                    cache.remove(seq)?;
+                    stats.deferred += 1;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if running.is_empty() {
+            return Err("no request fits in the cache; raise --max-pages".into());
+        }
+
+        // One decode step: a slot for every running sequence, preempting
+        // the most recently admitted while the cache is full.
+        let mut slots = Vec::with_capacity(running.len());
+        let mut i = 0;
+        while i < running.len() {
+            match cache.append_tokens(running[i].seq, 1) {
+                Ok(s) => {
+                    slots.extend(s);
+                    i += 1;
+                }
+                Err(e) if is_full(&e) => {
+                    let victim = running.pop().expect("running is not empty");
+                    cache.remove(victim.seq)?;
+                    // Slots were taken in order, so the victim (the last)
+                    // has none yet; it is recomputed from scratch later.
+                    waiting.push_front(victim.req);
+                    stats.preemptions += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let batch: Vec<SeqId> = running.iter().map(|r| r.seq).collect();
+        let check = args.check_every > 0 && stats.steps % args.check_every == 0;
+        let ts = Instant::now();
+        for layer in 0..args.layers {
+            let spec = &specs[layer as usize % specs.len()];
+            let (k, v) = (
+                random(batch.len() * row, &mut rng),
+                random(batch.len() * row, &mut rng),
+            );
+            cache.append_with(device, layer, &slots, &k, &v)?;
+            let q: Vec<T> = (0..batch.len() * q_row)
+                .map(|_| T::from_f64(3.0 * rng.value()))
+                .collect();
+            let mut out = vec![T::default(); q.len()];
+            cache.decode_with(device, spec, layer, &batch, &q, &mut out)?;
+            if check {
+                stats.worst = stats
+                    .worst
+                    .max(check_layer(&mut cache, spec, layer, &batch, &q, &out)?);
+                stats.checks += 1;
+            }
+        }
+        stats.decode_time += ts.elapsed();
+        stats.steps += 1;
+        stats.decoded += batch.len();
+        stats.util_sum += cache.allocator().used_pages() as f64 / args.max_pages as f64;
+
+        // Finished sequences leave the cache.
+        let mut k = 0;
+        while k < running.len() {
+            running[k].done += 1;
+            if running[k].done >= running[k].req.output {
+                let r = running.remove(k);
+                cache.remove(r.seq)?;
+                progress.finished(r.req.id, stats.decoded, &stats);
+            } else {
+                k += 1;
+            }
+        }
+        progress.step(stats.decoded, &stats);
+    }
+    progress.done();
+    cache.check_invariants()?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{} requests: {} steps, {} tokens decoded, {} prompt tokens appended in {secs:.2} s",
+        args.requests, stats.steps, stats.decoded, stats.prefilled
+    );
+    println!(
+        "throughput: {:.0} decoded tokens/s overall, {:.0} in decode steps ({} layers); \
+         mean page utilisation {:.0}%",
+        stats.decoded as f64 / secs,
+        stats.decoded as f64 / stats.decode_time.as_secs_f64().max(1e-9),
+        args.layers,
+        100.0 * stats.util_sum / stats.steps.max(1) as f64
+    );
+    println!(
+        "capacity: {} preemptions (sequence sent back to the queue), {} admissions deferred; \
+         checks: {} layer-steps against the f64 reference, worst relative L2 error {:.1e}",
+        stats.preemptions, stats.deferred, stats.checks, stats.worst
+    );
+    if stats.worst.is_nan() || stats.worst > tolerance(layout.dtype) {
+        return Err(format!(
+            "a checked step differs from the reference by {:.1e} (tolerance {:.0e})",
+            stats.worst,
+            tolerance(layout.dtype)
+        )
+        .into());
+    }
+    Ok(stats)
+}
+
+fn is_full(e: &CacheError) -> bool {
+    matches!(
+        e,
+        CacheError::Alloc {
+            source: AllocError::CapacityExceeded { .. },
+            ..
+        }
+    )
+}
+
+fn tolerance(d: DType) -> f64 {
+    match d {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1e-2,
+    }
+}
+
+/// Relative L2 error of one layer's decode output against the reference.
+fn check_layer<T: Element + Default>(
+    cache: &mut KvCache<T>,
+    spec: &AttentionSpec,
+    layer: u32,
+    batch: &[SeqId],
+    q: &[T],
+    out: &[T],
+) -> Result<f64, RuntimeError> {
+    let table = cache.page_table(batch)?;
+    let (k, v) = cache.layer(layer)?;
+    let f = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
+    let want = reference::decode(spec, &f(q), &f(k), &f(v), &table);
+    let got = f(out);
+    let num: f64 = got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    Ok((num / den.max(1e-300)).sqrt())
+}
+
+/// A progress bar on a terminal; a plain line per finished request
+/// otherwise.
+struct Progress {
+    total: usize,
+    tty: bool,
+    start: Instant,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            tty: std::io::stderr().is_terminal(),
+            start: Instant::now(),
+        }
+    }
+
+    fn step(&self, decoded: usize, s: &Stats) {
+        if !self.tty {
+            return;
+        }
+        let frac = (decoded as f64 / self.total.max(1) as f64).min(1.0);
+        let filled = (frac * 30.0) as usize;
+        eprint!(
+            "\r[{}{}] {:>3.0}% {decoded}/{} tokens, {:.0} tokens/s, {} preemptions ",
+            "#".repeat(filled),
+            " ".repeat(30 - filled),
+            frac * 100.0,
+            self.total,
+            decoded as f64 / self.start.elapsed().as_secs_f64().max(1e-9),
+            s.preemptions
+        );
+        let _ = std::io::stderr().flush();
+    }
+
+    fn finished(&self, id: usize, decoded: usize, s: &Stats) {
+        if self.tty {
+            return;
+        }
+        eprintln!(
+            "request {id} finished; {decoded} tokens decoded, {} preemptions so far, {:.1} s",
+            s.preemptions,
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+
+    fn done(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}

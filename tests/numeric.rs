@@ -111,10 +111,12 @@ fn check_decode<Q: Element, T: Element>(
     name: &str,
     spec: &AttentionSpec,
     seed: u64,
+    archs: &[Arch],
+    cases: &[&[usize]],
 ) {
     let tol = tolerance(spec.kv.dtype).max(tolerance(spec.query_dtype()));
-    for arch in [Arch::Gfx90a, Arch::Gfx1030, Arch::Host] {
-        for (ci, lens) in CASES.iter().enumerate() {
+    for &arch in archs {
+        for (ci, lens) in cases.iter().enumerate() {
             let mut rng = Rng(seed ^ (ci as u64 * 7919));
             let s = setup::<T>(&spec.kv, lens, &mut rng);
             let n = lens.len() * spec.q_heads as usize * spec.kv.head_dim as usize;
@@ -199,18 +201,32 @@ fn check_append<T: Element + PartialEq>(
     }
 }
 
+const ARCHS: &[Arch] = &[Arch::Gfx90a, Arch::Gfx1030, Arch::Host];
+
 fn check(device: &CpuDevice, name: &str, kernel: &KernelSpec, seed: u64) {
+    check_on(device, name, kernel, seed, ARCHS, CASES)
+}
+
+fn check_on(
+    device: &CpuDevice,
+    name: &str,
+    kernel: &KernelSpec,
+    seed: u64,
+    archs: &[Arch],
+    cases: &[&[usize]],
+) {
+    let d = (device, name, seed, archs, cases);
     match kernel {
         KernelSpec::Decode(a) => match (a.query_dtype(), a.kv.dtype) {
-            (DType::F32, DType::F32) => check_decode::<f32, f32>(device, name, a, seed),
-            (DType::F16, DType::F16) => check_decode::<f16, f16>(device, name, a, seed),
-            (DType::BF16, DType::BF16) => check_decode::<bf16, bf16>(device, name, a, seed),
-            (DType::F32, DType::F16) => check_decode::<f32, f16>(device, name, a, seed),
-            (DType::F32, DType::BF16) => check_decode::<f32, bf16>(device, name, a, seed),
-            (DType::F16, DType::F32) => check_decode::<f16, f32>(device, name, a, seed),
-            (DType::BF16, DType::F32) => check_decode::<bf16, f32>(device, name, a, seed),
-            (DType::F16, DType::BF16) => check_decode::<f16, bf16>(device, name, a, seed),
-            (DType::BF16, DType::F16) => check_decode::<bf16, f16>(device, name, a, seed),
+            (DType::F32, DType::F32) => check_decode::<f32, f32>(d.0, d.1, a, d.2, d.3, d.4),
+            (DType::F16, DType::F16) => check_decode::<f16, f16>(d.0, d.1, a, d.2, d.3, d.4),
+            (DType::BF16, DType::BF16) => check_decode::<bf16, bf16>(d.0, d.1, a, d.2, d.3, d.4),
+            (DType::F32, DType::F16) => check_decode::<f32, f16>(d.0, d.1, a, d.2, d.3, d.4),
+            (DType::F32, DType::BF16) => check_decode::<f32, bf16>(d.0, d.1, a, d.2, d.3, d.4),
+            (DType::F16, DType::F32) => check_decode::<f16, f32>(d.0, d.1, a, d.2, d.3, d.4),
+            (DType::BF16, DType::F32) => check_decode::<bf16, f32>(d.0, d.1, a, d.2, d.3, d.4),
+            (DType::F16, DType::BF16) => check_decode::<f16, bf16>(d.0, d.1, a, d.2, d.3, d.4),
+            (DType::BF16, DType::F16) => check_decode::<bf16, f16>(d.0, d.1, a, d.2, d.3, d.4),
         },
         KernelSpec::Append(l) => match l.dtype {
             DType::F32 => check_append::<f32>(device, name, l, seed),
@@ -361,4 +377,60 @@ fn an_invalid_page_table_is_refused_before_any_launch() {
             .contains("stores f32 but the buffers hold f16"),
         "{err}"
     );
+}
+
+/// Decode over head dims (multiples of 8 from 32 to 256), page sizes 1 to
+/// 128, GQA group sizes 1, 2, 4, 7 and 8 and MQA, every dtype and order:
+/// a covering set (each value appears, in varied combinations), at a wave64
+/// and a wave32 target, fast and checked, on small contexts; and the append
+/// kernel of each layout.
+#[test]
+fn decode_over_head_dims_page_sizes_and_group_sizes() {
+    let seed = seed();
+    let device = CpuDevice::new();
+    #[allow(clippy::type_complexity)]
+    let shapes: &[(u32, u32, u32, u32, DType, Order, Option<u32>, Option<f32>)] = &[
+        // (head_dim, page_size, kv_heads, q_heads, dtype, order, window, soft-cap)
+        (32, 1, 4, 4, DType::F32, Order::Nhd, None, None),
+        (64, 8, 2, 4, DType::F16, Order::Hnd, None, None),
+        (80, 16, 2, 8, DType::BF16, Order::Nhd, None, None),
+        (96, 32, 1, 7, DType::F16, Order::Nhd, None, None),
+        (128, 64, 2, 16, DType::BF16, Order::Hnd, None, None),
+        (192, 128, 2, 2, DType::F32, Order::Nhd, None, None),
+        (256, 16, 1, 8, DType::F16, Order::Hnd, None, None),
+        (192, 8, 2, 14, DType::BF16, Order::Hnd, Some(20), Some(30.0)),
+        (40, 32, 3, 6, DType::F16, Order::Nhd, Some(9), None),
+        (136, 1, 1, 4, DType::F32, Order::Hnd, None, Some(10.0)),
+        (248, 64, 2, 4, DType::F16, Order::Nhd, None, None),
+        (64, 128, 1, 1, DType::BF16, Order::Hnd, None, None),
+    ];
+    let small: &[&[usize]] = &[&[1], &[13], &[1, 17, 100, 33, 2], &[300]];
+    for &(head_dim, page_size, kv_heads, q_heads, dtype, order, window, cap) in shapes {
+        let spec = AttentionSpec {
+            kv: KvLayoutSpec {
+                page_size,
+                kv_heads,
+                head_dim,
+                dtype,
+                order,
+            },
+            q_heads,
+            scale: None,
+            causal: true,
+            sliding_window: window,
+            logits_soft_cap: cap,
+            q_dtype: None,
+        };
+        spec.validate().unwrap();
+        let name = format!("d{head_dim} p{page_size} {q_heads}/{kv_heads} {dtype:?} {order:?}");
+        check_on(
+            &device,
+            &name,
+            &KernelSpec::Decode(spec),
+            seed,
+            &[Arch::Gfx90a, Arch::Gfx1030],
+            small,
+        );
+        check(&device, &name, &KernelSpec::Append(spec.kv), seed);
+    }
 }

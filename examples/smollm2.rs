@@ -135,6 +135,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         },
     )?;
+    if streaming {
+        print!("{}", stream.finish());
+    }
     let generated = &out.tokens[0];
     let text = model.tokenizer.decode(generated);
     if args.json {

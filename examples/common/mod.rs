@@ -10,8 +10,10 @@
 //! When the cache is full, `append_tokens` returns `CapacityExceeded` and
 //! nothing is evicted behind the engine's back. The engine then preempts
 //! explicitly: the most recently admitted sequence leaves the cache and
-//! goes back to the front of the queue, to be recomputed later, as vLLM
-//! does. Preemptions are counted. A sample of steps is checked against the
+//! goes back to the front of the queue. It is recomputed later, as vLLM's
+//! recompute preemption does: its prompt is appended again and its output
+//! decoded again from the start, so the decoded-token count includes that
+//! redone work. Preemptions are counted. A sample of steps is checked against the
 //! f64 reference.
 //!
 //! There is no prefill kernel yet, so a prompt's attention is not computed:
@@ -43,10 +45,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
     /// Requests in the stream.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 24, value_parser = small)]
     pub requests: usize,
     /// Most sequences decoded together.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = small)]
     pub max_batch: usize,
     /// Pages per layer in the cache (the capacity limit).
     #[arg(long, default_value_t = 160)]
@@ -56,14 +58,14 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub layers: u32,
     /// Prompt lengths are drawn from MIN..=MAX.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = small)]
     pub prompt_min: usize,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = small)]
     pub prompt_max: usize,
     /// Output lengths are drawn from MIN..=MAX.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = small)]
     pub output_min: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = small)]
     pub output_max: usize,
     /// Check every Nth step against the f64 reference (0: never).
     #[arg(long, default_value_t = 16)]
@@ -71,6 +73,14 @@ pub struct Args {
     /// Seed for lengths and values.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// Counts and lengths: 1 to 10^6.
+fn small(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number from 1 to 1000000")),
+    }
 }
 
 struct Rng(u64);

@@ -3,9 +3,10 @@
 //! A llama-architecture model read from a GGUF file, generating text with
 //! attnforge's paged KV cache and generated kernels: every token's K/V goes
 //! into a [`KvCache`] through the append kernel, and attention is the decode
-//! kernel of the attention spec the caller declares. Matrix multiplies use
-//! candle's quantized CPU kernels (the same Q4/Q8 block dot products as
-//! llama.cpp); norms, RoPE and sampling are plain Rust.
+//! kernel of the attention spec the caller declares. The GGUF file is read
+//! with candle; Q4_1 and Q8_0 matrix products are this crate's, written to
+//! reproduce llama.cpp's x86 arithmetic exactly (other weight types go
+//! through candle's `QMatMul`); norms, RoPE and sampling are plain Rust.
 //!
 //! The model's attention is declared by the caller, as model code does; a
 //! GGUF whose heads or head_dim differ from the declaration is refused with
@@ -217,12 +218,18 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
             ..Output::default()
         };
         let r = self.run(&mut live, max_new, &mut out, &mut on_token);
+        // Every sequence leaves, whatever happened; the first error wins.
+        let mut cleanup = Ok(());
         for l in &live {
             if self.cache.seq_len(l.seq).is_ok() {
-                self.cache.remove(l.seq)?;
+                if let Err(e) = self.cache.remove(l.seq) {
+                    cleanup = cleanup.and(Err(e));
+                }
             }
         }
-        r.map(|()| out)
+        r?;
+        cleanup?;
+        Ok(out)
     }
 
     fn run(

@@ -129,6 +129,14 @@ impl Config {
                 self.hidden
             )));
         }
+        if let Some(sc) = spec.scale {
+            let want = 1.0 / (self.head_dim as f32).sqrt();
+            if (sc - want).abs() > 1e-6 * want {
+                return Err(LlamaError::Unsupported(format!(
+                    "the spec's scale {sc} is not the model's 1/sqrt(head_dim) = {want}"
+                )));
+            }
+        }
         if spec.sliding_window.is_some() || spec.logits_soft_cap.is_some() || !spec.causal {
             return Err(LlamaError::Unsupported(
                 "a llama model's attention is causal, with no window and no soft-cap".into(),
@@ -160,8 +168,7 @@ pub struct Model {
     blocks: Vec<Block>,
     out_norm: Vec<f32>,
     output: Weight,
-    /// cos and sin of θ_i for i in 0..head_dim/2, per position (grown on
-    /// demand).
+    /// RoPE's inverse frequencies base^(-2i/head_dim), i < head_dim/2.
     inv_freq: Vec<f64>,
 }
 
@@ -184,6 +191,23 @@ fn load_vec<R: Read + Seek>(
     tensor_vec(&load_qt(c, r, name)?.dequantize(&candle_core::Device::Cpu)?)
 }
 
+/// A norm's weights, which must hold `len` values.
+fn norm<R: Read + Seek>(
+    c: &gguf_file::Content,
+    r: &mut R,
+    name: &str,
+    len: usize,
+) -> Result<Vec<f32>, LlamaError> {
+    let v = load_vec(c, r, name)?;
+    if v.len() != len {
+        return Err(LlamaError::Unsupported(format!(
+            "tensor {name:?} holds {} values, the model needs {len}",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
 fn tensor_vec(t: &Tensor) -> Result<Vec<f32>, LlamaError> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
@@ -201,23 +225,28 @@ impl Model {
         let config = Config::from_gguf(&content)?;
         let tokenizer = tokenizer_from_gguf(&content)?;
         let embed = load_vec(&content, r, "token_embd.weight")?;
-        let out_norm = load_vec(&content, r, "output_norm.weight")?;
+        let out_norm = norm(&content, r, "output_norm.weight", config.hidden)?;
         let mut blocks = Vec::with_capacity(config.layers as usize);
         for i in 0..config.layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
-            let mut mm = |s: &str| -> Result<Weight, LlamaError> {
-                Weight::new(load_qt(&content, r, &n(s))?)
+            let (h, kv, f) = (
+                config.hidden,
+                (config.kv_heads * config.head_dim) as usize,
+                config.ffn,
+            );
+            let mut mm = |s: &str, rows: usize, cols: usize| -> Result<Weight, LlamaError> {
+                Weight::new(load_qt(&content, r, &n(s))?, &n(s), rows, cols)
             };
             blocks.push(Block {
-                wq: mm("attn_q")?,
-                wk: mm("attn_k")?,
-                wv: mm("attn_v")?,
-                wo: mm("attn_output")?,
-                w_gate: mm("ffn_gate")?,
-                w_up: mm("ffn_up")?,
-                w_down: mm("ffn_down")?,
-                attn_norm: load_vec(&content, r, &n("attn_norm"))?,
-                ffn_norm: load_vec(&content, r, &n("ffn_norm"))?,
+                wq: mm("attn_q", h, h)?,
+                wk: mm("attn_k", kv, h)?,
+                wv: mm("attn_v", kv, h)?,
+                wo: mm("attn_output", h, h)?,
+                w_gate: mm("ffn_gate", f, h)?,
+                w_up: mm("ffn_up", f, h)?,
+                w_down: mm("ffn_down", h, f)?,
+                attn_norm: norm(&content, r, &n("attn_norm"), h)?,
+                ffn_norm: norm(&content, r, &n("ffn_norm"), h)?,
             });
         }
         // Tied embeddings when there is no separate output matrix.
@@ -226,7 +255,12 @@ impl Model {
         } else {
             "token_embd.weight"
         };
-        let output = Weight::new(load_qt(&content, r, out_name)?)?;
+        let output = Weight::new(
+            load_qt(&content, r, out_name)?,
+            out_name,
+            tokenizer.vocab_size(),
+            config.hidden,
+        )?;
         if embed.len() != tokenizer.vocab_size() * config.hidden {
             return Err(LlamaError::Unsupported(format!(
                 "token_embd holds {} values, not vocab {} × hidden {}",

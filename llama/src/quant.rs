@@ -227,15 +227,26 @@ fn pick(q4: bool) -> Dot {
 }
 
 impl Weight {
-    pub(crate) fn new(t: QTensor) -> Result<Weight, LlamaError> {
-        let (rows, cols) = t.shape().dims2()?;
+    /// The weight `name`, which must be `rows` × `cols`.
+    pub(crate) fn new(
+        t: QTensor,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Weight, LlamaError> {
+        if t.shape().dims() != [rows, cols] {
+            return Err(LlamaError::Unsupported(format!(
+                "tensor {name:?} is {:?}, the model needs [{rows}, {cols}]",
+                t.shape().dims()
+            )));
+        }
         match t.dtype() {
-            GgmlDType::Q4_1 if cols % QK == 0 => Ok(Weight::Q4_1 {
+            GgmlDType::Q4_1 if cols.is_multiple_of(QK) => Ok(Weight::Q4_1 {
                 rows,
                 cols,
                 blocks: Blocks::new(&t.data()?, 20, true),
             }),
-            GgmlDType::Q8_0 if cols % QK == 0 => Ok(Weight::Q8_0 {
+            GgmlDType::Q8_0 if cols.is_multiple_of(QK) => Ok(Weight::Q8_0 {
                 rows,
                 cols,
                 blocks: Blocks::new(&t.data()?, 34, false),
@@ -255,6 +266,12 @@ impl Weight {
                 return Ok(m.forward(&t)?.flatten_all()?.to_vec1::<f32>()?);
             }
         };
+        if x.len() != n * cols {
+            return Err(LlamaError::Unsupported(format!(
+                "{} activations for {n} rows of {cols}",
+                x.len()
+            )));
+        }
         let per_row = cols / QK;
         let qx: Vec<QRow> = x.chunks_exact(cols).map(quantize).collect();
         let mut out = vec![0f32; n * rows];

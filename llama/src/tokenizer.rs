@@ -30,7 +30,8 @@ pub struct Tokenizer {
     tokens: Vec<String>,
     types: Vec<i32>,
     ids: HashMap<String, TokenId>,
-    ranks: HashMap<(String, String), usize>,
+    /// (left, right) token ids -> (rank, merged token id).
+    merges: HashMap<(TokenId, TokenId), (usize, TokenId)>,
     /// Pre-tokenizer regexes, applied in order (each splits every piece the
     /// previous one left).
     splits: Vec<Regex>,
@@ -85,12 +86,17 @@ impl Tokenizer {
         for (i, t) in tokens.iter().enumerate() {
             ids.entry(t.clone()).or_insert(i as TokenId);
         }
-        let mut ranks = HashMap::with_capacity(merges.len());
+        let mut merge_ids = HashMap::with_capacity(merges.len());
         for (rank, m) in merges.iter().enumerate() {
             let (a, b) = m.split_once(' ').ok_or_else(|| {
                 LlamaError::Tokenizer(format!("merge {rank} ({m:?}) is not two tokens"))
             })?;
-            ranks.entry((a.to_owned(), b.to_owned())).or_insert(rank);
+            // A merge whose parts or result are not tokens can never apply.
+            if let (Some(&x), Some(&y), Some(&z)) =
+                (ids.get(a), ids.get(b), ids.get(&format!("{a}{b}")))
+            {
+                merge_ids.entry((x, y)).or_insert((rank, z));
+            }
         }
         // llama.cpp's pre-tokenizers for the vocabularies this runner knows.
         let patterns: Vec<&str> = match pre {
@@ -98,10 +104,13 @@ impl Tokenizer {
             "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" => {
                 vec![r"\p{N}", GPT2_SPLIT]
             }
-            "gpt2" | "default" | "" => vec![GPT2_SPLIT],
+            "gpt-2" | "gpt2" | "mpt" | "olmo" => vec![GPT2_SPLIT],
+            // llama.cpp's "default" splits punctuation and digit groups
+            // differently; rather than tokenize almost like it, refuse.
             other => {
                 return Err(LlamaError::Tokenizer(format!(
-                    "pre-tokenizer {other:?} is not supported (known: smollm, gpt2)"
+                    "pre-tokenizer {other:?} is not supported (known: smollm, starcoder, refact, \
+                     command-r, codeshell, gpt-2, mpt, olmo)"
                 )))
             }
         };
@@ -129,7 +138,7 @@ impl Tokenizer {
             tokens,
             types,
             ids,
-            ranks,
+            merges: merge_ids,
             splits,
             specials,
             byte_to_char,
@@ -227,35 +236,60 @@ impl Tokenizer {
         pieces
     }
 
-    /// Byte-level BPE of one pre-tokenized piece.
+    /// Byte-level BPE of one pre-tokenized piece: the lowest-ranked
+    /// adjacent pair is merged first (the leftmost on ties), with a heap
+    /// over a linked list of symbols, so long pieces stay O(n log n).
     fn bpe(&self, piece: &str, out: &mut Vec<TokenId>) {
-        let mut syms: Vec<String> = piece
-            .bytes()
-            .map(|b| self.byte_to_char[b as usize].to_string())
-            .collect();
-        loop {
-            let mut best: Option<(usize, usize)> = None; // (rank, index)
-            for i in 0..syms.len().saturating_sub(1) {
-                if let Some(&r) = self.ranks.get(&(syms[i].clone(), syms[i + 1].clone())) {
-                    if best.is_none_or(|(br, _)| r < br) {
-                        best = Some((r, i));
-                    }
-                }
-            }
-            let Some((_, i)) = best else { break };
-            let right = syms.remove(i + 1);
-            syms[i].push_str(&right);
-        }
-        for s in syms {
-            match self.ids.get(&s) {
-                Some(&id) => out.push(id),
-                // Not in the vocabulary: fall back to its characters.
-                None => out.extend(
-                    s.chars()
-                        .filter_map(|c| self.ids.get(&c.to_string()).copied()),
-                ),
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        // Symbols as token ids; a byte missing from the vocabulary is skipped.
+        let mut ids: Vec<TokenId> = Vec::with_capacity(piece.len());
+        for b in piece.bytes() {
+            if let Some(&id) = self
+                .ids
+                .get(self.byte_to_char[b as usize].encode_utf8(&mut [0; 4]) as &str)
+            {
+                ids.push(id);
             }
         }
+        let n = ids.len();
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        let mut alive = vec![true; n];
+        let mut heap = BinaryHeap::new();
+        let push = |heap: &mut BinaryHeap<_>, ids: &[TokenId], i: usize, j: usize| {
+            if let Some(&(rank, merged)) = self.merge_of(ids[i], ids[j]) {
+                heap.push(Reverse((rank, i, ids[i], ids[j], merged)));
+            }
+        };
+        for i in 1..n {
+            push(&mut heap, &ids, i - 1, i);
+        }
+        while let Some(Reverse((_, i, left, right, merged))) = heap.pop() {
+            let j = next[i];
+            // Stale entries: a side was merged away or changed since.
+            if !alive[i] || j >= n || ids[i] != left || ids[j] != right {
+                continue;
+            }
+            ids[i] = merged;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[j] < n {
+                prev[next[j]] = i;
+            }
+            if prev[i] < n {
+                push(&mut heap, &ids, prev[i], i);
+            }
+            if next[i] < n {
+                push(&mut heap, &ids, i, next[i]);
+            }
+        }
+        out.extend((0..n).filter(|&i| alive[i]).map(|i| ids[i]));
+    }
+
+    /// The rank of merging tokens `a` and `b`, and the token it makes.
+    fn merge_of(&self, a: TokenId, b: TokenId) -> Option<&(usize, TokenId)> {
+        self.merges.get(&(a, b))
     }
 
     /// The bytes a token stands for: nothing for control tokens, the text
@@ -295,27 +329,110 @@ pub struct TextStream {
 }
 
 impl TextStream {
-    /// Adds a token; returns the text that became complete.
+    /// Adds a token; returns the text that became complete. Invalid bytes
+    /// become U+FFFD, as in [`Tokenizer::decode`]; an incomplete character
+    /// at the end waits for the next token.
     pub fn push(&mut self, tok: &Tokenizer, id: TokenId) -> String {
         self.pending.extend(tok.token_bytes(id));
-        match std::str::from_utf8(&self.pending) {
-            Ok(s) => {
-                let s = s.to_owned();
-                self.pending.clear();
-                s
-            }
-            Err(e) if e.error_len().is_none() => {
-                // An incomplete character at the end: emit what is whole.
-                let n = e.valid_up_to();
-                let s = String::from_utf8_lossy(&self.pending[..n]).into_owned();
-                self.pending.drain(..n);
-                s
-            }
-            Err(_) => {
-                let s = String::from_utf8_lossy(&self.pending).into_owned();
-                self.pending.clear();
-                s
+        let mut text = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    text.push_str(s);
+                    self.pending.clear();
+                    return text;
+                }
+                Err(e) => {
+                    let n = e.valid_up_to();
+                    text.push_str(std::str::from_utf8(&self.pending[..n]).expect("valid prefix"));
+                    match e.error_len() {
+                        // Incomplete at the end: keep it for the next token.
+                        None => {
+                            self.pending.drain(..n);
+                            return text;
+                        }
+                        Some(bad) => {
+                            text.push(char::REPLACEMENT_CHARACTER);
+                            self.pending.drain(..n + bad);
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// The bytes still held back (an incomplete character), as text.
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 256 byte tokens, plus merges "a b" -> "ab" and "ab c" -> "abc".
+    fn tiny() -> Tokenizer {
+        let alphabet = byte_alphabet();
+        let mut tokens: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+        tokens.extend(["ab".to_owned(), "abc".to_owned(), "<|end|>".to_owned()]);
+        let mut types = vec![1; tokens.len()];
+        *types.last_mut().unwrap() = TYPE_CONTROL;
+        let merges = ["a b".to_owned(), "ab c".to_owned()];
+        Tokenizer::new(tokens, types, &merges, "gpt-2").unwrap()
+    }
+
+    #[test]
+    fn merges_apply_by_rank_and_leftmost_first() {
+        let t = tiny();
+        let (ab, abc) = (256, 257);
+        assert_eq!(t.encode("abc", false), vec![abc]);
+        assert_eq!(t.encode("abab", false), vec![ab, ab]);
+        // "aab": the pair (a, b) at position 1 merges; the first a stays.
+        assert_eq!(t.encode("aab", false), vec![b'a' as u32, ab]);
+        assert_eq!(t.encode("x<|end|>", true), vec![b'x' as u32, 258]);
+        assert_eq!(t.decode(&t.encode("x<|end|>abc", true)), "xabc");
+    }
+
+    #[test]
+    fn a_long_piece_is_encoded_in_near_linear_time() {
+        // 200,000 letters are one pre-tokenized piece. A pair-rescanning BPE
+        // needs about 10^10 steps for this; the heap needs a few million.
+        let t = tiny();
+        let text = "abc".repeat(66_667);
+        let ids = t.encode(&text, false);
+        assert_eq!(ids.len(), 66_667);
+        assert_eq!(t.decode(&ids), text);
+    }
+
+    #[test]
+    fn the_stream_matches_decode_on_split_and_invalid_bytes() {
+        let t = tiny();
+        // "€" is E2 82 AC; feed AC E2 | 82 AC: an invalid byte, then a
+        // character split across tokens.
+        let ids: Vec<TokenId> = [0xAC, 0xE2, 0x82, 0xAC].iter().map(|&b| b as u32).collect();
+        let mut s = TextStream::default();
+        let mut text = String::new();
+        for &id in &ids {
+            text += &s.push(&t, id);
+        }
+        text += &s.finish();
+        assert_eq!(text, t.decode(&ids));
+        assert_eq!(text, "\u{FFFD}€");
+        // An incomplete character at the end comes out of finish().
+        let mut s = TextStream::default();
+        assert_eq!(s.push(&t, 0xE2), "");
+        assert_eq!(s.finish(), "\u{FFFD}");
+    }
+
+    #[test]
+    fn an_unknown_pre_tokenizer_is_refused() {
+        let e = Tokenizer::new(vec!["a".into()], vec![1], &[], "default").unwrap_err();
+        assert!(
+            e.to_string().contains("\"default\" is not supported"),
+            "{e}"
+        );
     }
 }

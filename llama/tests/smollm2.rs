@@ -214,6 +214,13 @@ fn a_spec_that_does_not_describe_the_model_is_refused() {
         e.to_string(),
         "the model does not match the declared attention: its head_dim is 64, the spec says 128"
     );
+    // A scale other than the model's 1/sqrt(head_dim).
+    let mut scaled = spec(9, 64);
+    scaled.scale = Some(1.0);
+    let e = Engine::<f32, f16, _>::new(model(), scaled, dev(), 16)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("scale"), "{e}");
     // Element types that are not the spec's dtypes.
     let e = Engine::<f32, f32, _>::new(model(), spec(9, 64), dev(), 16)
         .err()

@@ -1,6 +1,7 @@
 //! The per-model examples' serving simulation, small: requests through a
 //! cache too small for all of them, so the engine must preempt, with every
-//! step checked against the reference.
+//! decode step and every prompt's causal prefill checked against the
+//! reference.
 use attnforge::prelude::*;
 use clap::Parser;
 use half::f16;
@@ -46,11 +47,10 @@ fn a_full_cache_preempts_explicitly_and_every_step_matches_the_reference() {
         s.preemptions > 0,
         "the cache is small enough to force preemption: {s:?}"
     );
-    assert_eq!(
-        s.checks,
-        2 * s.steps,
-        "every layer of every step was checked"
-    );
+    // Every layer of every decode step, and of every admitted prompt's
+    // causal prefill, was checked.
+    assert!(s.checks > 2 * s.steps, "{s:?}");
+    assert!(s.prefilled >= 10 * 8, "{s:?}");
     assert!(s.worst <= 2e-3, "{s:?}");
     // Every request's output was decoded at least once.
     assert!(s.decoded >= 10 * 4, "{s:?}");

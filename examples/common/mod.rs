@@ -16,8 +16,9 @@
 //! redone work. Preemptions are counted. A sample of steps is checked against the
 //! f64 reference.
 //!
-//! There is no prefill kernel yet, so a prompt's attention is not computed:
-//! prefill here is the append of its K/V only.
+//! There is no prefill kernel yet, so a prompt's causal attention runs on
+//! the decode kernel, one row per prompt token (row i sees the first i + 1
+//! tokens), as the kernel-set issue allows until prefill lands.
 
 #![allow(dead_code)]
 
@@ -28,7 +29,9 @@ use std::time::{Duration, Instant};
 use attnforge::prelude::*;
 use attnforge::runtime::cpu::{CpuDevice, Element, Mode};
 use attnforge::runtime::device::{Cpu, Device};
-use attnforge::runtime::{reference, AllocError, CacheError, KvCache, RuntimeError, SeqId};
+use attnforge::runtime::{
+    reference, AllocError, CacheError, KvCache, PageTable, RuntimeError, SeqId,
+};
 use clap::{Parser, ValueEnum};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -125,6 +128,7 @@ pub struct Stats {
     pub worst: f64,
     pub util_sum: f64,
     pub decode_time: Duration,
+    pub prefill_time: Duration,
 }
 
 /// Parses the command line and runs the simulation for a model whose
@@ -214,6 +218,7 @@ fn simulate<T: Element + Default, D: Device>(
     let row = (layout.kv_heads * layout.head_dim) as usize;
     let q_row = (specs[0].q_heads * layout.head_dim) as usize;
     let mut running: Vec<Running> = Vec::new();
+    let mut admitted = 0usize;
     let mut stats = Stats::default();
     let total_out: usize = waiting.iter().map(|r| r.output).sum();
     let progress = Progress::new(total_out);
@@ -231,13 +236,37 @@ fn simulate<T: Element + Default, D: Device>(
             match cache.append_tokens(seq, req.prompt) {
                 Ok(slots) => {
                     waiting.pop_front();
+                    // Prefill: the prompt's K/V through the append kernel,
+                    // then its causal attention. With no prefill kernel yet,
+                    // that is the decode kernel over one row per prompt
+                    // token, row i seeing the first i + 1 tokens.
+                    let pages: Vec<i32> = cache.seq_pages(seq)?.iter().map(|&p| p as i32).collect();
+                    let ps = layout.page_size as usize;
+                    let table = PageTable::from_sequences(
+                        layout.page_size,
+                        (0..req.prompt).map(|i| (&pages[..(i + 1).div_ceil(ps)], i + 1)),
+                    );
+                    let check = args.check_every > 0 && admitted.is_multiple_of(args.check_every);
                     for layer in 0..args.layers {
-                        let (k, v) = (
-                            random(req.prompt * row, &mut rng),
-                            random(req.prompt * row, &mut rng),
-                        );
+                        let spec = &specs[layer as usize % specs.len()];
+                        let k = random(req.prompt * row, &mut rng);
+                        let v = random(req.prompt * row, &mut rng);
                         cache.append_with(device, layer, &slots, &k, &v)?;
+                        let q: Vec<T> = (0..req.prompt * q_row)
+                            .map(|_| T::from_f64(3.0 * rng.value()))
+                            .collect();
+                        let mut out = vec![T::default(); q.len()];
+                        let tp = Instant::now();
+                        let (ka, va) = cache.layer(layer)?;
+                        device.decode(spec, &q, ka, va, &table, &mut out)?;
+                        stats.prefill_time += tp.elapsed();
+                        if check {
+                            let err = check_table(spec, &q, ka, va, &table, &out);
+                            stats.worst = stats.worst.max(err);
+                            stats.checks += 1;
+                        }
                     }
+                    admitted += 1;
                     stats.prefilled += req.prompt;
                     running.push(Running { req, seq, done: 0 });
                 }
@@ -275,7 +304,7 @@ fn simulate<T: Element + Default, D: Device>(
             }
         }
         let batch: Vec<SeqId> = running.iter().map(|r| r.seq).collect();
-        let check = args.check_every > 0 && stats.steps % args.check_every == 0;
+        let check = args.check_every > 0 && stats.steps.is_multiple_of(args.check_every);
         let ts = Instant::now();
         for layer in 0..args.layers {
             let spec = &specs[layer as usize % specs.len()];
@@ -319,8 +348,14 @@ fn simulate<T: Element + Default, D: Device>(
     cache.check_invariants()?;
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "{} requests: {} steps, {} tokens decoded, {} prompt tokens appended in {secs:.2} s",
+        "{} requests: {} steps, {} tokens decoded, {} prompt tokens prefilled in {secs:.2} s",
         args.requests, stats.steps, stats.decoded, stats.prefilled
+    );
+    println!(
+        "prefill attention: {:.0} prompt tokens/s ({:.2} s, {} layers, on the decode kernel)",
+        stats.prefilled as f64 / stats.prefill_time.as_secs_f64().max(1e-9),
+        stats.prefill_time.as_secs_f64(),
+        args.layers
     );
     println!(
         "throughput: {:.0} decoded tokens/s overall, {:.0} in decode steps ({} layers); \
@@ -332,7 +367,7 @@ fn simulate<T: Element + Default, D: Device>(
     );
     println!(
         "capacity: {} preemptions (sequence sent back to the queue), {} admissions deferred; \
-         checks: {} layer-steps against the f64 reference, worst relative L2 error {:.1e}",
+         checks: {} layer-launches against the f64 reference, worst relative L2 error {:.1e}",
         stats.preemptions, stats.deferred, stats.checks, stats.worst
     );
     if stats.worst.is_nan() || stats.worst > tolerance(layout.dtype) {
@@ -375,12 +410,24 @@ fn check_layer<T: Element + Default>(
 ) -> Result<f64, RuntimeError> {
     let table = cache.page_table(batch)?;
     let (k, v) = cache.layer(layer)?;
+    Ok(check_table(spec, q, k, v, &table, out))
+}
+
+/// Relative L2 error of a decode output over `table` against the reference.
+fn check_table<T: Element>(
+    spec: &AttentionSpec,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    table: &PageTable,
+    out: &[T],
+) -> f64 {
     let f = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
-    let want = reference::decode(spec, &f(q), &f(k), &f(v), &table);
+    let want = reference::decode(spec, &f(q), &f(k), &f(v), table);
     let got = f(out);
     let num: f64 = got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum();
     let den: f64 = want.iter().map(|b| b * b).sum();
-    Ok((num / den.max(1e-300)).sqrt())
+    (num / den.max(1e-300)).sqrt()
 }
 
 /// A progress bar on a terminal; a plain line per finished request

@@ -23,16 +23,22 @@ fn option<T>(v: Option<T>, f: impl FnOnce(T) -> TokenStream) -> TokenStream {
     }
 }
 
+/// A dtype as a constant expression.
+fn dtype_tokens(d: DType, krate: &TokenStream) -> TokenStream {
+    let v = match d {
+        DType::F32 => quote!(F32),
+        DType::F16 => quote!(F16),
+        DType::BF16 => quote!(BF16),
+    };
+    quote!(#krate::DType::#v)
+}
+
 /// A layout as a constant expression.
 pub fn layout_tokens(spec: &KvLayoutSpec, krate: &TokenStream) -> TokenStream {
     let page_size = Literal::u32_unsuffixed(spec.page_size);
     let kv_heads = Literal::u32_unsuffixed(spec.kv_heads);
     let head_dim = Literal::u32_unsuffixed(spec.head_dim);
-    let dtype = match spec.dtype {
-        DType::F32 => quote!(F32),
-        DType::F16 => quote!(F16),
-        DType::BF16 => quote!(BF16),
-    };
+    let dtype = dtype_tokens(spec.dtype, krate);
     let order = match spec.order {
         Order::Nhd => quote!(Nhd),
         Order::Hnd => quote!(Hnd),
@@ -42,7 +48,7 @@ pub fn layout_tokens(spec: &KvLayoutSpec, krate: &TokenStream) -> TokenStream {
             page_size: #page_size,
             kv_heads: #kv_heads,
             head_dim: #head_dim,
-            dtype: #krate::DType::#dtype,
+            dtype: #dtype,
             order: #krate::Order::#order,
         }
     }
@@ -105,17 +111,7 @@ pub fn attention(
     let cap = option(p.logits_soft_cap, |v| {
         Literal::f32_suffixed(v).into_token_stream()
     });
-    let q_dtype = option(p.q_dtype, |d| {
-        let v = syn::Ident::new(
-            match d {
-                crate::DType::F32 => "F32",
-                crate::DType::F16 => "F16",
-                crate::DType::BF16 => "BF16",
-            },
-            proc_macro2::Span::call_site(),
-        );
-        quote!(#krate::DType::#v)
-    });
+    let q_dtype = option(p.q_dtype, |d| dtype_tokens(d, krate));
     let hip = hip_tokens(krate, registry);
     let check = quote_spanned! {p.span_of("q_heads")=>
         const _: () = match <#ident as #krate::Attention>::SPEC.validate() {

@@ -10,7 +10,8 @@
 
 use attnforge::codegen::kernels::KernelSpec;
 use attnforge::runtime::cpu::{CpuDevice, Element, Mode};
-use attnforge::runtime::{reference, PageTable};
+use attnforge::runtime::reference::{self, rel_l2, tolerance};
+use attnforge::runtime::PageTable;
 use attnforge::{Arch, AttentionSpec, DType, KvLayoutSpec, Order};
 use half::{bf16, f16};
 
@@ -52,14 +53,6 @@ fn seed() -> u64 {
     s
 }
 
-fn tolerance(d: DType) -> f64 {
-    match d {
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        DType::BF16 => 1e-2,
-    }
-}
-
 /// Context lengths per batch: one token; a partly filled last page; a mixed
 /// batch; several thousand tokens (past a 4096-token window).
 const CASES: &[&[usize]] = &[&[1], &[13], &[1, 17, 100, 33, 2], &[4100, 2500]];
@@ -98,12 +91,6 @@ fn setup<T: Element>(l: &KvLayoutSpec, lens: &[usize], rng: &mut Rng) -> Setup<T
     }
     let table = PageTable::from_sequences(l.page_size, seqs.iter().map(|(pg, n)| (*pg, *n)));
     Setup { k, v, table }
-}
-
-fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
-    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
-    let den: f64 = want.iter().map(|b| b * b).sum();
-    (num / den.max(1e-300)).sqrt()
 }
 
 fn check_decode<Q: Element, T: Element>(

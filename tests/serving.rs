@@ -73,3 +73,12 @@ fn the_hip_backend_says_why_it_is_unavailable() {
         Ok(_) => eprintln!("a HIP GPU is present: the simulation ran on it"),
     }
 }
+
+#[test]
+fn a_nan_check_is_the_worst_error() {
+    let mut s = common::Stats::default();
+    s.record(1e-4);
+    s.record(f64::NAN);
+    s.record(1e-3);
+    assert!(s.worst.is_nan() && s.checks == 3, "{s:?}");
+}

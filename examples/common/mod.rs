@@ -131,6 +131,17 @@ pub struct Stats {
     pub prefill_time: Duration,
 }
 
+impl Stats {
+    /// Counts a check; a NaN error is the worst of all (`f64::max` would
+    /// drop it).
+    pub fn record(&mut self, err: f64) {
+        self.checks += 1;
+        if err.is_nan() || err > self.worst {
+            self.worst = err;
+        }
+    }
+}
+
 /// Parses the command line and runs the simulation for a model whose
 /// layers use `specs` in turn (one spec, or Gemma-2's global/local pair),
 /// over K/V elements of type `T`.
@@ -261,9 +272,7 @@ fn simulate<T: Element + Default, D: Device>(
                         device.decode(spec, &q, ka, va, &table, &mut out)?;
                         stats.prefill_time += tp.elapsed();
                         if check {
-                            let err = check_table(spec, &q, ka, va, &table, &out);
-                            stats.worst = stats.worst.max(err);
-                            stats.checks += 1;
+                            stats.record(check_table(spec, &q, ka, va, &table, &out));
                         }
                     }
                     admitted += 1;
@@ -319,10 +328,7 @@ fn simulate<T: Element + Default, D: Device>(
             let mut out = vec![T::default(); q.len()];
             cache.decode_with(device, spec, layer, &batch, &q, &mut out)?;
             if check {
-                stats.worst = stats
-                    .worst
-                    .max(check_layer(&mut cache, spec, layer, &batch, &q, &out)?);
-                stats.checks += 1;
+                stats.record(check_layer(&mut cache, spec, layer, &batch, &q, &out)?);
             }
         }
         stats.decode_time += ts.elapsed();
@@ -370,11 +376,11 @@ fn simulate<T: Element + Default, D: Device>(
          checks: {} layer-launches against the f64 reference, worst relative L2 error {:.1e}",
         stats.preemptions, stats.deferred, stats.checks, stats.worst
     );
-    if stats.worst.is_nan() || stats.worst > tolerance(layout.dtype) {
+    let tolerance = reference::tolerance(layout.dtype);
+    if stats.worst.is_nan() || stats.worst > tolerance {
         return Err(format!(
             "a checked step differs from the reference by {:.1e} (tolerance {:.0e})",
-            stats.worst,
-            tolerance(layout.dtype)
+            stats.worst, tolerance
         )
         .into());
     }
@@ -389,14 +395,6 @@ fn is_full(e: &CacheError) -> bool {
             ..
         }
     )
-}
-
-fn tolerance(d: DType) -> f64 {
-    match d {
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        DType::BF16 => 1e-2,
-    }
 }
 
 /// Relative L2 error of one layer's decode output against the reference.
@@ -424,10 +422,7 @@ fn check_table<T: Element>(
 ) -> f64 {
     let f = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
     let want = reference::decode(spec, &f(q), &f(k), &f(v), table);
-    let got = f(out);
-    let num: f64 = got.iter().zip(&want).map(|(a, b)| (a - b) * (a - b)).sum();
-    let den: f64 = want.iter().map(|b| b * b).sum();
-    (num / den.max(1e-300)).sqrt()
+    reference::rel_l2(&f(out), &want)
 }
 
 /// A progress bar on a terminal; a plain line per finished request

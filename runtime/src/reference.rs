@@ -5,7 +5,7 @@
 //! converted to f64), computes each logit, the soft-cap, the window and the
 //! softmax directly (no online rescaling, no base-2 tricks), and returns f64.
 
-use attnforge_codegen::{AttentionSpec, KvLayoutSpec, Order};
+use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Order};
 
 use crate::table::PageTable;
 
@@ -79,6 +79,23 @@ pub fn decode(
         }
     }
     out
+}
+
+/// Relative L2 error `‖got − want‖ / ‖want‖`; NaN if `got` holds NaN.
+pub fn rel_l2(got: &[f64], want: &[f64]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// The relative L2 error a kernel's output may have against [`decode`]
+/// when its inputs and output are stored in `d`.
+pub fn tolerance(d: DType) -> f64 {
+    match d {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1e-2,
+    }
 }
 
 /// KV append: writes token i's rows of `k_new`/`v_new` ([tokens][kv_heads][head_dim])

@@ -107,9 +107,7 @@ fn append_then_decode_through_the_cache_matches_the_reference() {
                     .iter()
                     .map(|x| x.to_f64())
                     .collect();
-                let num: f64 = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum();
-                let den: f64 = want.iter().map(|b| b * b).sum();
-                let err = (num / den).sqrt();
+                let err = reference::rel_l2(&got, &want);
                 assert!(
                     err < 2e-3,
                     "step {step} layer {layer} seq {i}: relative L2 error {err:e}"

@@ -224,7 +224,8 @@ impl Model {
         let content = gguf_file::Content::read(r)?;
         let config = Config::from_gguf(&content)?;
         let tokenizer = tokenizer_from_gguf(&content)?;
-        let embed = load_vec(&content, r, "token_embd.weight")?;
+        let embd = load_qt(&content, r, "token_embd.weight")?;
+        let embed = tensor_vec(&embd.dequantize(&candle_core::Device::Cpu)?)?;
         let out_norm = norm(&content, r, "output_norm.weight", config.hidden)?;
         let mut blocks = Vec::with_capacity(config.layers as usize);
         for i in 0..config.layers {
@@ -249,18 +250,14 @@ impl Model {
                 ffn_norm: norm(&content, r, &n("ffn_norm"), h)?,
             });
         }
-        // Tied embeddings when there is no separate output matrix.
-        let out_name = if content.tensor_infos.contains_key("output.weight") {
-            "output.weight"
+        // Tied embeddings (the tensor already read) when there is no
+        // separate output matrix.
+        let (out_name, out_t) = if content.tensor_infos.contains_key("output.weight") {
+            ("output.weight", load_qt(&content, r, "output.weight")?)
         } else {
-            "token_embd.weight"
+            ("token_embd.weight", embd)
         };
-        let output = Weight::new(
-            load_qt(&content, r, out_name)?,
-            out_name,
-            tokenizer.vocab_size(),
-            config.hidden,
-        )?;
+        let output = Weight::new(out_t, out_name, tokenizer.vocab_size(), config.hidden)?;
         if embed.len() != tokenizer.vocab_size() * config.hidden {
             return Err(LlamaError::Unsupported(format!(
                 "token_embd holds {} values, not vocab {} × hidden {}",
@@ -295,14 +292,27 @@ impl Model {
         }
     }
 
+    /// RoPE's (sin, cos) of every pair for each position, row after row.
+    fn rotations(&self, positions: &[usize]) -> Vec<(f32, f32)> {
+        positions
+            .iter()
+            .flat_map(|&pos| {
+                self.inv_freq.iter().map(move |&f| {
+                    let theta = pos as f64 * f;
+                    (theta.sin() as f32, theta.cos() as f32)
+                })
+            })
+            .collect()
+    }
+
     /// Rotates adjacent pairs (llama.cpp's "normal" RoPE, which GGUF llama
-    /// weights are permuted for) of every head of every row.
-    fn rope(&self, x: &mut [f32], heads: usize, positions: &[usize]) {
+    /// weights are permuted for) of every head of every row, by
+    /// [`Model::rotations`].
+    fn rope(&self, x: &mut [f32], heads: usize, rot: &[(f32, f32)]) {
         let d = self.config.head_dim as usize;
-        for (row, &pos) in x.chunks_exact_mut(heads * d).zip(positions) {
-            for (i, &f) in self.inv_freq.iter().enumerate() {
-                let theta = pos as f64 * f;
-                let (s, c) = (theta.sin() as f32, theta.cos() as f32);
+        let pairs = self.inv_freq.len();
+        for (row, rot) in x.chunks_exact_mut(heads * d).zip(rot.chunks_exact(pairs)) {
+            for (i, &(s, c)) in rot.iter().enumerate() {
                 for h in 0..heads {
                     let j = h * d + 2 * i;
                     let (a, b) = (row[j], row[j + 1]);
@@ -311,10 +321,6 @@ impl Model {
                 }
             }
         }
-    }
-
-    fn matmul(w: &Weight, x: &[f32], rows: usize) -> Result<Vec<f32>, LlamaError> {
-        w.matmul(x, rows)
     }
 
     /// One step for a batch of rows: row `i` feeds `tokens[i]` at position
@@ -353,6 +359,7 @@ impl Model {
         let mut k_t = vec![T::default(); b * kvh * d];
         let mut v_t = vec![T::default(); b * kvh * d];
         let mut attn_t = vec![Q::default(); b * qh * d];
+        let rot = self.rotations(positions);
         fn convert<E: Element>(src: &[f32], dst: &mut [E]) {
             for (o, &v) in dst.iter_mut().zip(src) {
                 *o = E::from_f64(v as f64);
@@ -361,11 +368,11 @@ impl Model {
         for (layer, blk) in self.blocks.iter().enumerate() {
             let layer = layer as u32;
             self.rms_norm(&x, &blk.attn_norm, &mut xn);
-            let mut q = Self::matmul(&blk.wq, &xn, b)?;
-            let mut k = Self::matmul(&blk.wk, &xn, b)?;
-            let v = Self::matmul(&blk.wv, &xn, b)?;
-            self.rope(&mut q, qh, positions);
-            self.rope(&mut k, kvh, positions);
+            let mut q = blk.wq.matmul(&xn, b)?;
+            let mut k = blk.wk.matmul(&xn, b)?;
+            let v = blk.wv.matmul(&xn, b)?;
+            self.rope(&mut q, qh, &rot);
+            self.rope(&mut k, kvh, &rot);
             // llama.cpp multiplies K by the query converted to the cache's
             // dtype; so does this model, for the same tokens.
             for x in q.iter_mut() {
@@ -377,19 +384,19 @@ impl Model {
             cache.append_with(device, layer, slots, &k_t, &v_t)?;
             cache.decode_with(device, spec, layer, seqs, &q_t, &mut attn_t)?;
             let attn: Vec<f32> = attn_t.iter().map(|v| v.to_f64() as f32).collect();
-            let o = Self::matmul(&blk.wo, &attn, b)?;
+            let o = blk.wo.matmul(&attn, b)?;
             for (xv, ov) in x.iter_mut().zip(&o) {
                 *xv += ov;
             }
             self.rms_norm(&x, &blk.ffn_norm, &mut xn);
-            let gate = Self::matmul(&blk.w_gate, &xn, b)?;
-            let up = Self::matmul(&blk.w_up, &xn, b)?;
+            let gate = blk.w_gate.matmul(&xn, b)?;
+            let up = blk.w_up.matmul(&xn, b)?;
             let act: Vec<f32> = gate
                 .iter()
                 .zip(&up)
                 .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
                 .collect();
-            let down = Self::matmul(&blk.w_down, &act, b)?;
+            let down = blk.w_down.matmul(&act, b)?;
             for (xv, dv) in x.iter_mut().zip(&down) {
                 *xv += dv;
             }
@@ -403,7 +410,7 @@ impl Model {
         }
         let mut normed = vec![0f32; last.len()];
         self.rms_norm(&last, &self.out_norm, &mut normed);
-        Self::matmul(&self.output, &normed, want_logits.len())
+        self.output.matmul(&normed, want_logits.len())
     }
 }
 

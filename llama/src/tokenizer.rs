@@ -37,7 +37,8 @@ pub struct Tokenizer {
     splits: Vec<Regex>,
     /// Special tokens, longest first: (text, id, is_control).
     specials: Vec<(String, TokenId, bool)>,
-    byte_to_char: [char; 256],
+    /// The token of each byte (its character in GPT-2's byte alphabet).
+    byte_ids: [Option<TokenId>; 256],
     char_to_byte: HashMap<char, u8>,
     /// End-of-sequence token.
     pub eos: Option<TokenId>,
@@ -134,6 +135,7 @@ impl Tokenizer {
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
+        let byte_ids = byte_to_char.map(|c| ids.get(c.encode_utf8(&mut [0; 4]) as &str).copied());
         Ok(Tokenizer {
             tokens,
             types,
@@ -141,7 +143,7 @@ impl Tokenizer {
             merges: merge_ids,
             splits,
             specials,
-            byte_to_char,
+            byte_ids,
             char_to_byte,
             eos: None,
             bos: None,
@@ -243,15 +245,10 @@ impl Tokenizer {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
         // Symbols as token ids; a byte missing from the vocabulary is skipped.
-        let mut ids: Vec<TokenId> = Vec::with_capacity(piece.len());
-        for b in piece.bytes() {
-            if let Some(&id) = self
-                .ids
-                .get(self.byte_to_char[b as usize].encode_utf8(&mut [0; 4]) as &str)
-            {
-                ids.push(id);
-            }
-        }
+        let mut ids: Vec<TokenId> = piece
+            .bytes()
+            .filter_map(|b| self.byte_ids[b as usize])
+            .collect();
         let n = ids.len();
         let mut next: Vec<usize> = (1..=n).collect();
         let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();

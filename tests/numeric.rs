@@ -202,18 +202,22 @@ fn check_on(
     archs: &[Arch],
     cases: &[&[usize]],
 ) {
-    let d = (device, name, seed, archs, cases);
+    macro_rules! decode {
+        ($q:ty, $t:ty, $a:expr) => {
+            check_decode::<$q, $t>(device, name, $a, seed, archs, cases)
+        };
+    }
     match kernel {
         KernelSpec::Decode(a) => match (a.query_dtype(), a.kv.dtype) {
-            (DType::F32, DType::F32) => check_decode::<f32, f32>(d.0, d.1, a, d.2, d.3, d.4),
-            (DType::F16, DType::F16) => check_decode::<f16, f16>(d.0, d.1, a, d.2, d.3, d.4),
-            (DType::BF16, DType::BF16) => check_decode::<bf16, bf16>(d.0, d.1, a, d.2, d.3, d.4),
-            (DType::F32, DType::F16) => check_decode::<f32, f16>(d.0, d.1, a, d.2, d.3, d.4),
-            (DType::F32, DType::BF16) => check_decode::<f32, bf16>(d.0, d.1, a, d.2, d.3, d.4),
-            (DType::F16, DType::F32) => check_decode::<f16, f32>(d.0, d.1, a, d.2, d.3, d.4),
-            (DType::BF16, DType::F32) => check_decode::<bf16, f32>(d.0, d.1, a, d.2, d.3, d.4),
-            (DType::F16, DType::BF16) => check_decode::<f16, bf16>(d.0, d.1, a, d.2, d.3, d.4),
-            (DType::BF16, DType::F16) => check_decode::<bf16, f16>(d.0, d.1, a, d.2, d.3, d.4),
+            (DType::F32, DType::F32) => decode!(f32, f32, a),
+            (DType::F16, DType::F16) => decode!(f16, f16, a),
+            (DType::BF16, DType::BF16) => decode!(bf16, bf16, a),
+            (DType::F32, DType::F16) => decode!(f32, f16, a),
+            (DType::F32, DType::BF16) => decode!(f32, bf16, a),
+            (DType::F16, DType::F32) => decode!(f16, f32, a),
+            (DType::BF16, DType::F32) => decode!(bf16, f32, a),
+            (DType::F16, DType::BF16) => decode!(f16, bf16, a),
+            (DType::BF16, DType::F16) => decode!(bf16, f16, a),
         },
         KernelSpec::Append(l) => match l.dtype {
             DType::F32 => check_append::<f32>(device, name, l, seed),

@@ -12,22 +12,7 @@ fn main() {
         attnforge::kernels::ALL.len()
     );
     for b in attnforge::kernels::ALL {
-        let kernel = generate(&b.kernel, Arch::Gfx90a.target());
         let shape = match &b.kernel {
-            KernelSpec::Decode(a) => format!(
-                "{} q heads over {} kv heads, head_dim {}, {}, {}{}{}",
-                a.q_heads,
-                a.kv.kv_heads,
-                a.kv.head_dim,
-                a.kv.dtype,
-                a.kv.order.name(),
-                a.sliding_window
-                    .map(|w| format!(", window {w}"))
-                    .unwrap_or_default(),
-                a.logits_soft_cap
-                    .map(|c| format!(", soft-cap {c}"))
-                    .unwrap_or_default(),
-            ),
             KernelSpec::Append(l) => format!(
                 "page {} tokens, {} kv heads, head_dim {}, {}, {}",
                 l.page_size,
@@ -36,26 +21,47 @@ fn main() {
                 l.dtype,
                 l.order.name()
             ),
+            _ => match b.kernel.attention() {
+                Some(a) => format!(
+                    "{} q heads over {} kv heads, head_dim {}, {}, {}{}{}",
+                    a.q_heads,
+                    a.kv.kv_heads,
+                    a.kv.head_dim,
+                    a.kv.dtype,
+                    a.kv.order.name(),
+                    a.sliding_window
+                        .map(|w| format!(", window {w}"))
+                        .unwrap_or_default(),
+                    a.logits_soft_cap
+                        .map(|c| format!(", soft-cap {c}"))
+                        .unwrap_or_default(),
+                ),
+                None => String::new(),
+            },
         };
         println!("{} ({})", b.name, shape);
-        println!("  {} kernel `{}`", b.kernel.kind(), symbol(&b.kernel));
-        if let Ok(k) = &kernel {
-            let grid = match b.kernel {
-                KernelSpec::Decode(_) => "grid (kv_heads, batch)",
-                KernelSpec::Append(_) => "grid (new tokens)",
-            };
-            println!("  {} threads per block on wave64, {grid}", k.block_dim());
-        }
-        match b.hip {
-            HipKernels::Built(_) => {
-                for arch in Arch::ALL {
-                    match b.hip.find(b.kernel.kind(), arch) {
-                        Ok(o) => println!("  {:<8} {:>7} bytes", arch.name(), o.bytes.len()),
-                        Err(e) => println!("  {:<8} missing: {e}", arch.name()),
-                    }
-                }
+        for spec in b.kernels() {
+            println!("  {} kernel `{}`", spec.kind(), symbol(&spec));
+            if let Ok(k) = generate(&spec, Arch::Gfx90a.target()) {
+                println!(
+                    "    {} threads per block on wave64, grid {}",
+                    k.block_dim(),
+                    spec.grid_axes()
+                );
             }
-            HipKernels::NotBuilt(reason) => println!("  no code objects: {reason}"),
+            match b.hip {
+                HipKernels::Built(_) => {
+                    let sizes: Vec<String> = Arch::ALL
+                        .iter()
+                        .map(|&arch| match b.hip.find(spec.kind(), arch) {
+                            Ok(o) => format!("{} {} bytes", arch.name(), o.bytes.len()),
+                            Err(e) => format!("{} missing: {e}", arch.name()),
+                        })
+                        .collect();
+                    println!("    {}", sizes.join(", "));
+                }
+                HipKernels::NotBuilt(reason) => println!("    no code objects: {reason}"),
+            }
         }
         println!();
     }

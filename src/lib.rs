@@ -43,15 +43,16 @@ pub use attnforge_macros::{attention, kv_layout};
 pub use attnforge_runtime as runtime;
 
 pub use attnforge_codegen::{
-    Arch, Attention, AttentionSpec, CodeObject, DType, HipKernels, KernelKind, KvLayout,
+    Alibi, Arch, Attention, AttentionSpec, CodeObject, DType, HipKernels, KernelKind, KvLayout,
     KvLayoutSpec, Order, SpecError, Target,
 };
 
 /// Everything a model file needs.
 pub mod prelude {
     pub use crate::runtime::device::AttentionHandle;
+    pub use crate::runtime::{Params, Split};
     pub use crate::{
-        attention, kv_layout, Arch, Attention, AttentionSpec, DType, HipKernels, KernelKind,
+        attention, kv_layout, Alibi, Arch, Attention, AttentionSpec, DType, HipKernels, KernelKind,
         KvLayout, KvLayoutSpec, Order, Target,
     };
 }

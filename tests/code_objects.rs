@@ -21,11 +21,15 @@ fn every_bundled_kernel_has_a_code_object_per_arch() {
             b.name,
             b.hip
         );
-        let sym = symbol(&b.kernel);
-        for arch in Arch::ALL {
+        for (spec, arch) in b
+            .kernels()
+            .into_iter()
+            .flat_map(|s| Arch::ALL.map(|a| (s, a)))
+        {
+            let sym = symbol(&spec);
             let object = b
                 .hip
-                .find(b.kernel.kind(), arch)
+                .find(spec.kind(), arch)
                 .unwrap_or_else(|e| panic!("{}: {e}", b.name));
             assert_eq!(object.symbol, sym);
             let elf = parse_elf(object.bytes)
@@ -47,10 +51,17 @@ fn every_bundled_kernel_has_a_code_object_per_arch() {
             checked += 1;
         }
     }
-    // 6 layouts (append) + 7 attentions (decode), 3 archs each.
-    assert_eq!(checked, 13 * 3);
-    // The crate-wide list holds each distinct object once.
-    assert_eq!(attnforge::kernels::CODE_OBJECTS.len(), 13 * 3);
+    // 6 layouts (append) + 7 attentions (decode, prefill, split-K decode,
+    // merge), 3 archs each.
+    assert_eq!(checked, (6 + 7 * 4) * 3);
+    // The crate-wide list holds each distinct object once (two attentions
+    // with the same query heads, head_dim and dtype share a merge).
+    let distinct: std::collections::HashSet<(String, Arch)> = attnforge::kernels::ALL
+        .iter()
+        .flat_map(|b| b.kernels())
+        .flat_map(|s| Arch::ALL.map(|a| (symbol(&s), a)))
+        .collect();
+    assert_eq!(attnforge::kernels::CODE_OBJECTS.len(), distinct.len());
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Every bundled spec's decode and append kernels, run on the CPU backend at
+//! Every bundled spec's kernels (decode, split-K decode and its merge,
+//! prefill, append), run on the CPU backend at
 //! a wave64 (gfx90a) and a wave32 (gfx1030) target, and at the host target
 //! (a warp of one, the CPU device's fast path), fast and in checked mode,
 //! against the independent f64 reference in `attnforge::runtime::reference`.
@@ -8,11 +9,11 @@
 //! each last page hold NaN, and outputs are NaN before the launch, so a
 //! kernel that reads past a sequence or skips an output fails.
 
-use attnforge::codegen::kernels::KernelSpec;
+use attnforge::codegen::kernels::{attention_kernels, KernelSpec};
 use attnforge::runtime::cpu::{CpuDevice, Element, Mode};
 use attnforge::runtime::reference::{self, rel_l2, tolerance};
-use attnforge::runtime::PageTable;
-use attnforge::{Arch, AttentionSpec, DType, KvLayoutSpec, Order};
+use attnforge::runtime::{PageTable, Params, Split};
+use attnforge::{Alibi, Arch, AttentionSpec, DType, KvLayoutSpec, Order};
 use half::{bf16, f16};
 
 struct Rng(u64);
@@ -93,40 +94,133 @@ fn setup<T: Element>(l: &KvLayoutSpec, lens: &[usize], rng: &mut Rng) -> Setup<T
     Setup { k, v, table }
 }
 
-fn check_decode<Q: Element, T: Element>(
+/// Which attention kernel a check runs.
+#[derive(Clone, Copy, Debug)]
+enum Run {
+    /// Decode, one query per sequence, with a split policy.
+    Decode(Split),
+    /// Prefill, with some new query tokens per sequence (see `q_lens`).
+    Prefill,
+}
+
+/// New query tokens per sequence for prefill: whole short prompts, and a
+/// few dozen new tokens after a cached prefix for longer ones.
+fn q_lens(lens: &[usize]) -> Vec<usize> {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            if len <= 64 {
+                len
+            } else {
+                1 + (len * 7 + i * 13) % 48
+            }
+        })
+        .collect()
+}
+
+/// A split that cuts the longest context into about four chunks, so the
+/// mixed batches also have empty chunks.
+fn fixed_split(lens: &[usize]) -> Split {
+    let longest = lens.iter().copied().max().unwrap_or(1);
+    Split::Fixed {
+        chunk_tokens: (longest / 4).max(5) as u32,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_attention<Q: Element, T: Element>(
     device: &CpuDevice,
     name: &str,
     spec: &AttentionSpec,
+    run: Run,
     seed: u64,
     archs: &[Arch],
     cases: &[&[usize]],
 ) {
     let tol = tolerance(spec.kv.dtype).max(tolerance(spec.query_dtype()));
-    for &arch in archs {
-        for (ci, lens) in cases.iter().enumerate() {
-            let mut rng = Rng(seed ^ (ci as u64 * 7919));
-            let s = setup::<T>(&spec.kv, lens, &mut rng);
-            let n = lens.len() * spec.q_heads as usize * spec.kv.head_dim as usize;
-            // Larger queries make the softmax peaked, not uniform.
-            let q: Vec<Q> = (0..n).map(|_| Q::from_f64(3.0 * rng.uniform())).collect();
-            let f = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
-            let fq = |x: &[Q]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
-            let want = reference::decode(spec, &fq(&q), &f(&s.k), &f(&s.v), &s.table);
-            for mode in [Mode::Fast, Mode::Checked] {
+    for (ci, lens) in cases.iter().enumerate() {
+        let mut rng = Rng(seed ^ (ci as u64 * 7919));
+        let s = setup::<T>(&spec.kv, lens, &mut rng);
+        let qo: Vec<i32> = match run {
+            Run::Decode(_) => (0..=lens.len() as i32).collect(),
+            Run::Prefill => std::iter::once(0)
+                .chain(q_lens(lens).iter().scan(0, |acc, &n| {
+                    *acc += n as i32;
+                    Some(*acc)
+                }))
+                .collect(),
+        };
+        let rows = *qo.last().unwrap() as usize;
+        let n = rows * spec.q_heads as usize * spec.kv.head_dim as usize;
+        // Larger queries make the softmax peaked, not uniform.
+        let q: Vec<Q> = (0..n).map(|_| Q::from_f64(3.0 * rng.uniform())).collect();
+        let sinks: Option<Vec<f32>> = spec.sinks.then(|| {
+            (0..spec.q_heads)
+                .map(|_| (3.0 * rng.uniform()) as f32)
+                .collect()
+        });
+        let slopes: Option<Vec<f32>> = (spec.alibi == Some(Alibi::Given)).then(|| {
+            (0..spec.q_heads)
+                .map(|_| (0.3 * rng.uniform().abs()) as f32)
+                .collect()
+        });
+        let f = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
+        let fq = |x: &[Q]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
+        let f32s = |x: &Option<Vec<f32>>| {
+            x.as_ref()
+                .map(|v| v.iter().map(|&e| f64::from(e)).collect())
+        };
+        let var = reference::Variants {
+            sinks: f32s(&sinks),
+            alibi_slopes: f32s(&slopes),
+        };
+        let (k, v) = (f(&s.k), f(&s.v));
+        let want = reference::prefill_with(
+            &match run {
+                // A decode query is its sequence's last token.
+                Run::Decode(_) => AttentionSpec {
+                    causal: true,
+                    ..*spec
+                },
+                Run::Prefill => *spec,
+            },
+            &var,
+            &fq(&q),
+            &qo,
+            &k,
+            &v,
+            &s.table,
+        );
+        // Checked mode tracks every shared-memory access: prefill over
+        // thousands of cached tokens takes minutes in it, so long prefill
+        // cases run fast only (their short siblings run checked).
+        let work: usize = lens.iter().zip(q_lens(lens)).map(|(l, q)| l * q).sum();
+        let modes: &[Mode] = match run {
+            Run::Prefill if work > 50_000 => &[Mode::Fast],
+            _ => &[Mode::Fast, Mode::Checked],
+        };
+        for &arch in archs {
+            for &mode in modes {
+                let params = Params {
+                    sinks: sinks.as_deref(),
+                    alibi_slopes: slopes.as_deref(),
+                    split: match run {
+                        Run::Decode(split) => split,
+                        Run::Prefill => Split::Off,
+                    },
+                };
                 let mut out = vec![Q::from_f64(f64::NAN); n];
-                let ctx = format!("{name} @{arch} {mode:?} lens {lens:?} seed {seed}");
-                device
-                    .decode(
-                        spec,
-                        arch.target(),
-                        mode,
-                        &q,
-                        &s.k,
-                        &s.v,
-                        &s.table,
-                        &mut out,
-                    )
-                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                let ctx = format!("{name} {run:?} @{arch} {mode:?} lens {lens:?} seed {seed}");
+                let t = arch.target();
+                match run {
+                    Run::Decode(_) => {
+                        device.decode_ext(spec, t, mode, &params, &q, &s.k, &s.v, &s.table, &mut out)
+                    }
+                    Run::Prefill => device.prefill(
+                        spec, t, mode, &params, &q, &qo, &s.k, &s.v, &s.table, &mut out,
+                    ),
+                }
+                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
                 let got = fq(&out);
                 assert!(
                     got.iter().all(|x| x.is_finite()),
@@ -202,28 +296,56 @@ fn check_on(
     archs: &[Arch],
     cases: &[&[usize]],
 ) {
-    macro_rules! decode {
-        ($q:ty, $t:ty, $a:expr) => {
-            check_decode::<$q, $t>(device, name, $a, seed, archs, cases)
+    let (a, run) = match kernel {
+        KernelSpec::Append(l) => {
+            return match l.dtype {
+                DType::F32 => check_append::<f32>(device, name, l, seed),
+                DType::F16 => check_append::<f16>(device, name, l, seed),
+                DType::BF16 => check_append::<bf16>(device, name, l, seed),
+            }
+        }
+        KernelSpec::Decode(a) => (a, Run::Decode(Split::Off)),
+        KernelSpec::DecodeSplit(a) | KernelSpec::DecodeMerge(a) => {
+            // Split-K at a GPU's warp sizes; the host kernel's code is the
+            // plain decode's, checked there, and its JIT time is large.
+            let gpu: Vec<Arch> = archs.iter().copied().filter(|a| *a != Arch::Host).collect();
+            let archs = &gpu[..];
+            for lens in cases {
+                let run = Run::Decode(fixed_split(lens));
+                dispatch(device, name, a, run, seed, archs, &[lens]);
+            }
+            return;
+        }
+        KernelSpec::Prefill(a) => (a, Run::Prefill),
+    };
+    dispatch(device, name, a, run, seed, archs, cases);
+}
+
+/// Runs `check_attention` with the host types of the spec's dtypes.
+fn dispatch(
+    device: &CpuDevice,
+    name: &str,
+    a: &AttentionSpec,
+    run: Run,
+    seed: u64,
+    archs: &[Arch],
+    cases: &[&[usize]],
+) {
+    macro_rules! go {
+        ($q:ty, $t:ty) => {
+            check_attention::<$q, $t>(device, name, a, run, seed, archs, cases)
         };
     }
-    match kernel {
-        KernelSpec::Decode(a) => match (a.query_dtype(), a.kv.dtype) {
-            (DType::F32, DType::F32) => decode!(f32, f32, a),
-            (DType::F16, DType::F16) => decode!(f16, f16, a),
-            (DType::BF16, DType::BF16) => decode!(bf16, bf16, a),
-            (DType::F32, DType::F16) => decode!(f32, f16, a),
-            (DType::F32, DType::BF16) => decode!(f32, bf16, a),
-            (DType::F16, DType::F32) => decode!(f16, f32, a),
-            (DType::BF16, DType::F32) => decode!(bf16, f32, a),
-            (DType::F16, DType::BF16) => decode!(f16, bf16, a),
-            (DType::BF16, DType::F16) => decode!(bf16, f16, a),
-        },
-        KernelSpec::Append(l) => match l.dtype {
-            DType::F32 => check_append::<f32>(device, name, l, seed),
-            DType::F16 => check_append::<f16>(device, name, l, seed),
-            DType::BF16 => check_append::<bf16>(device, name, l, seed),
-        },
+    match (a.query_dtype(), a.kv.dtype) {
+        (DType::F32, DType::F32) => go!(f32, f32),
+        (DType::F16, DType::F16) => go!(f16, f16),
+        (DType::BF16, DType::BF16) => go!(bf16, bf16),
+        (DType::F32, DType::F16) => go!(f32, f16),
+        (DType::F32, DType::BF16) => go!(f32, bf16),
+        (DType::F16, DType::F32) => go!(f16, f32),
+        (DType::BF16, DType::F32) => go!(bf16, f32),
+        (DType::F16, DType::BF16) => go!(f16, bf16),
+        (DType::BF16, DType::F16) => go!(bf16, f16),
     }
 }
 
@@ -232,7 +354,12 @@ fn bundled_kernels_match_the_reference() {
     let seed = seed();
     let device = CpuDevice::new();
     for b in attnforge::kernels::ALL {
-        check(&device, b.name, &b.kernel, seed);
+        for kernel in b.kernels() {
+            // The merge is checked with split-K decode.
+            if !matches!(kernel, KernelSpec::DecodeMerge(_)) {
+                check(&device, b.name, &kernel, seed);
+            }
+        }
     }
 }
 
@@ -257,6 +384,8 @@ fn shapes_beyond_the_bundled_set_match_the_reference() {
             sliding_window: Some(37),
             logits_soft_cap: Some(5.0),
             q_dtype: None,
+            alibi: None,
+            sinks: false,
         },
         // MQA, rows wider than a wave32 warp (f32 head_dim 256), HND, page size 1.
         AttentionSpec {
@@ -267,6 +396,8 @@ fn shapes_beyond_the_bundled_set_match_the_reference() {
             sliding_window: None,
             logits_soft_cap: None,
             q_dtype: None,
+            alibi: None,
+            sinks: false,
         },
         // Head dim 80 (padded rows), GQA groups of 7, bf16, pages of 128.
         AttentionSpec {
@@ -277,6 +408,8 @@ fn shapes_beyond_the_bundled_set_match_the_reference() {
             sliding_window: None,
             logits_soft_cap: None,
             q_dtype: None,
+            alibi: None,
+            sinks: false,
         },
         // f32 queries and outputs over an f16 cache (llama.cpp's precision:
         // the output is not rounded to the cache's dtype), GQA groups of 3.
@@ -288,6 +421,8 @@ fn shapes_beyond_the_bundled_set_match_the_reference() {
             sliding_window: None,
             logits_soft_cap: None,
             q_dtype: Some(DType::F32),
+            alibi: None,
+            sinks: false,
         },
         // bf16 queries over an f32 cache, HND, a window.
         AttentionSpec {
@@ -298,11 +433,17 @@ fn shapes_beyond_the_bundled_set_match_the_reference() {
             sliding_window: Some(100),
             logits_soft_cap: None,
             q_dtype: Some(DType::BF16),
+            alibi: None,
+            sinks: false,
         },
     ];
     for (i, a) in specs.iter().enumerate() {
         let name = format!("extra spec {i}");
-        check(&device, &name, &KernelSpec::Decode(*a), seed);
+        for kernel in attention_kernels(a) {
+            if !matches!(kernel, KernelSpec::DecodeMerge(_)) {
+                check(&device, &name, &kernel, seed);
+            }
+        }
         check(&device, &name, &KernelSpec::Append(a.kv), seed);
     }
 }
@@ -324,6 +465,8 @@ fn an_invalid_page_table_is_refused_before_any_launch() {
         sliding_window: None,
         logits_soft_cap: None,
         q_dtype: None,
+        alibi: None,
+        sinks: false,
     };
     let (k, v) = (vec![0f32; 2 * 32], vec![0f32; 2 * 32]);
     let q = vec![0f32; 8];
@@ -411,6 +554,8 @@ fn decode_over_head_dims_page_sizes_and_group_sizes() {
             sliding_window: window,
             logits_soft_cap: cap,
             q_dtype: None,
+            alibi: None,
+            sinks: false,
         };
         spec.validate().unwrap();
         let name = format!("d{head_dim} p{page_size} {q_heads}/{kv_heads} {dtype:?} {order:?}");
@@ -423,5 +568,125 @@ fn decode_over_head_dims_page_sizes_and_group_sizes() {
             small,
         );
         check(&device, &name, &KernelSpec::Append(spec.kv), seed);
+    }
+}
+
+/// Every combination of the variants (causal or not, a window, a soft-cap,
+/// ALiBi computed or given, sinks), each with decode, split-K decode and
+/// prefill, on small shapes: the dtype pair, head dim, page size, order
+/// and group size rotate through their values across the combinations.
+#[test]
+fn every_variant_combination_in_decode_split_k_and_prefill() {
+    let seed = seed();
+    let device = CpuDevice::new();
+    let dtypes = [
+        (DType::F16, DType::F16),
+        (DType::F32, DType::F32),
+        (DType::BF16, DType::BF16),
+        (DType::F32, DType::F16),
+        (DType::F16, DType::F32),
+    ];
+    // (head_dim, page_size, kv_heads, q_heads, order)
+    let shapes = [
+        (64, 16, 2, 8, Order::Nhd),
+        (32, 1, 1, 7, Order::Hnd),
+        (80, 8, 2, 2, Order::Nhd),
+        (128, 32, 1, 1, Order::Hnd),
+        (96, 64, 2, 4, Order::Hnd),
+        (64, 128, 1, 8, Order::Nhd),
+    ];
+    let cases: &[&[usize]] = &[&[1], &[13], &[1, 17, 90, 33, 2]];
+    let mut specs = Vec::new();
+    let mut i = 0;
+    for causal in [true, false] {
+        for window in [None, Some(9)] {
+            for cap in [None, Some(20.0)] {
+                for alibi in [None, Some(Alibi::Computed), Some(Alibi::Given)] {
+                    for sinks in [false, true] {
+                        let (q_dtype, dtype) = dtypes[i % dtypes.len()];
+                        let (head_dim, page_size, kv_heads, q_heads, order) =
+                            shapes[i % shapes.len()];
+                        i += 1;
+                        let kv = KvLayoutSpec {
+                            page_size,
+                            kv_heads,
+                            head_dim,
+                            dtype,
+                            order,
+                        };
+                        let spec = AttentionSpec {
+                            causal,
+                            sliding_window: window,
+                            logits_soft_cap: cap,
+                            alibi,
+                            sinks,
+                            q_dtype: Some(q_dtype),
+                            ..AttentionSpec::new(kv, q_heads)
+                        };
+                        // Wave64 and wave32 alternate: every variant value
+                        // meets both, and the JIT time stays in bounds.
+                        specs.push((spec, [Arch::Gfx90a, Arch::Gfx1030][i % 2]));
+                    }
+                }
+            }
+        }
+    }
+    // Two threads: the JIT compiles of the kernels dominate, one per thread.
+    let (device, specs) = (&device, &specs);
+    std::thread::scope(|scope| {
+        for part in 0..2 {
+            scope.spawn(move || {
+                for (spec, arch) in specs.iter().skip(part).step_by(2) {
+                    let name = format!("{spec:?}");
+                    for kernel in attention_kernels(spec) {
+                        if !matches!(kernel, KernelSpec::DecodeMerge(_)) {
+                            check_on(device, &name, &kernel, seed, &[*arch], cases);
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Prefill over head dims 64 to 256, page sizes 1 to 128, GQA groups 1, 2,
+/// 4, 7 and 8 and MQA, every dtype and order (a covering set), with a long
+/// cached prefix and a mixed batch.
+#[test]
+fn prefill_over_head_dims_page_sizes_and_group_sizes() {
+    let seed = seed();
+    let device = CpuDevice::new();
+    // (head_dim, page_size, kv_heads, q_heads, dtype, order)
+    let shapes = [
+        (64, 1, 2, 2, DType::F16, Order::Nhd),
+        (80, 8, 2, 4, DType::BF16, Order::Hnd),
+        (96, 16, 1, 7, DType::F32, Order::Nhd),
+        (128, 32, 2, 16, DType::F16, Order::Hnd),
+        (192, 64, 1, 8, DType::BF16, Order::Nhd),
+        (256, 128, 2, 2, DType::F16, Order::Hnd),
+        (40, 16, 3, 3, DType::F32, Order::Hnd),
+    ];
+    let cases: &[&[usize]] = &[&[70], &[1, 17, 300, 33, 2]];
+    for (head_dim, page_size, kv_heads, q_heads, dtype, order) in shapes {
+        let kv = KvLayoutSpec {
+            page_size,
+            kv_heads,
+            head_dim,
+            dtype,
+            order,
+        };
+        let spec = AttentionSpec {
+            causal: true,
+            ..AttentionSpec::new(kv, q_heads)
+        };
+        let name = format!("d{head_dim} p{page_size} {q_heads}/{kv_heads} {dtype:?} {order:?}");
+        check_on(
+            &device,
+            &name,
+            &KernelSpec::Prefill(spec),
+            seed,
+            &[Arch::Gfx90a, Arch::Gfx1030],
+            cases,
+        );
     }
 }

@@ -132,8 +132,9 @@ pub struct BuiltItem {
     pub ident: String,
     /// Its spec name (snake case).
     pub name: String,
-    /// The kernel it owns (decode for an attention, append for a layout).
-    pub kernel: KernelSpec,
+    /// The kernels it owns (for an attention decode, prefill, split-K decode
+    /// and its merge; for a layout append).
+    pub kernels: Vec<KernelSpec>,
 }
 
 /// One compiled (or cached) code object.
@@ -250,8 +251,10 @@ impl Build {
         let mut jobs: BTreeMap<(String, Arch), KernelSpec> = BTreeMap::new();
         for item in &items {
             for &arch in &self.archs {
-                let symbol = crate::kernels::symbol(&item.kernel);
-                jobs.entry((symbol, arch)).or_insert(item.kernel);
+                for kernel in &item.kernels {
+                    let symbol = crate::kernels::symbol(kernel);
+                    jobs.entry((symbol, arch)).or_insert(*kernel);
+                }
             }
         }
         // Generating (and verifying) every kernel runs with HIP off too.
@@ -349,7 +352,7 @@ impl Build {
             .map(|(_, l)| BuiltItem {
                 ident: l.ident.to_string(),
                 name: l.name.clone(),
-                kernel: KernelSpec::Append(l.spec),
+                kernels: vec![KernelSpec::Append(l.spec)],
             })
             .collect();
         for (file, a) in &attentions {
@@ -371,7 +374,7 @@ impl Build {
                 Ok(spec) => items.push(BuiltItem {
                     ident: a.ident.to_string(),
                     name: a.name.clone(),
-                    kernel: KernelSpec::Decode(spec),
+                    kernels: crate::kernels::attention_kernels(&spec).to_vec(),
                 }),
                 Err(e) => errors.extend(source_errors(file, e)),
             }
@@ -603,8 +606,13 @@ fn write_registry(out_dir: &Path, report: &BuildReport, hip: bool) -> Result<(),
                   // which names attnforge-codegen `__attnforge`.\n";
     for item in &report.items {
         let body = if hip {
-            let symbol = crate::kernels::symbol(&item.kernel);
-            let objs = code_object_tokens(report.objects.iter().filter(|o| o.symbol == symbol));
+            let symbols: Vec<String> = item.kernels.iter().map(crate::kernels::symbol).collect();
+            let objs = code_object_tokens(
+                report
+                    .objects
+                    .iter()
+                    .filter(|o| symbols.contains(&o.symbol)),
+            );
             format!("__attnforge::HipKernels::Built(&[\n{objs}])\n")
         } else {
             format!("__attnforge::HipKernels::NotBuilt({HIP_DISABLED:?})\n")

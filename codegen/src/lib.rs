@@ -18,9 +18,7 @@
 //! use attnforge_codegen::target::Arch;
 //!
 //! let kv = KvLayoutSpec { page_size: 16, kv_heads: 8, head_dim: 128, dtype: DType::F16, order: Order::Nhd };
-//! let llama3 = AttentionSpec {
-//!     kv, q_heads: 32, scale: None, causal: true, sliding_window: None, logits_soft_cap: None, q_dtype: None,
-//! };
+//! let llama3 = AttentionSpec { causal: true, ..AttentionSpec::new(kv, 32) };
 //! let decode = generate(&KernelSpec::Decode(llama3), Arch::Gfx90a.target()).unwrap();
 //! let hip = decode.to_string(); // a complete HIP translation unit
 //! assert!(hip.contains("extern \"C\" __global__"));
@@ -40,5 +38,5 @@ pub mod spec;
 pub mod target;
 
 pub use registry::{CodeObject, HipKernels, KernelKind};
-pub use spec::{Attention, AttentionSpec, DType, KvLayout, KvLayoutSpec, Order, SpecError};
+pub use spec::{Alibi, Attention, AttentionSpec, DType, KvLayout, KvLayoutSpec, Order, SpecError};
 pub use target::{Arch, Target};

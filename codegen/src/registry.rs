@@ -14,17 +14,32 @@ pub enum KernelKind {
     Decode,
     /// KV append: new K/V rows written into their slots.
     Append,
+    /// Paged prefill attention: a ragged batch of new query tokens per sequence.
+    Prefill,
+    /// Split-K decode: one chunk of each sequence's KV per block, partial outputs.
+    DecodeSplit,
+    /// The merge of split-K decode's partial outputs.
+    DecodeMerge,
 }
 
 impl KernelKind {
     /// Every kernel kind.
-    pub const ALL: [KernelKind; 2] = [KernelKind::Decode, KernelKind::Append];
+    pub const ALL: [KernelKind; 5] = [
+        KernelKind::Decode,
+        KernelKind::Append,
+        KernelKind::Prefill,
+        KernelKind::DecodeSplit,
+        KernelKind::DecodeMerge,
+    ];
 
     /// Short lower-case name (`decode`, `append`).
     pub const fn name(self) -> &'static str {
         match self {
             KernelKind::Decode => "decode",
             KernelKind::Append => "append",
+            KernelKind::Prefill => "prefill",
+            KernelKind::DecodeSplit => "decode_split",
+            KernelKind::DecodeMerge => "decode_merge",
         }
     }
 }

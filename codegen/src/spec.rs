@@ -285,9 +285,63 @@ pub struct AttentionSpec {
     /// An f32 query over an f16 cache keeps the output unrounded, as
     /// llama.cpp's attention does.
     pub q_dtype: Option<DType>,
+    /// ALiBi: a bias `slope_h · (j − i)` added to the logit of query position
+    /// `i` and key position `j` (after the soft-cap), per query head `h`.
+    pub alibi: Option<Alibi>,
+    /// Attention sinks: a learned per-head logit (an `f32` per query head,
+    /// passed at launch) that joins the softmax denominator and nothing else.
+    pub sinks: bool,
+}
+
+/// Where ALiBi's per-head slopes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Alibi {
+    /// The slopes of the ALiBi paper, computed in the kernel from the head
+    /// index: for `n` heads and `p` the largest power of two ≤ `n`, head
+    /// `h < p` has `2^(−8(h+1)/p)` and head `h ≥ p` has `2^(−4(2(h−p)+1)/p)`.
+    Computed,
+    /// One `f32` slope per query head, passed at launch.
+    Given,
+}
+
+impl Alibi {
+    /// The slope of query head `h` of `n` under [`Alibi::Computed`], in f64.
+    pub fn computed_slope(h: u32, n: u32) -> f64 {
+        let p = 1u32 << (31 - n.max(1).leading_zeros());
+        let e = if h < p {
+            -8.0 * f64::from(h + 1) / f64::from(p)
+        } else {
+            -4.0 * f64::from(2 * (h - p) + 1) / f64::from(p)
+        };
+        e.exp2()
+    }
 }
 
 impl AttentionSpec {
+    /// An attention with `q_heads` query heads over `kv` and every option
+    /// at its default: scale 1/sqrt(head_dim), not causal, no window, no
+    /// soft-cap, queries in the layout's dtype, no ALiBi, no sinks.
+    ///
+    /// ```
+    /// use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Order};
+    /// let kv = KvLayoutSpec { page_size: 16, kv_heads: 8, head_dim: 128, dtype: DType::F16, order: Order::Nhd };
+    /// let spec = AttentionSpec { causal: true, ..AttentionSpec::new(kv, 32) };
+    /// assert_eq!(spec.group_size(), 4);
+    /// ```
+    pub const fn new(kv: KvLayoutSpec, q_heads: u32) -> AttentionSpec {
+        AttentionSpec {
+            kv,
+            q_heads,
+            scale: None,
+            causal: false,
+            sliding_window: None,
+            logits_soft_cap: None,
+            q_dtype: None,
+            alibi: None,
+            sinks: false,
+        }
+    }
+
     /// The dtype of queries and outputs.
     pub const fn query_dtype(&self) -> DType {
         match self.q_dtype {
@@ -367,6 +421,13 @@ pub trait Attention {
     /// The HIP code objects compiled for this attention at build time (decode).
     const HIP: crate::registry::HipKernels;
 
+    /// The prefill kernel of this attention, generated for `target`.
+    fn prefill_kernel(
+        target: crate::target::Target,
+    ) -> Result<crate::kernels::GeneratedKernel, crate::kernels::CodegenError> {
+        crate::kernels::generate(&crate::kernels::KernelSpec::Prefill(Self::SPEC), target)
+    }
+
     /// The decode kernel of this attention, generated for `target`.
     fn decode_kernel(
         target: crate::target::Target,
@@ -413,6 +474,8 @@ mod tests {
             sliding_window: None,
             logits_soft_cap: None,
             q_dtype: None,
+            alibi: None,
+            sinks: false,
         };
         assert_eq!(spec.validate().unwrap_err().field, "q_heads");
         let ok = AttentionSpec {

@@ -37,10 +37,21 @@ pub use registry::CODE_OBJECTS;
 pub struct Bundled {
     /// The spec's name (`llama3_8b`, `llama3_kv`, ...).
     pub name: &'static str,
-    /// The kernel: decode for an attention, append for a layout.
+    /// Its primary kernel: decode for an attention, append for a layout.
     pub kernel: KernelSpec,
     /// Its code objects.
     pub hip: HipKernels,
+}
+
+impl Bundled {
+    /// Every kernel the item owns: for an attention decode, prefill,
+    /// split-K decode and its merge; for a layout append.
+    pub fn kernels(&self) -> Vec<KernelSpec> {
+        match self.kernel {
+            KernelSpec::Decode(a) => attnforge_codegen::kernels::attention_kernels(&a).to_vec(),
+            k => vec![k],
+        }
+    }
 }
 
 const fn layout<T: KvLayout>() -> Bundled {

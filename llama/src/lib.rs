@@ -22,7 +22,7 @@
 //! use attnforge_runtime::{cpu::{CpuDevice, Mode}, device::Cpu};
 //!
 //! let kv = KvLayoutSpec { page_size: 16, kv_heads: 3, head_dim: 64, dtype: DType::F16, order: Order::Nhd };
-//! let spec = AttentionSpec { kv, q_heads: 9, scale: None, causal: true, sliding_window: None, logits_soft_cap: None, q_dtype: Some(DType::F32) };
+//! let spec = AttentionSpec { causal: true, q_dtype: Some(DType::F32), ..AttentionSpec::new(kv, 9) };
 //! let model = Model::load(&attnforge_llama::default_model_path()).unwrap();
 //! let cpu = CpuDevice::new();
 //! let device = Cpu { device: &cpu, target: Arch::Host.target(), mode: Mode::Fast };

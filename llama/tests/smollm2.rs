@@ -30,6 +30,8 @@ fn spec(q_heads: u32, head_dim: u32) -> AttentionSpec {
         sliding_window: None,
         logits_soft_cap: None,
         q_dtype: Some(DType::F32),
+        alibi: None,
+        sinks: false,
     }
 }
 

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use attnforge_codegen::cpu::{compile, Arg, CpuKernel, CpuOptions, Pod};
-use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
+use attnforge_codegen::kernels::{generate, symbol, KernelSpec, PREFILL_ROWS};
 use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Target};
 
+use crate::plan::{plan_decode, Params};
 use crate::table::{validate_slots, PageTable};
 use crate::RuntimeError;
 
@@ -136,6 +137,76 @@ pub(crate) fn validate_decode<Q: Element, T: Element>(
     Ok(())
 }
 
+/// Every check a prefill launch needs, on any device: those of decode,
+/// plus `qo_indptr` (batch + 1 entries from 0, never decreasing, ending at
+/// q's rows) and every sequence's new tokens fitting in its KV. Returns the
+/// number of query tiles the grid needs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn validate_prefill<Q: Element, T: Element>(
+    spec: &AttentionSpec,
+    params: &Params<'_>,
+    q: &[Q],
+    qo_indptr: &[i32],
+    k: &[T],
+    v: &[T],
+    table: &PageTable,
+    out: &[Q],
+) -> Result<u32, RuntimeError> {
+    spec.validate()?;
+    params.validate(spec)?;
+    check_dtype::<T>(&spec.kv)?;
+    if Q::DTYPE != spec.query_dtype() {
+        return Err(RuntimeError::DType {
+            spec: spec.query_dtype(),
+            given: Q::DTYPE,
+        });
+    }
+    let max_pages = arena_pages(&spec.kv, k, v)?;
+    table.validate(&spec.kv, max_pages)?;
+    let batch = table.batch();
+    let row = spec.q_heads as usize * spec.kv.head_dim as usize;
+    if qo_indptr.len() != batch + 1 {
+        return Err(RuntimeError::Shape(format!(
+            "qo_indptr has {} entries; a batch of {batch} needs {}",
+            qo_indptr.len(),
+            batch + 1
+        )));
+    }
+    let rows = q.len() / row.max(1);
+    let mut tiles = 0u64;
+    for b in 0..batch {
+        let (lo, hi) = (qo_indptr[b], qo_indptr[b + 1]);
+        if (b == 0 && lo != 0) || hi < lo {
+            return Err(RuntimeError::Shape(format!(
+                "qo_indptr[{}] = {} breaks the rule: start at 0 and never decrease",
+                if hi < lo { b + 1 } else { b },
+                if hi < lo { hi } else { lo }
+            )));
+        }
+        let q_len = (hi - lo) as usize;
+        let kv_len = table.seq_len(b, spec.kv.page_size);
+        if q_len > kv_len {
+            return Err(RuntimeError::Shape(format!(
+                "sequence {b}: {q_len} new query tokens but {kv_len} tokens of KV; append \
+                 the new tokens' K/V before prefill"
+            )));
+        }
+        let packed = q_len as u64 * spec.group_size() as u64;
+        tiles = tiles.max(packed.div_ceil(PREFILL_ROWS as u64));
+    }
+    let total = qo_indptr.last().copied().unwrap_or(0) as usize;
+    if q.len() != total * row || out.len() != total * row {
+        return Err(RuntimeError::Shape(format!(
+            "q and out hold {} and {} elements; qo_indptr's {total} query rows need {} each \
+             ([rows][q_heads][head_dim]); q has {rows} rows",
+            q.len(),
+            out.len(),
+            total * row
+        )));
+    }
+    u32::try_from(tiles).map_err(|_| RuntimeError::Shape("too many query tiles".into()))
+}
+
 /// Every check an append launch needs, on any device; returns the number
 /// of tokens (the grid).
 pub(crate) fn validate_append<T: Element>(
@@ -217,26 +288,138 @@ impl CpuDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
+        let params = Params::default();
+        self.decode_ext(spec, target, mode, &params, q, k, v, table, out)
+    }
+
+    /// Decode with the launch parameters of the spec's variants (sinks,
+    /// given ALiBi slopes) and a split policy: the planner
+    /// ([`crate::plan::plan_decode`], with this machine's cores as compute
+    /// units) picks the plain kernel or split-K and its merge.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_ext<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        target: Target,
+        mode: Mode,
+        params: &Params<'_>,
+        q: &[Q],
+        k: &[T],
+        v: &[T],
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
         validate_decode(spec, q, k, v, table, out)?;
+        params.validate(spec)?;
         let batch = table.batch();
         if batch == 0 {
             return Ok(());
         }
-        let ks = KernelSpec::Decode(*spec);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let lens = (0..batch).map(|b| table.seq_len(b, spec.kv.page_size));
+        let plan = plan_decode(spec, lens, params.split, cores);
+        let table_args = || {
+            [
+                Arg::input(&table.indptr),
+                Arg::input(&table.indices),
+                Arg::input(&table.last_page_len),
+            ]
+        };
+        let variants = |with_sinks: bool| {
+            let sinks = params.sinks.filter(|_| with_sinks).map(Arg::input);
+            sinks.into_iter().chain(params.alibi_slopes.map(Arg::input))
+        };
+        if !plan.split {
+            let ks = KernelSpec::Decode(*spec);
+            let kernel = self.kernel(&ks, target, mode)?;
+            let mut args: Vec<Arg> = [Arg::input(q), Arg::input(k), Arg::input(v)]
+                .into_iter()
+                .chain(table_args())
+                .chain(variants(true))
+                .chain([Arg::output(out)])
+                .collect();
+            // SAFETY: the table was validated against these arenas (every
+            // page below max_pages, lengths within pages), q/out have the
+            // batch's shape and the variant buffers one value per query head,
+            // so every access of the decode kernel is in bounds.
+            unsafe { kernel.launch(ks.grid(batch as u32, 1), &mut args)? };
+            return Ok(());
+        }
+        let rows = batch * spec.q_heads as usize * plan.splits as usize;
+        let mut part_out = vec![0f32; rows * spec.kv.head_dim as usize];
+        let mut part_ml = vec![0f32; rows * 2];
+        let ks = KernelSpec::DecodeSplit(*spec);
         let kernel = self.kernel(&ks, target, mode)?;
-        let mut args = [
+        let mut args: Vec<Arg> = [Arg::input(q), Arg::input(k), Arg::input(v)]
+            .into_iter()
+            .chain(table_args())
+            .chain(variants(false))
+            .chain([
+                Arg::output(&mut part_out),
+                Arg::output(&mut part_ml),
+                Arg::I32(plan.chunk_tokens as i32),
+            ])
+            .collect();
+        // SAFETY: as for the plain kernel; the partial buffers hold
+        // batch · q_heads · splits rows, the grid's z is `splits`, and
+        // splits · chunk_tokens covers every sequence's visible tokens.
+        unsafe { kernel.launch(ks.grid(batch as u32, plan.splits), &mut args)? };
+        let ms = KernelSpec::DecodeMerge(*spec);
+        let merge = self.kernel(&ms, target, mode)?;
+        let mut args: Vec<Arg> = [Arg::input(&part_out), Arg::input(&part_ml)]
+            .into_iter()
+            .chain(params.sinks.map(Arg::input))
+            .chain([Arg::output(out), Arg::I32(plan.splits as i32)])
+            .collect();
+        // SAFETY: the partials have batch · q_heads · num_splits rows, out
+        // the batch's shape, the sinks one value per query head.
+        unsafe { merge.launch(ms.grid(batch as u32, 1), &mut args)? };
+        Ok(())
+    }
+
+    /// Prefill attention for a ragged batch: sequence b's new query tokens
+    /// are rows `qo_indptr[b]..qo_indptr[b+1]` of `q` and `out`
+    /// ([rows][q_heads][head_dim]); their K/V must already be appended, so
+    /// they are the last tokens of the sequence's KV.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        target: Target,
+        mode: Mode,
+        params: &Params<'_>,
+        q: &[Q],
+        qo_indptr: &[i32],
+        k: &[T],
+        v: &[T],
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        let tiles = validate_prefill(spec, params, q, qo_indptr, k, v, table, out)?;
+        let batch = table.batch();
+        if batch == 0 || tiles == 0 {
+            return Ok(());
+        }
+        let ks = KernelSpec::Prefill(*spec);
+        let kernel = self.kernel(&ks, target, mode)?;
+        let mut args: Vec<Arg> = [
             Arg::input(q),
             Arg::input(k),
             Arg::input(v),
+            Arg::input(qo_indptr),
             Arg::input(&table.indptr),
             Arg::input(&table.indices),
             Arg::input(&table.last_page_len),
-            Arg::output(out),
-        ];
-        // SAFETY: the table was validated against these arenas (every page
-        // below max_pages, lengths within pages) and q/out have the batch's
-        // shape, so every access of the decode kernel is in bounds.
-        unsafe { kernel.launch(ks.grid(batch as u32), &mut args)? };
+        ]
+        .into_iter()
+        .chain(params.sinks.map(Arg::input))
+        .chain(params.alibi_slopes.map(Arg::input))
+        .chain([Arg::output(out)])
+        .collect();
+        // SAFETY: the table was validated against the arenas, qo_indptr
+        // against q/out and the KV lengths, and the grid covers the longest
+        // sequence's query tiles, so every access is in bounds.
+        unsafe { kernel.launch(ks.grid(batch as u32, tiles), &mut args)? };
         Ok(())
     }
 
@@ -269,7 +452,7 @@ impl CpuDevice {
         ];
         // SAFETY: every slot was validated against the arenas and the new
         // rows have the tokens' shape, so every access is in bounds.
-        unsafe { kernel.launch(ks.grid(tokens), &mut args)? };
+        unsafe { kernel.launch(ks.grid(tokens, 1), &mut args)? };
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ use attnforge_codegen::{Attention, AttentionSpec, KvLayoutSpec};
 
 use crate::cache::{CacheError, KvCache, SeqId};
 use crate::cpu::Element;
+use crate::plan::Params;
 use crate::table::PageTable;
 use crate::RuntimeError;
 
@@ -16,12 +17,44 @@ use crate::RuntimeError;
 pub trait Device {
     /// Decode attention: `q`/`out` are [batch][q_heads][head_dim] in the
     /// spec's query dtype, `k`/`v` whole arenas in the layout's dtype,
-    /// `table` the batch's page table.
+    /// `table` the batch's page table. No launch parameters: a spec with
+    /// sinks or given ALiBi slopes needs [`Device::decode_ext`].
     #[allow(clippy::too_many_arguments)]
     fn decode<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
         q: &[Q],
+        k: &[T],
+        v: &[T],
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        self.decode_ext(spec, &Params::default(), q, k, v, table, out)
+    }
+
+    /// Decode with the variants' launch parameters and a split policy.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_ext<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        q: &[Q],
+        k: &[T],
+        v: &[T],
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError>;
+
+    /// Prefill attention for a ragged batch: sequence b's new query tokens
+    /// are rows `qo_indptr[b]..qo_indptr[b+1]` of `q`/`out`
+    /// ([rows][q_heads][head_dim]), already appended to its KV.
+    #[allow(clippy::too_many_arguments)]
+    fn prefill<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        q: &[Q],
+        qo_indptr: &[i32],
         k: &[T],
         v: &[T],
         table: &PageTable,
@@ -55,9 +88,10 @@ pub struct Cpu<'a> {
 
 #[cfg(feature = "cpu")]
 impl Device for Cpu<'_> {
-    fn decode<Q: Element, T: Element>(
+    fn decode_ext<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
+        params: &Params<'_>,
         q: &[Q],
         k: &[T],
         v: &[T],
@@ -65,7 +99,23 @@ impl Device for Cpu<'_> {
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         self.device
-            .decode(spec, self.target, self.mode, q, k, v, table, out)
+            .decode_ext(spec, self.target, self.mode, params, q, k, v, table, out)
+    }
+
+    fn prefill<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        q: &[Q],
+        qo_indptr: &[i32],
+        k: &[T],
+        v: &[T],
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        self.device.prefill(
+            spec, self.target, self.mode, params, q, qo_indptr, k, v, table, out,
+        )
     }
 
     fn append<T: Element>(
@@ -84,16 +134,31 @@ impl Device for Cpu<'_> {
 
 #[cfg(feature = "hip")]
 impl Device for crate::hip::HipDevice {
-    fn decode<Q: Element, T: Element>(
+    fn decode_ext<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
+        params: &Params<'_>,
         q: &[Q],
         k: &[T],
         v: &[T],
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        crate::hip::HipDevice::decode(self, spec, None, q, k, v, table, out)
+        crate::hip::HipDevice::decode_ext(self, spec, None, params, q, k, v, table, out)
+    }
+
+    fn prefill<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        q: &[Q],
+        qo_indptr: &[i32],
+        k: &[T],
+        v: &[T],
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        crate::hip::HipDevice::prefill(self, spec, None, params, q, qo_indptr, k, v, table, out)
     }
 
     fn append<T: Element>(
@@ -135,11 +200,70 @@ impl<T: Element + Default> KvCache<T> {
         q: &[Q],
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
+        self.decode_ext_with(device, spec, &Params::default(), layer, batch, q, out)
+    }
+
+    /// Decode with the variants' launch parameters and a split policy.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_ext_with<D: Device, Q: Element>(
+        &mut self,
+        device: &D,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        layer: u32,
+        batch: &[SeqId],
+        q: &[Q],
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
         same_layout(spec, self.layout())?;
         let table = self.page_table(batch)?;
         let (k, v) = self.layer(layer)?;
-        device.decode(spec, q, k, v, &table, out)
+        device.decode_ext(spec, params, q, k, v, &table, out)
     }
+
+    /// Prefill for a ragged batch at one layer on `device`: sequence
+    /// `batch[i]` brings `q_lens[i]` new query tokens (rows of `q`/`out`
+    /// in batch order), whose K/V this layer already holds (appended with
+    /// [`KvCache::append_with`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill_with<D: Device, Q: Element>(
+        &mut self,
+        device: &D,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        layer: u32,
+        batch: &[SeqId],
+        q_lens: &[u32],
+        q: &[Q],
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        same_layout(spec, self.layout())?;
+        if q_lens.len() != batch.len() {
+            return Err(RuntimeError::Shape(format!(
+                "{} sequences but {} query lengths",
+                batch.len(),
+                q_lens.len()
+            )));
+        }
+        let qo_indptr = qo_indptr(q_lens)?;
+        let table = self.page_table(batch)?;
+        let (k, v) = self.layer(layer)?;
+        device.prefill(spec, params, q, &qo_indptr, k, v, &table, out)
+    }
+}
+
+/// The CSR offsets of a ragged batch's query rows: `[0, l0, l0 + l1, ..]`.
+pub fn qo_indptr(q_lens: &[u32]) -> Result<Vec<i32>, RuntimeError> {
+    let mut indptr = Vec::with_capacity(q_lens.len() + 1);
+    let mut total: i64 = 0;
+    indptr.push(0);
+    for &l in q_lens {
+        total += i64::from(l);
+        indptr.push(i32::try_from(total).map_err(|_| {
+            RuntimeError::Shape(format!("{total} query rows: more than i32::MAX"))
+        })?);
+    }
+    Ok(indptr)
 }
 
 /// Launches through the `#[attention]` item itself, on any device:
@@ -179,6 +303,36 @@ pub trait AttentionHandle: Attention {
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         cache.decode_with(device, &Self::SPEC, layer, batch, q, out)
+    }
+
+    /// Decode with launch parameters (sinks, given ALiBi slopes, split).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_ext<D: Device, Q: Element, T: Element + Default>(
+        device: &D,
+        cache: &mut KvCache<T>,
+        params: &Params<'_>,
+        layer: u32,
+        batch: &[SeqId],
+        q: &[Q],
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        cache.decode_ext_with(device, &Self::SPEC, params, layer, batch, q, out)
+    }
+
+    /// Prefill for a ragged batch at one layer: `batch[i]` brings
+    /// `q_lens[i]` new tokens, already appended (see [`KvCache::prefill_with`]).
+    #[allow(clippy::too_many_arguments)]
+    fn prefill<D: Device, Q: Element, T: Element + Default>(
+        device: &D,
+        cache: &mut KvCache<T>,
+        params: &Params<'_>,
+        layer: u32,
+        batch: &[SeqId],
+        q_lens: &[u32],
+        q: &[Q],
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        cache.prefill_with(device, &Self::SPEC, params, layer, batch, q_lens, q, out)
     }
 }
 

@@ -26,7 +26,7 @@
 //! use attnforge_runtime::{cpu::{CpuDevice, Mode}, PageTable};
 //!
 //! let kv = KvLayoutSpec { page_size: 4, kv_heads: 1, head_dim: 8, dtype: DType::F32, order: Order::Nhd };
-//! let spec = AttentionSpec { kv, q_heads: 2, scale: None, causal: true, sliding_window: None, logits_soft_cap: None, q_dtype: None };
+//! let spec = AttentionSpec { causal: true, ..AttentionSpec::new(kv, 2) };
 //! // Two pages; one sequence of 6 tokens on pages 1 then 0.
 //! let k = vec![0.5f32; 2 * 4 * 8];
 //! let v: Vec<f32> = (0..64).map(|i| (i / 8) as f32).collect();
@@ -46,11 +46,13 @@ pub mod cpu;
 #[cfg(feature = "cpu")]
 pub mod device;
 pub mod hip;
+pub mod plan;
 pub mod reference;
 mod table;
 
 pub use alloc::{AllocError, BlockHash, PageAllocator, PageId};
 pub use cache::{BlockTable, CacheError, KvCache, SeqId};
+pub use plan::{plan_decode, DecodePlan, Params, Split};
 pub use table::{validate_slots, PageTable, TableError};
 
 /// Why a runtime call failed.
@@ -68,6 +70,15 @@ pub enum RuntimeError {
     /// Buffers of the wrong size; nothing was launched.
     #[error("wrong shape: {0}")]
     Shape(String),
+    /// A launch parameter of a variant (sinks, ALiBi slopes, split) is
+    /// missing, unexpected or malformed; nothing was launched.
+    #[error("launch parameter `{param}`: {message}")]
+    Param {
+        /// The parameter.
+        param: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// Host elements of another dtype than the spec's.
     #[error("the spec stores {spec} but the buffers hold {given}")]
     DType {

@@ -5,7 +5,7 @@
 //! converted to f64), computes each logit, the soft-cap, the window and the
 //! softmax directly (no online rescaling, no base-2 tricks), and returns f64.
 
-use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Order};
+use attnforge_codegen::{Alibi, AttentionSpec, DType, KvLayoutSpec, Order};
 
 use crate::table::PageTable;
 
@@ -22,10 +22,72 @@ fn offset(l: &KvLayoutSpec, page: usize, token: usize, head: usize) -> usize {
     }
 }
 
-/// Decode attention: `q` is [batch][q_heads][head_dim]; returns the same shape.
+/// Decode attention: `q` is [batch][q_heads][head_dim]; returns the same
+/// shape. No sinks, and computed ALiBi slopes if any (see [`decode_with`]).
 pub fn decode(
     spec: &AttentionSpec,
     q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    table: &PageTable,
+) -> Vec<f64> {
+    decode_with(spec, &Variants::default(), q, k, v, table)
+}
+
+/// The launch-time values of an attention's variants, for the reference.
+#[derive(Clone, Debug, Default)]
+pub struct Variants {
+    /// One sink logit per query head (natural-log units).
+    pub sinks: Option<Vec<f64>>,
+    /// One ALiBi slope per query head; `None` with ALiBi means the paper's.
+    pub alibi_slopes: Option<Vec<f64>>,
+}
+
+/// The ALiBi paper's slopes for `n` heads, built the way its reference code
+/// builds them: a geometric sequence for the largest power of two `p ≤ n`,
+/// then every other slope of the sequence for `2p`.
+pub fn paper_slopes(n: usize) -> Vec<f64> {
+    fn pow2(n: usize) -> Vec<f64> {
+        let start = 2f64.powf(-(2f64.powf(-((n as f64).log2() - 3.0))));
+        (0..n).map(|i| start * start.powi(i as i32)).collect()
+    }
+    if n.is_power_of_two() {
+        return pow2(n);
+    }
+    let p = 1 << n.ilog2();
+    let mut s = pow2(p);
+    s.extend(pow2(2 * p).into_iter().step_by(2).take(n - p));
+    s
+}
+
+/// Decode attention with sinks and given ALiBi slopes: each sequence's one
+/// query is its last token.
+pub fn decode_with(
+    spec: &AttentionSpec,
+    var: &Variants,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    table: &PageTable,
+) -> Vec<f64> {
+    let qo: Vec<i32> = (0..=table.batch() as i32).collect();
+    // One query per sequence at its last position sees what a causal query
+    // there sees; the spec's causal flag is about prefill.
+    let spec = AttentionSpec {
+        causal: true,
+        ..*spec
+    };
+    prefill_with(&spec, var, q, &qo, k, v, table)
+}
+
+/// Prefill attention: sequence b's queries are rows `qo_indptr[b]..qo_indptr[b+1]`
+/// of `q` ([rows][q_heads][head_dim]); the last of them is its last KV token.
+/// Returns the same shape as `q`.
+pub fn prefill_with(
+    spec: &AttentionSpec,
+    var: &Variants,
+    q: &[f64],
+    qo_indptr: &[i32],
     k: &[f64],
     v: &[f64],
     table: &PageTable,
@@ -35,45 +97,69 @@ pub fn decode(
     let qh = spec.q_heads as usize;
     let group = qh / l.kv_heads as usize;
     let scale = spec.scale.map(f64::from).unwrap_or(1.0 / (d as f64).sqrt());
-    let mut out = vec![0.0; table.batch() * qh * d];
+    let slopes: Option<Vec<f64>> = spec.alibi.map(|a| match (a, &var.alibi_slopes) {
+        (Alibi::Given, Some(s)) => s.clone(),
+        _ => paper_slopes(qh),
+    });
+    let mut out = vec![0.0; q.len()];
     for b in 0..table.batch() {
         let len = table.seq_len(b, l.page_size);
-        let first = match spec.sliding_window {
-            Some(w) => len.saturating_sub(w as usize),
-            None => 0,
-        };
         let pages = &table.indices[table.indptr[b] as usize..table.indptr[b + 1] as usize];
-        for h in 0..qh {
-            let kvh = h / group;
-            let qv = &q[(b * qh + h) * d..][..d];
-            let rows: Vec<usize> = (first..len)
-                .map(|t| {
-                    offset(
-                        l,
-                        pages[t / l.page_size as usize] as usize,
-                        t % l.page_size as usize,
-                        kvh,
-                    )
-                })
-                .collect();
-            let logits: Vec<f64> = rows
-                .iter()
-                .map(|&r| {
-                    let dot: f64 = qv.iter().zip(&k[r..r + d]).map(|(a, b)| a * b).sum();
-                    let s = dot * scale;
-                    match spec.logits_soft_cap {
-                        Some(cap) => f64::from(cap) * (s / f64::from(cap)).tanh(),
-                        None => s,
+        let (q0, q1) = (qo_indptr[b] as usize, qo_indptr[b + 1] as usize);
+        if q1 - q0 > len {
+            // A decode query over an empty context: the kernels write zeros.
+            continue;
+        }
+        for (i, row) in (q0..q1).enumerate() {
+            let pos = len - (q1 - q0) + i;
+            let last = if spec.causal { pos } else { len - 1 };
+            let first = match spec.sliding_window {
+                Some(w) => (pos + 1).saturating_sub(w as usize),
+                None => 0,
+            };
+            for h in 0..qh {
+                let kvh = h / group;
+                let qv = &q[(row * qh + h) * d..][..d];
+                let rows: Vec<(usize, usize)> = (first..=last)
+                    .map(|t| {
+                        let at = offset(
+                            l,
+                            pages[t / l.page_size as usize] as usize,
+                            t % l.page_size as usize,
+                            kvh,
+                        );
+                        (t, at)
+                    })
+                    .collect();
+                let logits: Vec<f64> = rows
+                    .iter()
+                    .map(|&(t, r)| {
+                        let dot: f64 = qv.iter().zip(&k[r..r + d]).map(|(a, b)| a * b).sum();
+                        let s = dot * scale;
+                        let s = match spec.logits_soft_cap {
+                            Some(cap) => f64::from(cap) * (s / f64::from(cap)).tanh(),
+                            None => s,
+                        };
+                        match &slopes {
+                            Some(sl) => s + sl[h] * (t as f64 - pos as f64),
+                            None => s,
+                        }
+                    })
+                    .collect();
+                let sink = var.sinks.as_ref().filter(|_| spec.sinks).map(|s| s[h]);
+                let max = logits
+                    .iter()
+                    .cloned()
+                    .chain(sink)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = logits.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 =
+                    weights.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - max).exp());
+                let o = &mut out[(row * qh + h) * d..][..d];
+                for (w, &(_, r)) in weights.iter().zip(&rows) {
+                    for (oi, vi) in o.iter_mut().zip(&v[r..r + d]) {
+                        *oi += w / total * vi;
                     }
-                })
-                .collect();
-            let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let weights: Vec<f64> = logits.iter().map(|s| (s - max).exp()).collect();
-            let total: f64 = weights.iter().sum();
-            let o = &mut out[(b * qh + h) * d..][..d];
-            for (w, &r) in weights.iter().zip(&rows) {
-                for (oi, vi) in o.iter_mut().zip(&v[r..r + d]) {
-                    *oi += w / total * vi;
                 }
             }
         }

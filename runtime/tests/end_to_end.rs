@@ -28,6 +28,8 @@ fn append_then_decode_through_the_cache_matches_the_reference() {
         sliding_window: Some(9),
         logits_soft_cap: Some(20.0),
         q_dtype: None,
+        alibi: None,
+        sinks: false,
     };
     let layers = 2;
     let mut cache = KvCache::<f16>::new(kv, layers, 40)

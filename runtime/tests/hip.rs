@@ -24,6 +24,8 @@ fn spec() -> AttentionSpec {
         sliding_window: None,
         logits_soft_cap: Some(30.0),
         q_dtype: None,
+        alibi: None,
+        sinks: false,
     }
 }
 

@@ -11,7 +11,7 @@ use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
 
 use super::parse::{ParsedAttention, ParsedKvLayout};
-use crate::spec::{DType, KvLayoutSpec, Order};
+use crate::spec::{Alibi, DType, KvLayoutSpec, Order};
 
 fn option<T>(v: Option<T>, f: impl FnOnce(T) -> TokenStream) -> TokenStream {
     match v {
@@ -112,6 +112,11 @@ pub fn attention(
         Literal::f32_suffixed(v).into_token_stream()
     });
     let q_dtype = option(p.q_dtype, |d| dtype_tokens(d, krate));
+    let alibi = option(p.alibi, |a| match a {
+        Alibi::Computed => quote!(#krate::Alibi::Computed),
+        Alibi::Given => quote!(#krate::Alibi::Given),
+    });
+    let sinks = p.sinks;
     let hip = hip_tokens(krate, registry);
     let check = quote_spanned! {p.span_of("q_heads")=>
         const _: () = match <#ident as #krate::Attention>::SPEC.validate() {
@@ -132,6 +137,8 @@ pub fn attention(
                 sliding_window: #window,
                 logits_soft_cap: #cap,
                 q_dtype: #q_dtype,
+                alibi: #alibi,
+                sinks: #sinks,
             };
             const HIP: #krate::HipKernels = #hip;
         }

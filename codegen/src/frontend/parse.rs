@@ -8,7 +8,7 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, Lit, Meta, Token, UnOp};
 
-use crate::spec::{rules, AttentionSpec, DType, KvLayoutSpec, Order, SpecError};
+use crate::spec::{rules, Alibi, AttentionSpec, DType, KvLayoutSpec, Order, SpecError};
 
 /// A `#[kv_layout(..)]` item, parsed and checked.
 #[derive(Clone, Debug)]
@@ -44,6 +44,10 @@ pub struct ParsedAttention {
     pub logits_soft_cap: Option<f32>,
     /// `q_dtype`, if given.
     pub q_dtype: Option<DType>,
+    /// `alibi`, if given.
+    pub alibi: Option<Alibi>,
+    /// `sinks`.
+    pub sinks: bool,
     spans: HashMap<&'static str, Span>,
 }
 
@@ -58,6 +62,8 @@ impl ParsedAttention {
             sliding_window: self.sliding_window,
             logits_soft_cap: self.logits_soft_cap,
             q_dtype: self.q_dtype,
+            alibi: self.alibi,
+            sinks: self.sinks,
         }
     }
 
@@ -96,6 +102,8 @@ pub const ATTENTION_KEYS: &[&str] = &[
     "sliding_window",
     "logits_soft_cap",
     "q_dtype",
+    "alibi",
+    "sinks",
     "name",
 ];
 
@@ -419,6 +427,23 @@ pub fn kv_layout(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
     })
 }
 
+/// A flag: `key`, `key = true` or `key = false`.
+fn flag(e: &Entry, errors: &mut Errors) -> Option<bool> {
+    match &e.value {
+        None => Some(true),
+        Some(Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        })) => Some(b.value),
+        Some(v) => {
+            errors.at(
+                v.span(),
+                format!("`{0}` is a flag: write `{0}` or `{0} = false`", e.key),
+            );
+            None
+        }
+    }
+}
+
 /// A dtype value (`f32`, `f16`, `bf16`); an unknown word is an error at it.
 fn dtype_word(e: &Entry, example: &str, errors: &mut Errors) -> Option<DType> {
     word(e, example, errors).and_then(|(w, span)| {
@@ -441,6 +466,7 @@ pub fn attention(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
     let mut spans = HashMap::new();
     let (mut kv, mut q_heads, mut scale, mut causal) = (None, None, None, false);
     let (mut window, mut cap, mut name, mut q_dtype) = (None, None, None, None);
+    let (mut alibi, mut sinks) = (None, false);
     for e in &entries {
         let key: &'static str = ATTENTION_KEYS
             .iter()
@@ -461,16 +487,30 @@ pub fn attention(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
             "sliding_window" => window = ruled_int(e, rules::sliding_window, &mut errors),
             "logits_soft_cap" => cap = ruled_float(e, rules::logits_soft_cap, &mut errors),
             "q_dtype" => q_dtype = dtype_word(e, "q_dtype = f32", &mut errors),
-            "causal" => match &e.value {
-                None => causal = true,
-                Some(Expr::Lit(ExprLit {
-                    lit: Lit::Bool(b), ..
-                })) => causal = b.value,
-                Some(v) => errors.at(
-                    v.span(),
-                    "`causal` is a flag: write `causal` or `causal = false`",
-                ),
-            },
+            "causal" => causal = flag(e, &mut errors).unwrap_or(causal),
+            "sinks" => sinks = flag(e, &mut errors).unwrap_or(sinks),
+            "alibi" => {
+                alibi = match &e.value {
+                    None => Some(Alibi::Computed),
+                    Some(_) => word(e, "alibi = computed", &mut errors).and_then(|(w, span)| {
+                        match w.as_str() {
+                            "computed" => Some(Alibi::Computed),
+                            "given" => Some(Alibi::Given),
+                            _ => {
+                                errors.at(
+                                    span,
+                                    format!(
+                                        "unknown ALiBi slopes `{w}`; expected `computed` (the \
+                                         paper's slopes) or `given` (one f32 per query head, \
+                                         passed at launch)"
+                                    ),
+                                );
+                                None
+                            }
+                        }
+                    }),
+                }
+            }
             "name" => name = string(e, &mut errors),
             _ => unreachable!("entries() only returns known keys"),
         }
@@ -492,6 +532,8 @@ pub fn attention(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
         sliding_window: window.map(|v| v.0),
         logits_soft_cap: cap.map(|v| v.0),
         q_dtype,
+        alibi,
+        sinks,
         spans,
     })
 }

@@ -24,18 +24,22 @@
 //! token inside the window, so pages before it are never touched.
 
 use crate::ir::builder::KernelBuilder;
-use crate::ir::{Access, Dim, Expr, Kernel, Scalar, Special, VarId};
+use crate::ir::{Access, BufId, Dim, Expr, Kernel, Scalar, Special, VarId};
 use crate::spec::AttentionSpec;
 use crate::target::Target;
 
-use super::{kv_offset, vector_lanes};
+use super::{alibi_slope, kv_offset, variant_params, vector_lanes};
 
 /// Warps per decode block.
 pub const DECODE_WARPS: u32 = 4;
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
-pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel {
+/// The decode kernel, or with `split` the split-K decode kernel: block z of
+/// a sequence reads tokens `[start + z·chunk, start + (z+1)·chunk)` of its
+/// walk (`chunk_tokens` a launch argument) and writes its normalised partial
+/// output and `(max, sum)` in f32, for [`super::merge`] to combine.
+pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: bool) -> Kernel {
     let kv = spec.kv;
     let elem = Scalar::of_dtype(kv.dtype);
     let q_elem = Scalar::of_dtype(spec.query_dtype());
@@ -59,7 +63,17 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     let indptr = b.global("kv_indptr", Scalar::I32, Access::Read);
     let indices = b.global("kv_indices", Scalar::I32, Access::Read);
     let last_len = b.global("kv_last_page_len", Scalar::I32, Access::Read);
-    let out = b.global("out", q_elem, Access::ReadWrite);
+    // Split-K leaves the sinks to the merge: they join the denominator once.
+    let (sinks, slopes) = variant_params(&mut b, spec, !split);
+    let out = if split {
+        Output::Partial {
+            out: b.global("part_out", Scalar::F32, Access::ReadWrite),
+            ml: b.global("part_ml", Scalar::F32, Access::ReadWrite),
+            chunk: b.scalar_param("chunk_tokens", Scalar::I32),
+        }
+    } else {
+        Output::Final(b.global("out", q_elem, Access::ReadWrite))
+    };
     let sm_m = b.shared("sm_m", Scalar::F32, DECODE_WARPS * g);
     let sm_l = b.shared("sm_l", Scalar::F32, DECODE_WARPS * g);
     let sm_acc = b.shared("sm_acc", Scalar::F32, DECODE_WARPS * g * d);
@@ -88,6 +102,16 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     let start = match spec.sliding_window {
         Some(w) => b.let_("start", (kv_len.clone() - i32(w)).max(Expr::i32(0))),
         None => Expr::i32(0),
+    };
+    // The tokens this block walks: all of them, or its split's chunk.
+    let (start, end) = match &out {
+        Output::Final(_) => (start, kv_len.clone()),
+        Output::Partial { chunk, .. } => {
+            let z = Expr::special(Special::BlockIdx(Dim::Z));
+            let lo = b.let_("chunk_start", start + z * chunk.clone());
+            let hi = b.let_("chunk_end", (lo.clone() + chunk.clone()).min(kv_len.clone()));
+            (lo, hi)
+        }
     };
 
     // The chunks this lane reads: chunk c of the lane is r + c·R, clamped to
@@ -162,12 +186,27 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         })
         .collect();
     let scale = spec.effective_scale();
+    // ALiBi's slope per query head, times log2(e): the bias of token t is
+    // slope·(t − (kv_len − 1)) in the base-2 domain.
+    let slope2: Vec<Option<Expr>> = (0..g)
+        .map(|gi| {
+            let qhead = head.clone() * i32(g) + i32(gi);
+            alibi_slope(spec, qhead, slopes)
+                .map(|s| b.let_(&format!("slope{gi}"), s * Expr::f32(LOG2_E)))
+        })
+        .collect();
 
     b.comment("Walk the tokens: each row group takes one token per step.");
-    b.for_("t0", start, kv_len.clone(), i32(rows), |b, t0| {
+    b.for_("t0", start, end.clone(), i32(rows), |b, t0| {
         let t = b.let_("t", t0 + row.clone());
-        let valid = b.let_("valid", t.clone().lt(kv_len.clone()));
-        let tc = b.let_("tc", t.min(kv_len.clone() - Expr::i32(1)));
+        let valid = b.let_("valid", t.clone().lt(end.clone()));
+        let tc = b.let_("tc", t.clone().min(end.clone() - Expr::i32(1)));
+        let dist = slope2.iter().any(Option::is_some).then(|| {
+            b.let_(
+                "dist",
+                (t.clone() - kv_len.clone() + Expr::i32(1)).cast(Scalar::F32),
+            )
+        });
         let page_pos = page_begin.clone() + tc.clone() / i32(kv.page_size);
         let page = b.let_("page", Expr::load(indices, page_pos, 1));
         let slot = b.let_("slot", tc % i32(kv.page_size));
@@ -233,11 +272,15 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         for (gi, dot) in dots.into_iter().enumerate() {
             // Logit in the base-2 domain: scale·log2(e) folds into one
             // constant unless the soft-cap's tanh sits between them.
+            let bias = match (&slope2[gi], &dist) {
+                (Some(s), Some(d)) => d.clone() * s.clone(),
+                _ => Expr::f32(0.0),
+            };
             let s = match spec.logits_soft_cap {
-                None => dot * Expr::f32(scale * LOG2_E),
+                None => dot.fma(Expr::f32(scale * LOG2_E), bias),
                 Some(cap) => {
                     let capped = Expr::f32(cap) * (dot * Expr::f32(scale / cap)).tanh();
-                    capped * Expr::f32(LOG2_E)
+                    capped.fma(Expr::f32(LOG2_E), bias)
                 }
             };
             let s = b.let_(&format!("s{gi}"), valid.clone().select(s, ninf.clone()));
@@ -357,12 +400,26 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                     b.let_(&format!("mw{w}"), Expr::load(sm_m, idx, 1))
                 })
                 .collect();
+            let qhead = b.let_("qhead", head.clone() * i32(g) + gi.clone());
             let mut mx = ms[0].clone();
             for mw in &ms[1..] {
                 mx = mx.max(mw.clone());
             }
+            // A sink is one more logit in the denominator (base 2 here).
+            let sink = sinks.map(|buf| {
+                b.let_(
+                    "sink",
+                    Expr::load(buf, qhead.clone(), 1) * Expr::f32(LOG2_E),
+                )
+            });
+            if let Some(sk) = &sink {
+                mx = mx.max(sk.clone());
+            }
             let mx = b.let_("mx", mx);
-            let mut lsum = Expr::f32(0.0);
+            let mut lsum = match &sink {
+                Some(sk) => (sk.clone() - mx.clone()).exp2(),
+                None => Expr::f32(0.0),
+            };
             let mut asum = Expr::f32(0.0);
             for (w, mw) in ms.iter().enumerate() {
                 let idx = i32(w as u32 * g) + gi.clone();
@@ -382,13 +439,39 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             let o = lsum
                 .clone()
                 .gt(Expr::f32(0.0))
-                .select(asum / lsum, Expr::f32(0.0));
-            let qhead = head.clone() * i32(g) + gi;
-            let idx = (i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead))
-                * Expr::i64(d as i64)
-                + i64(dd);
-            b.store(out, idx, o.cast(q_elem));
+                .select(asum / lsum.clone(), Expr::f32(0.0));
+            let row = i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead);
+            match &out {
+                Output::Final(out) => {
+                    let idx = row * Expr::i64(d as i64) + i64(dd);
+                    b.store(*out, idx, o.cast(q_elem));
+                }
+                Output::Partial { out, ml, .. } => {
+                    // Partial p of (sequence, query head) row r sits at
+                    // r·splits + p: out holds head_dim floats, ml (max, sum).
+                    let splits = Expr::special(Special::GridDim(Dim::Z)).cast(Scalar::I64);
+                    let z = Expr::special(Special::BlockIdx(Dim::Z)).cast(Scalar::I64);
+                    let part = b.let_("part", row * splits + z);
+                    b.store(*out, part.clone() * Expr::i64(d as i64) + i64(dd.clone()), o);
+                    b.if_(dd.eq_(Expr::i32(0)), |b| {
+                        b.store(*ml, part.clone() * Expr::i64(2), mx.clone());
+                        b.store(*ml, part * Expr::i64(2) + Expr::i64(1), lsum);
+                    });
+                }
+            }
         },
     );
     b.finish()
+}
+
+/// Where a decode kernel's result goes.
+enum Output {
+    /// The normalised output, in the query dtype.
+    Final(BufId),
+    /// Split-K: the chunk's normalised output and its (max, sum), in f32.
+    Partial {
+        out: BufId,
+        ml: BufId,
+        chunk: Expr,
+    },
 }

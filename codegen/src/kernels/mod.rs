@@ -6,6 +6,8 @@
 
 mod append;
 mod decode;
+mod merge;
+mod prefill;
 
 use std::fmt;
 
@@ -13,10 +15,11 @@ use crate::hip;
 use crate::ir::verify::{verify, Analysis, VerifyErrors};
 use crate::ir::Kernel;
 use crate::registry::KernelKind;
-use crate::spec::{AttentionSpec, KvLayoutSpec, SpecError};
+use crate::spec::{Alibi, AttentionSpec, KvLayoutSpec, SpecError};
 use crate::target::Target;
 
 pub use decode::DECODE_WARPS;
+pub use prefill::{prefill_kv_tile, PREFILL_ROWS};
 
 /// A kernel to generate: its kind and the spec it is generated from.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -25,6 +28,12 @@ pub enum KernelSpec {
     Decode(AttentionSpec),
     /// KV append for a layout.
     Append(KvLayoutSpec),
+    /// Paged prefill attention for an attention spec.
+    Prefill(AttentionSpec),
+    /// Split-K decode: partial outputs of one KV chunk per block.
+    DecodeSplit(AttentionSpec),
+    /// The merge of split-K decode's partial outputs into the output.
+    DecodeMerge(AttentionSpec),
 }
 
 impl KernelSpec {
@@ -33,27 +42,74 @@ impl KernelSpec {
         match self {
             KernelSpec::Decode(_) => KernelKind::Decode,
             KernelSpec::Append(_) => KernelKind::Append,
+            KernelSpec::Prefill(_) => KernelKind::Prefill,
+            KernelSpec::DecodeSplit(_) => KernelKind::DecodeSplit,
+            KernelSpec::DecodeMerge(_) => KernelKind::DecodeMerge,
         }
     }
 
     /// The layout the kernel reads or writes.
     pub fn layout(&self) -> KvLayoutSpec {
         match self {
-            KernelSpec::Decode(a) => a.kv,
             KernelSpec::Append(l) => *l,
+            KernelSpec::Decode(a)
+            | KernelSpec::Prefill(a)
+            | KernelSpec::DecodeSplit(a)
+            | KernelSpec::DecodeMerge(a) => a.kv,
         }
     }
 
-    /// The launch grid for a call. `n` is the batch size for decode and the
-    /// number of new tokens for append.
+    /// The attention, for every kernel but append.
+    pub fn attention(&self) -> Option<&AttentionSpec> {
+        match self {
+            KernelSpec::Append(_) => None,
+            KernelSpec::Decode(a)
+            | KernelSpec::Prefill(a)
+            | KernelSpec::DecodeSplit(a)
+            | KernelSpec::DecodeMerge(a) => Some(a),
+        }
+    }
+
+    /// The launch grid for a call. `n` is the batch size, or the number of
+    /// new tokens for append; `m` is the number of query tiles for prefill
+    /// (see [`PREFILL_ROWS`]) and of splits for split-K decode, and unused
+    /// otherwise.
     ///
     /// Decode: one block per (KV head, sequence). Append: one block per token.
-    pub fn grid(&self, n: u32) -> [u32; 3] {
+    /// Prefill: one block per (query tile, KV head, sequence). Split-K
+    /// decode: one per (KV head, sequence, split). Merge: one per (query
+    /// head, sequence).
+    pub fn grid(&self, n: u32, m: u32) -> [u32; 3] {
         match self {
             KernelSpec::Decode(a) => [a.kv.kv_heads, n, 1],
             KernelSpec::Append(_) => [n, 1, 1],
+            KernelSpec::Prefill(a) => [m, a.kv.kv_heads, n],
+            KernelSpec::DecodeSplit(a) => [a.kv.kv_heads, n, m],
+            KernelSpec::DecodeMerge(a) => [a.q_heads, n, 1],
         }
     }
+
+    /// The grid's axes in words, for listings and the printed preamble.
+    pub fn grid_axes(&self) -> &'static str {
+        match self {
+            KernelSpec::Decode(_) => "(kv_heads, batch)",
+            KernelSpec::Append(_) => "(new tokens)",
+            KernelSpec::Prefill(_) => "(query tiles, kv_heads, batch)",
+            KernelSpec::DecodeSplit(_) => "(kv_heads, batch, splits)",
+            KernelSpec::DecodeMerge(_) => "(q_heads, batch)",
+        }
+    }
+}
+
+/// Every kernel an attention owns: decode, prefill, split-K decode and its
+/// merge.
+pub fn attention_kernels(a: &AttentionSpec) -> [KernelSpec; 4] {
+    [
+        KernelSpec::Decode(*a),
+        KernelSpec::Prefill(*a),
+        KernelSpec::DecodeSplit(*a),
+        KernelSpec::DecodeMerge(*a),
+    ]
 }
 
 /// The kernel's symbol, built from everything its code depends on:
@@ -75,28 +131,56 @@ pub fn symbol(spec: &KernelSpec) -> String {
     );
     match spec {
         KernelSpec::Append(_) => format!("af_append_{layout}_h{}_d{}", kv.kv_heads, kv.head_dim),
-        KernelSpec::Decode(a) => {
+        KernelSpec::Decode(a) => format!("af_decode_{layout}{}", attention_suffix(a, false)),
+        KernelSpec::DecodeSplit(a) => {
+            format!("af_decode_split_{layout}{}", attention_suffix(a, false))
+        }
+        KernelSpec::Prefill(a) => format!("af_prefill_{layout}{}", attention_suffix(a, true)),
+        KernelSpec::DecodeMerge(a) => {
+            // The merge reads only f32 partials: the cache's layout and the
+            // logit variants do not change its code.
             let mut s = format!(
-                "af_decode_{layout}_h{}x{}_d{}",
-                kv.kv_heads,
-                a.group_size(),
+                "af_decode_merge_{}_h{}_d{}",
+                a.query_dtype().name(),
+                a.q_heads,
                 kv.head_dim
             );
-            if let Some(w) = a.sliding_window {
-                s += &format!("_w{w}");
-            }
-            if let Some(c) = a.logits_soft_cap {
-                s += &format!("_cap{}", number(c));
-            }
-            if let Some(sc) = a.scale {
-                s += &format!("_s{}", number(sc));
-            }
-            if a.q_dtype.is_some_and(|d| d != kv.dtype) {
-                s += &format!("_q{}", a.query_dtype().name());
+            if a.sinks {
+                s += "_sinks";
             }
             s
         }
     }
+}
+
+/// Heads, head_dim and every variant of an attention, as symbol text.
+fn attention_suffix(a: &AttentionSpec, causal_matters: bool) -> String {
+    let kv = a.kv;
+    let mut s = format!("_h{}x{}_d{}", kv.kv_heads, a.group_size(), kv.head_dim);
+    if causal_matters && a.causal {
+        s += "_causal";
+    }
+    if let Some(w) = a.sliding_window {
+        s += &format!("_w{w}");
+    }
+    if let Some(c) = a.logits_soft_cap {
+        s += &format!("_cap{}", number(c));
+    }
+    if let Some(sc) = a.scale {
+        s += &format!("_s{}", number(sc));
+    }
+    if a.q_dtype.is_some_and(|d| d != kv.dtype) {
+        s += &format!("_q{}", a.query_dtype().name());
+    }
+    match a.alibi {
+        Some(Alibi::Computed) => s += "_alibi",
+        Some(Alibi::Given) => s += "_alibig",
+        None => {}
+    }
+    if a.sinks {
+        s += "_sinks";
+    }
+    s
 }
 
 /// A float as identifier text: the integer when exact, else its bits.
@@ -151,18 +235,18 @@ impl fmt::Display for GeneratedKernel {
     /// The HIP translation unit.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut preamble = vec![format!("kernel: {}", self.spec.kind())];
-        match &self.spec {
-            KernelSpec::Decode(a) => preamble.push(format!("attention: {a:?}")),
-            KernelSpec::Append(l) => preamble.push(format!("layout: {l:?}")),
-        }
+        preamble.push(match &self.spec {
+            KernelSpec::Append(l) => format!("layout: {l:?}"),
+            KernelSpec::Decode(a)
+            | KernelSpec::Prefill(a)
+            | KernelSpec::DecodeSplit(a)
+            | KernelSpec::DecodeMerge(a) => format!("attention: {a:?}"),
+        });
         preamble.push(format!(
             "target: {}; block: {} threads; grid: {}",
             self.kernel.target,
             self.kernel.block_dim,
-            match self.spec {
-                KernelSpec::Decode(_) => "(kv_heads, batch)",
-                KernelSpec::Append(_) => "(new tokens)",
-            }
+            self.spec.grid_axes()
         ));
         hip::print(&self.kernel, &preamble, f)
     }
@@ -172,11 +256,14 @@ impl fmt::Display for GeneratedKernel {
 pub fn generate(spec: &KernelSpec, target: Target) -> Result<GeneratedKernel, CodegenError> {
     spec.layout().validate()?;
     let name = symbol(spec);
+    if let Some(a) = spec.attention() {
+        a.validate()?;
+    }
     let kernel = match spec {
-        KernelSpec::Decode(a) => {
-            a.validate()?;
-            decode::build(a, target, &name)
-        }
+        KernelSpec::Decode(a) => decode::build(a, target, &name, false),
+        KernelSpec::DecodeSplit(a) => decode::build(a, target, &name, true),
+        KernelSpec::DecodeMerge(a) => merge::build(a, target, &name),
+        KernelSpec::Prefill(a) => prefill::build(a, target, &name),
         KernelSpec::Append(l) => append::build(l, target, &name),
     };
     let analysis = verify(&kernel)?;
@@ -209,4 +296,44 @@ pub(crate) fn kv_offset(
         crate::spec::Order::Nhd => ((page * p + token) * h + head) * d,
         crate::spec::Order::Hnd => ((page * h + head) * p + token) * d,
     }
+}
+
+/// ALiBi's slope for query head `qhead` (an i32 expression), or `None`
+/// without ALiBi. `slopes` is the launch's slope buffer under
+/// [`Alibi::Given`]. The slope is in natural-log logit units.
+pub(crate) fn alibi_slope(
+    spec: &AttentionSpec,
+    qhead: crate::ir::Expr,
+    slopes: Option<crate::ir::BufId>,
+) -> Option<crate::ir::Expr> {
+    use crate::ir::{Expr, Scalar};
+    match (spec.alibi?, slopes) {
+        (Alibi::Given, Some(buf)) => Some(Expr::load(buf, qhead, 1)),
+        (Alibi::Given, None) => None,
+        (Alibi::Computed, _) => {
+            // p: the largest power of two ≤ q_heads (see Alibi::Computed).
+            let p = 1u32 << (31 - spec.q_heads.leading_zeros());
+            let h = qhead.clone().cast(Scalar::F32);
+            let pf = p as f32;
+            let first = (h.clone() + Expr::f32(1.0)) * Expr::f32(-8.0 / pf);
+            let rest = (h * Expr::f32(2.0) - Expr::f32(2.0 * pf - 1.0)) * Expr::f32(-4.0 / pf);
+            Some(qhead.lt(Expr::i32(p as i32)).select(first, rest).exp2())
+        }
+    }
+}
+
+/// The kernel buffers for the launch-time parameters of an attention's
+/// variants, declared in this order after the page table: the sinks (one
+/// f32 logit per query head) when `sinks` is set and asked for, then the
+/// ALiBi slopes (one f32 per query head) under [`Alibi::Given`].
+pub(crate) fn variant_params(
+    b: &mut crate::ir::builder::KernelBuilder,
+    spec: &AttentionSpec,
+    with_sinks: bool,
+) -> (Option<crate::ir::BufId>, Option<crate::ir::BufId>) {
+    use crate::ir::{Access, Scalar};
+    let sinks = (spec.sinks && with_sinks).then(|| b.global("sinks", Scalar::F32, Access::Read));
+    let slopes = (spec.alibi == Some(Alibi::Given))
+        .then(|| b.global("alibi_slopes", Scalar::F32, Access::Read));
+    (sinks, slopes)
 }

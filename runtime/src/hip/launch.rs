@@ -4,12 +4,13 @@ use std::ffi::{c_void, CString};
 use std::marker::PhantomData;
 
 use attnforge_codegen::cpu::Pod;
-use attnforge_codegen::kernels::{generate, KernelSpec};
+use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
 use attnforge_codegen::{AttentionSpec, HipKernels, KvLayoutSpec};
 
 use super::result::{check, HipStatus};
 use super::{rtc, sys, HipDevice, HipError};
 use crate::cpu::Element;
+use crate::plan::{plan_decode, Params};
 use crate::table::PageTable;
 use crate::RuntimeError;
 
@@ -74,6 +75,14 @@ impl<T> Drop for DeviceBuffer<T> {
         // SAFETY: allocated by hipMalloc in from_host, freed once here.
         unsafe { sys::hipFree(self.ptr) };
     }
+}
+
+/// One kernel argument for [`HipDevice`]'s launches.
+enum KernelArg {
+    /// A device pointer.
+    Ptr(*mut c_void),
+    /// An `i32` scalar.
+    I32(i32),
 }
 
 /// A loaded code object, unloaded on drop.
@@ -153,6 +162,33 @@ impl HipDevice {
         Ok(rtc::compile_cached(&k.to_string(), self.arch, &rtc::default_cache_dir())?.0)
     }
 
+    /// Loads `spec`'s kernel and launches it with `args` (device pointers and
+    /// scalars, in the kernel's parameter order), then waits.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters, and every access the
+    /// kernel makes with them on `grid` must be in bounds.
+    unsafe fn run(
+        &self,
+        spec: &KernelSpec,
+        registry: Option<&HipKernels>,
+        grid: [u32; 3],
+        mut args: Vec<KernelArg>,
+    ) -> Result<(), RuntimeError> {
+        let module = Module::load(&self.code_object(spec, registry)?)?;
+        let block = generate(spec, self.arch.target())?.block_dim();
+        let mut ptrs: Vec<*mut c_void> = args
+            .iter_mut()
+            .map(|a| match a {
+                KernelArg::Ptr(p) => (p as *mut *mut c_void).cast(),
+                KernelArg::I32(v) => (v as *mut i32).cast(),
+            })
+            .collect();
+        // SAFETY: the caller vouches for the arguments and the grid.
+        unsafe { module.launch(&symbol(spec), grid, block, &mut ptrs)? };
+        Ok(())
+    }
+
     /// Decode attention on the GPU, with the same arguments and the same
     /// validation as [`crate::cpu::CpuDevice::decode`].
     #[allow(clippy::too_many_arguments)]
@@ -166,13 +202,32 @@ impl HipDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
+        self.decode_ext(spec, registry, &Params::default(), q, k, v, table, out)
+    }
+
+    /// Decode with the variants' launch parameters and a split policy, as
+    /// [`crate::cpu::CpuDevice::decode_ext`]; the planner counts the
+    /// device's compute units.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_ext<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        registry: Option<&HipKernels>,
+        params: &Params<'_>,
+        q: &[Q],
+        k: &[T],
+        v: &[T],
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
         crate::cpu::validate_decode(spec, q, k, v, table, out)?;
-        if table.batch() == 0 {
+        params.validate(spec)?;
+        let batch = table.batch();
+        if batch == 0 {
             return Ok(());
         }
-        let ks = KernelSpec::Decode(*spec);
-        let module = Module::load(&self.code_object(&ks, registry)?)?;
-        let block = generate(&ks, self.arch.target())?.block_dim();
+        let lens = (0..batch).map(|b| table.seq_len(b, spec.kv.page_size));
+        let plan = plan_decode(spec, lens, params.split, self.compute_units());
         let (dq, dk, dv) = (
             DeviceBuffer::from_host(q)?,
             DeviceBuffer::from_host(k)?,
@@ -181,23 +236,92 @@ impl HipDevice {
         let di = DeviceBuffer::from_host(&table.indptr)?;
         let dx = DeviceBuffer::from_host(&table.indices)?;
         let dl = DeviceBuffer::from_host(&table.last_page_len)?;
+        let sinks = params.sinks.map(DeviceBuffer::from_host).transpose()?;
+        let slopes = params.alibi_slopes.map(DeviceBuffer::from_host).transpose()?;
         let dout = DeviceBuffer::from_host(out)?;
-        let mut ptrs = [dq.ptr, dk.ptr, dv.ptr, di.ptr, dx.ptr, dl.ptr, dout.ptr];
-        let mut args: Vec<*mut c_void> = ptrs
-            .iter_mut()
-            .map(|p| (p as *mut *mut c_void).cast())
+        let mut args: Vec<KernelArg> = [&dq.ptr, &dk.ptr, &dv.ptr, &di.ptr, &dx.ptr, &dl.ptr]
+            .into_iter()
+            .map(|p| KernelArg::Ptr(*p))
             .collect();
-        // SAFETY: the arguments were validated against the spec (page table
-        // within the arenas, q/out of the batch's shape) and are the decode
-        // kernel's parameters in order.
-        unsafe {
-            module.launch(
-                &attnforge_codegen::kernels::symbol(&ks),
-                ks.grid(table.batch() as u32),
-                block,
-                &mut args,
-            )?
-        };
+        if !plan.split {
+            args.extend(sinks.iter().map(|b| KernelArg::Ptr(b.ptr)));
+            args.extend(slopes.iter().map(|b| KernelArg::Ptr(b.ptr)));
+            args.push(KernelArg::Ptr(dout.ptr));
+            let ks = KernelSpec::Decode(*spec);
+            // SAFETY: validated as on the CPU device: the table lies within
+            // the arenas, q/out have the batch's shape, the variant buffers
+            // one value per query head; the arguments are in parameter order.
+            unsafe { self.run(&ks, registry, ks.grid(batch as u32, 1), args)? };
+        } else {
+            let rows = batch * spec.q_heads as usize * plan.splits as usize;
+            let part_out = DeviceBuffer::from_host(&vec![0f32; rows * spec.kv.head_dim as usize])?;
+            let part_ml = DeviceBuffer::from_host(&vec![0f32; rows * 2])?;
+            args.extend(slopes.iter().map(|b| KernelArg::Ptr(b.ptr)));
+            args.extend([
+                KernelArg::Ptr(part_out.ptr),
+                KernelArg::Ptr(part_ml.ptr),
+                KernelArg::I32(plan.chunk_tokens as i32),
+            ]);
+            let ks = KernelSpec::DecodeSplit(*spec);
+            // SAFETY: as above; the partials hold batch · q_heads · splits
+            // rows and splits · chunk_tokens covers every visible token.
+            unsafe { self.run(&ks, registry, ks.grid(batch as u32, plan.splits), args)? };
+            let mut margs = vec![KernelArg::Ptr(part_out.ptr), KernelArg::Ptr(part_ml.ptr)];
+            margs.extend(sinks.iter().map(|b| KernelArg::Ptr(b.ptr)));
+            margs.extend([KernelArg::Ptr(dout.ptr), KernelArg::I32(plan.splits as i32)]);
+            let ms = KernelSpec::DecodeMerge(*spec);
+            // SAFETY: the partials and out have the shapes the merge reads.
+            unsafe { self.run(&ms, registry, ms.grid(batch as u32, 1), margs)? };
+        }
+        dout.to_host(out)?;
+        Ok(())
+    }
+
+    /// Prefill attention on the GPU, with the same arguments and the same
+    /// validation as [`crate::cpu::CpuDevice::prefill`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        registry: Option<&HipKernels>,
+        params: &Params<'_>,
+        q: &[Q],
+        qo_indptr: &[i32],
+        k: &[T],
+        v: &[T],
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        let tiles =
+            crate::cpu::validate_prefill(spec, params, q, qo_indptr, k, v, table, out)?;
+        let batch = table.batch();
+        if batch == 0 || tiles == 0 {
+            return Ok(());
+        }
+        let (dq, dk, dv) = (
+            DeviceBuffer::from_host(q)?,
+            DeviceBuffer::from_host(k)?,
+            DeviceBuffer::from_host(v)?,
+        );
+        let dqo = DeviceBuffer::from_host(qo_indptr)?;
+        let di = DeviceBuffer::from_host(&table.indptr)?;
+        let dx = DeviceBuffer::from_host(&table.indices)?;
+        let dl = DeviceBuffer::from_host(&table.last_page_len)?;
+        let sinks = params.sinks.map(DeviceBuffer::from_host).transpose()?;
+        let slopes = params.alibi_slopes.map(DeviceBuffer::from_host).transpose()?;
+        let dout = DeviceBuffer::from_host(out)?;
+        let mut args: Vec<KernelArg> = [dq.ptr, dk.ptr, dv.ptr, dqo.ptr, di.ptr, dx.ptr, dl.ptr]
+            .into_iter()
+            .map(KernelArg::Ptr)
+            .collect();
+        args.extend(sinks.iter().map(|b| KernelArg::Ptr(b.ptr)));
+        args.extend(slopes.iter().map(|b| KernelArg::Ptr(b.ptr)));
+        args.push(KernelArg::Ptr(dout.ptr));
+        let ks = KernelSpec::Prefill(*spec);
+        // SAFETY: validated as on the CPU device (table, qo_indptr against
+        // q/out and the KV lengths, variant buffers); the grid covers the
+        // longest sequence's query tiles.
+        unsafe { self.run(&ks, registry, ks.grid(batch as u32, tiles), args)? };
         dout.to_host(out)?;
         Ok(())
     }
@@ -240,7 +364,7 @@ impl HipDevice {
         unsafe {
             module.launch(
                 &attnforge_codegen::kernels::symbol(&ks),
-                ks.grid(tokens),
+                ks.grid(tokens, 1),
                 block,
                 &mut args,
             )?

@@ -68,6 +68,7 @@ pub struct HipDevice {
     ordinal: i32,
     arch: Arch,
     arch_name: String,
+    compute_units: u32,
 }
 
 impl HipDevice {
@@ -85,7 +86,7 @@ impl HipDevice {
             if ordinal < 0 || ordinal >= n {
                 return Err(HipError::NoDevice(format!("device {ordinal} of {n}")));
             }
-            let arch_name = result::arch_name(ordinal).map_err(|s| HipError::Hip {
+            let (arch_name, compute_units) = result::arch_name(ordinal).map_err(|s| HipError::Hip {
                 call: "hipGetDeviceProperties",
                 status: s.to_string(),
             })?;
@@ -95,6 +96,7 @@ impl HipDevice {
                 ordinal,
                 arch,
                 arch_name,
+                compute_units,
             })
         }
     }
@@ -107,6 +109,11 @@ impl HipDevice {
     /// The device's full arch name (with feature flags).
     pub fn arch_name(&self) -> &str {
         &self.arch_name
+    }
+
+    /// The device's compute units (what the split-K planner fills).
+    pub fn compute_units(&self) -> u32 {
+        self.compute_units
     }
 
     /// The device ordinal.

@@ -53,8 +53,9 @@ pub fn device_count() -> Result<i32, HipStatus> {
     Ok(n)
 }
 
-/// The gcnArchName of device `ordinal` (for example `gfx90a:sramecc+:xnack-`).
-pub fn arch_name(ordinal: i32) -> Result<String, HipStatus> {
+/// The gcnArchName of device `ordinal` (for example `gfx90a:sramecc+:xnack-`)
+/// and its number of compute units.
+pub fn arch_name(ordinal: i32) -> Result<(String, u32), HipStatus> {
     // SAFETY: hipDeviceProp_t is plain data; zeroed is a valid value to be
     // overwritten by the call.
     let mut props: sys::hipDeviceProp_t = unsafe { std::mem::zeroed() };
@@ -66,7 +67,8 @@ pub fn arch_name(ordinal: i32) -> Result<String, HipStatus> {
         .take_while(|&&c| c != 0)
         .map(|&c| c as u8)
         .collect();
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    let cus = u32::try_from(props.multiProcessorCount).unwrap_or(1).max(1);
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), cus))
 }
 
 /// hiprtc's description of a status.

@@ -1,0 +1,207 @@
+//! Launch-time parameters of an attention, and the split-K decode planner.
+//!
+//! Split-K decode (flash-decoding) cuts each sequence's context into chunks
+//! of `chunk_tokens`, one block per (KV head, sequence, chunk), and a second
+//! kernel merges the partial outputs. It pays when a batch has too few
+//! (sequence, KV head) pairs to fill the device and long contexts: a batch
+//! of one 32k-token sequence with 8 KV heads keeps 8 blocks busy without it.
+//!
+//! [`plan_decode`] picks the split: [`Split::Auto`] from the batch, the
+//! heads and the device's compute units; [`Split::Fixed`] from a fixed
+//! chunk size only, so a sequence's output has the same bits whatever batch
+//! it is in (deterministic mode); [`Split::Off`] never splits.
+
+use attnforge_codegen::{Alibi, AttentionSpec};
+
+use crate::RuntimeError;
+
+/// How decode may split long contexts across blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Split {
+    /// The planner decides from the batch and the device (the default).
+    /// Contexts shorter than [`MIN_CHUNK_TOKENS`] twice over never split.
+    #[default]
+    Auto,
+    /// Always the split kernels, with this many tokens per chunk: the
+    /// result for a sequence does not depend on the rest of the batch.
+    Fixed {
+        /// Tokens per chunk, at least 1.
+        chunk_tokens: u32,
+    },
+    /// One block per (KV head, sequence), as the plain decode kernel does.
+    Off,
+}
+
+/// The smallest chunk [`Split::Auto`] makes.
+pub const MIN_CHUNK_TOKENS: u32 = 256;
+/// The most chunks [`Split::Auto`] makes per sequence.
+pub const MAX_SPLITS: u32 = 64;
+
+/// Values an attention's variants need at launch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Params<'a> {
+    /// One sink logit per query head, for a spec with `sinks`.
+    pub sinks: Option<&'a [f32]>,
+    /// One ALiBi slope per query head, for a spec with `alibi = given`.
+    pub alibi_slopes: Option<&'a [f32]>,
+    /// How decode may split long contexts.
+    pub split: Split,
+}
+
+impl Params<'_> {
+    /// Checks the parameters against the spec: each variant that needs a
+    /// buffer has one of `q_heads` entries, and no buffer is given that the
+    /// spec does not use (a likely mix-up of specs).
+    pub fn validate(&self, spec: &AttentionSpec) -> Result<(), RuntimeError> {
+        let q_heads = spec.q_heads as usize;
+        let check = |name: &'static str, used: bool, buf: Option<&[f32]>, why: &str| match (
+            used, buf,
+        ) {
+            (true, None) => Err(RuntimeError::Param {
+                param: name,
+                message: format!("the spec has {why}: pass one f32 per query head ({q_heads})"),
+            }),
+            (false, Some(_)) => Err(RuntimeError::Param {
+                param: name,
+                message: format!("given, but the spec has no {why}"),
+            }),
+            (true, Some(b)) if b.len() != q_heads => Err(RuntimeError::Param {
+                param: name,
+                message: format!("{} values for {q_heads} query heads", b.len()),
+            }),
+            _ => Ok(()),
+        };
+        check("sinks", spec.sinks, self.sinks, "attention sinks")?;
+        check(
+            "alibi_slopes",
+            spec.alibi == Some(Alibi::Given),
+            self.alibi_slopes,
+            "ALiBi with given slopes",
+        )?;
+        if let Split::Fixed { chunk_tokens: 0 } = self.split {
+            return Err(RuntimeError::Param {
+                param: "split",
+                message: "a fixed split needs at least 1 token per chunk".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// How one decode launch runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodePlan {
+    /// Chunks per sequence (the split kernel's grid z); 1 with `split` off.
+    pub splits: u32,
+    /// Tokens per chunk (of the tokens a query sees).
+    pub chunk_tokens: u32,
+    /// Whether the split and merge kernels run (else the plain decode kernel).
+    pub split: bool,
+}
+
+/// Plans a decode launch for sequences of `kv_lens` tokens on a device with
+/// `compute_units` compute units (CUs on a GPU, cores on the CPU).
+pub fn plan_decode(
+    spec: &AttentionSpec,
+    kv_lens: impl IntoIterator<Item = usize>,
+    split: Split,
+    compute_units: u32,
+) -> DecodePlan {
+    // What a query sees: the window, when there is one.
+    let visible = |len: usize| match spec.sliding_window {
+        Some(w) => len.min(w as usize),
+        None => len,
+    };
+    let (mut batch, mut longest) = (0u64, 0u64);
+    for len in kv_lens {
+        batch += 1;
+        longest = longest.max(visible(len) as u64);
+    }
+    let off = DecodePlan {
+        splits: 1,
+        chunk_tokens: longest.clamp(1, u32::MAX as u64) as u32,
+        split: false,
+    };
+    match split {
+        Split::Off => off,
+        Split::Fixed { chunk_tokens } => {
+            let chunk = chunk_tokens.max(1) as u64;
+            DecodePlan {
+                splits: longest.div_ceil(chunk).max(1) as u32,
+                chunk_tokens: chunk as u32,
+                split: true,
+            }
+        }
+        Split::Auto => {
+            let blocks = batch * spec.kv.kv_heads as u64;
+            let cus = compute_units.max(1) as u64;
+            if blocks == 0 || blocks >= cus || longest < 2 * MIN_CHUNK_TOKENS as u64 {
+                return off;
+            }
+            let wanted = cus.div_ceil(blocks);
+            let splits = wanted
+                .min(longest / MIN_CHUNK_TOKENS as u64)
+                .min(MAX_SPLITS as u64)
+                .max(1);
+            if splits == 1 {
+                return off;
+            }
+            // Whole pages per chunk, so a chunk's tokens share their pages.
+            let page = spec.kv.page_size as u64;
+            let chunk = longest.div_ceil(splits).div_ceil(page) * page;
+            DecodePlan {
+                splits: longest.div_ceil(chunk) as u32,
+                chunk_tokens: chunk as u32,
+                split: true,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attnforge_codegen::{DType, KvLayoutSpec, Order};
+
+    fn spec() -> AttentionSpec {
+        let kv = KvLayoutSpec {
+            page_size: 16,
+            kv_heads: 8,
+            head_dim: 128,
+            dtype: DType::F16,
+            order: Order::Nhd,
+        };
+        AttentionSpec::new(kv, 32)
+    }
+
+    #[test]
+    fn auto_splits_only_small_batches_with_long_contexts() {
+        // 1 sequence x 8 KV heads on 104 CUs, 32k tokens: 13 chunks of whole pages.
+        let p = plan_decode(&spec(), [32768], Split::Auto, 104);
+        assert!(p.split);
+        assert_eq!(p.chunk_tokens % 16, 0);
+        assert!(p.splits as u64 * p.chunk_tokens as u64 >= 32768);
+        assert!((p.splits - 1) as u64 * (p.chunk_tokens as u64) < 32768);
+        assert_eq!(p.splits, 13);
+        // A full device, or short contexts: no split.
+        assert!(!plan_decode(&spec(), vec![32768; 16], Split::Auto, 104).split);
+        assert!(!plan_decode(&spec(), [300], Split::Auto, 104).split);
+        // A window bounds what is split.
+        let w = AttentionSpec {
+            sliding_window: Some(512),
+            ..spec()
+        };
+        let p = plan_decode(&w, [32768], Split::Auto, 104);
+        assert!(p.split && p.splits == 2 && p.chunk_tokens == 256);
+    }
+
+    #[test]
+    fn fixed_splits_do_not_depend_on_the_batch_or_the_device() {
+        let alone = plan_decode(&spec(), [1000], Split::Fixed { chunk_tokens: 128 }, 4);
+        let batch = plan_decode(&spec(), [1000, 5000], Split::Fixed { chunk_tokens: 128 }, 200);
+        assert_eq!(alone.chunk_tokens, batch.chunk_tokens);
+        assert!(alone.split && batch.split);
+        assert_eq!((alone.splits, batch.splits), (8, 40));
+        assert!(!plan_decode(&spec(), [1 << 20], Split::Off, 1000).split);
+    }
+}

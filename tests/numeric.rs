@@ -213,9 +213,8 @@ fn check_attention<Q: Element, T: Element>(
                 let ctx = format!("{name} {run:?} @{arch} {mode:?} lens {lens:?} seed {seed}");
                 let t = arch.target();
                 match run {
-                    Run::Decode(_) => {
-                        device.decode_ext(spec, t, mode, &params, &q, &s.k, &s.v, &s.table, &mut out)
-                    }
+                    Run::Decode(_) => device
+                        .decode_ext(spec, t, mode, &params, &q, &s.k, &s.v, &s.table, &mut out),
                     Run::Prefill => device.prefill(
                         spec, t, mode, &params, &q, &qo, &s.k, &s.v, &s.table, &mut out,
                     ),

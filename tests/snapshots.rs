@@ -1,19 +1,69 @@
-//! Snapshots of the generated HIP of every bundled spec's kernels, at a
-//! wave64 (gfx90a) and a wave32 (gfx1030) target, named
-//! `<kernel>__<spec>@<arch>`. CI runs with INSTA_UPDATE=no: a change to the
-//! generated code must come with its reviewed snapshot.
+//! Snapshots of the generated HIP, at a wave64 (gfx90a) and a wave32
+//! (gfx1030) target, named `<kernel>__<spec>@<arch>`: every bundled spec's
+//! primary kernel (decode or append), and a representative set of the other
+//! kernels (prefill, split-K decode and its merge) and of the variants
+//! (ALiBi computed and given, sinks). CI runs with INSTA_UPDATE=no: a change
+//! to the generated code must come with its reviewed snapshot.
 
-use attnforge::codegen::kernels::generate;
-use attnforge::Arch;
+use attnforge::codegen::kernels::{attention_kernels, generate, KernelSpec};
+use attnforge::{Alibi, Arch, AttentionSpec, DType, KvLayoutSpec, Order};
+
+fn snapshot(kernel: &KernelSpec, name: &str) {
+    for arch in [Arch::Gfx90a, Arch::Gfx1030] {
+        let k =
+            generate(kernel, arch.target()).unwrap_or_else(|e| panic!("{name} for {arch}: {e}"));
+        let file = format!("{}__{}@{}", kernel.kind(), name, arch);
+        insta::assert_snapshot!(file, k.to_string());
+    }
+}
 
 #[test]
 fn generated_hip_of_every_bundled_kernel() {
     for b in attnforge::kernels::ALL {
-        for arch in [Arch::Gfx90a, Arch::Gfx1030] {
-            let kernel = generate(&b.kernel, arch.target())
-                .unwrap_or_else(|e| panic!("{} for {arch}: {e}", b.name));
-            let name = format!("{}__{}@{}", b.kernel.kind(), b.name, arch);
-            insta::assert_snapshot!(name, kernel.to_string());
+        snapshot(&b.kernel, b.name);
+    }
+}
+
+#[test]
+fn generated_hip_of_prefill_split_k_and_the_variants() {
+    // Llama 3 (GQA 4, causal) and Gemma 2's local layers (window, soft-cap):
+    // every kernel they own.
+    for b in attnforge::kernels::ALL {
+        if matches!(b.name, "llama3_8b" | "gemma2_9b_local") {
+            for kernel in b.kernels() {
+                if !matches!(kernel, KernelSpec::Decode(_)) {
+                    snapshot(&kernel, b.name);
+                }
+            }
+        }
+    }
+    // gpt-oss-like sinks with a window, and BLOOM-like ALiBi (computed
+    // slopes over 12 heads, a power of two and the rest; given slopes).
+    let kv = |kv_heads, head_dim, dtype| KvLayoutSpec {
+        page_size: 16,
+        kv_heads,
+        head_dim,
+        dtype,
+        order: Order::Nhd,
+    };
+    let sinks = AttentionSpec {
+        causal: true,
+        sliding_window: Some(128),
+        sinks: true,
+        ..AttentionSpec::new(kv(8, 64, DType::BF16), 64)
+    };
+    let alibi = AttentionSpec {
+        causal: true,
+        alibi: Some(Alibi::Computed),
+        ..AttentionSpec::new(kv(12, 64, DType::F16), 12)
+    };
+    let given = AttentionSpec {
+        alibi: Some(Alibi::Given),
+        ..alibi
+    };
+    for (spec, name) in [(sinks, "sinks"), (alibi, "alibi"), (given, "alibi_given")] {
+        for kernel in attention_kernels(&spec) {
+            snapshot(&kernel, name);
         }
     }
 }

@@ -170,15 +170,18 @@ fn an_unchanged_rebuild_compiles_nothing() {
             .unwrap_or_else(|e| panic!("{e}"))
     };
     let first = build();
-    assert_eq!((first.compiled(), first.cached()), (4, 0));
+    // One layout (append) and one attention (decode, prefill, split-K
+    // decode, merge), two archs each.
+    assert_eq!((first.compiled(), first.cached()), (10, 0));
     let second = build();
-    assert_eq!((second.compiled(), second.cached()), (0, 4));
-    // A changed spec recompiles only its own kernel.
+    assert_eq!((second.compiled(), second.cached()), (0, 10));
+    // A changed spec recompiles only its own kernels.
     std::fs::write(&file, SPECS.replace("q_heads = 4", "q_heads = 8")).unwrap();
     let third = build();
-    assert_eq!((third.compiled(), third.cached()), (2, 2));
+    assert_eq!((third.compiled(), third.cached()), (8, 2));
     let reg = std::fs::read_to_string(dir.path().join("attnforge/registry/Small.rs")).unwrap();
     assert!(reg.contains("af_decode_f16_nhd_p16_h2x4_d64"), "{reg}");
+    assert!(reg.contains("KernelKind::Prefill"), "{reg}");
     assert!(reg.contains("Arch::Gfx1030"), "{reg}");
 }
 
@@ -188,10 +191,11 @@ fn hipcc_accepts_every_dtype_order_head_dim_and_variant() {
         return;
     }
     // (head_dim, kv_heads, q_heads, extra keys): padded rows (96), rows wider
-    // than a wave32 warp (256 in f32), MQA, MHA, odd GQA groups, variants.
+    // than a wave32 warp (256 in f32), MQA, MHA, odd GQA groups, variants;
+    // every kernel of each.
     let shapes = [
-        (64, 2, 14, ""),
-        (96, 4, 4, ", sliding_window = 100"),
+        (64, 2, 14, ", causal, alibi = given, sinks"),
+        (96, 4, 4, ", causal, sliding_window = 100, alibi"),
         (256, 1, 8, ", logits_soft_cap = 30.0, scale = 0.1"),
     ];
     let mut src = String::from("use attnforge_macros::*;\n");
@@ -206,7 +210,9 @@ fn hipcc_accepts_every_dtype_order_head_dim_and_variant() {
                  #[attention(kv = L{i}{j}, q_heads = {q}{extra})]\n\
                  pub struct A{i}{j};\n"
             );
-            n += 2;
+            // append for the layout; decode, prefill, split-K decode and
+            // merge for the attention.
+            n += 5;
         }
     }
     let (dir, file) = scratch(&src);

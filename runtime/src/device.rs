@@ -114,7 +114,16 @@ impl Device for Cpu<'_> {
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         self.device.prefill(
-            spec, self.target, self.mode, params, q, qo_indptr, k, v, table, out,
+            spec,
+            self.target,
+            self.mode,
+            params,
+            q,
+            qo_indptr,
+            k,
+            v,
+            table,
+            out,
         )
     }
 
@@ -259,9 +268,11 @@ pub fn qo_indptr(q_lens: &[u32]) -> Result<Vec<i32>, RuntimeError> {
     indptr.push(0);
     for &l in q_lens {
         total += i64::from(l);
-        indptr.push(i32::try_from(total).map_err(|_| {
-            RuntimeError::Shape(format!("{total} query rows: more than i32::MAX"))
-        })?);
+        indptr.push(
+            i32::try_from(total).map_err(|_| {
+                RuntimeError::Shape(format!("{total} query rows: more than i32::MAX"))
+            })?,
+        );
     }
     Ok(indptr)
 }

@@ -54,23 +54,22 @@ impl Params<'_> {
     /// spec does not use (a likely mix-up of specs).
     pub fn validate(&self, spec: &AttentionSpec) -> Result<(), RuntimeError> {
         let q_heads = spec.q_heads as usize;
-        let check = |name: &'static str, used: bool, buf: Option<&[f32]>, why: &str| match (
-            used, buf,
-        ) {
-            (true, None) => Err(RuntimeError::Param {
-                param: name,
-                message: format!("the spec has {why}: pass one f32 per query head ({q_heads})"),
-            }),
-            (false, Some(_)) => Err(RuntimeError::Param {
-                param: name,
-                message: format!("given, but the spec has no {why}"),
-            }),
-            (true, Some(b)) if b.len() != q_heads => Err(RuntimeError::Param {
-                param: name,
-                message: format!("{} values for {q_heads} query heads", b.len()),
-            }),
-            _ => Ok(()),
-        };
+        let check =
+            |name: &'static str, used: bool, buf: Option<&[f32]>, why: &str| match (used, buf) {
+                (true, None) => Err(RuntimeError::Param {
+                    param: name,
+                    message: format!("the spec has {why}: pass one f32 per query head ({q_heads})"),
+                }),
+                (false, Some(_)) => Err(RuntimeError::Param {
+                    param: name,
+                    message: format!("given, but the spec has no {why}"),
+                }),
+                (true, Some(b)) if b.len() != q_heads => Err(RuntimeError::Param {
+                    param: name,
+                    message: format!("{} values for {q_heads} query heads", b.len()),
+                }),
+                _ => Ok(()),
+            };
         check("sinks", spec.sinks, self.sinks, "attention sinks")?;
         check(
             "alibi_slopes",
@@ -198,7 +197,12 @@ mod tests {
     #[test]
     fn fixed_splits_do_not_depend_on_the_batch_or_the_device() {
         let alone = plan_decode(&spec(), [1000], Split::Fixed { chunk_tokens: 128 }, 4);
-        let batch = plan_decode(&spec(), [1000, 5000], Split::Fixed { chunk_tokens: 128 }, 200);
+        let batch = plan_decode(
+            &spec(),
+            [1000, 5000],
+            Split::Fixed { chunk_tokens: 128 },
+            200,
+        );
         assert_eq!(alone.chunk_tokens, batch.chunk_tokens);
         assert!(alone.split && batch.split);
         assert_eq!((alone.splits, batch.splits), (8, 40));

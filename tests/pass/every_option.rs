@@ -11,9 +11,15 @@ pub struct Tiny;
     causal = false,
     sliding_window = 7,
     logits_soft_cap = 30,
+    q_dtype = f16,
+    alibi = given,
+    sinks,
     name = "tiny_mqa"
 )]
 pub struct TinyMqa;
+
+#[attention(kv = Tiny, q_heads = 2, causal, alibi, sinks = false)]
+pub struct TinyAlibi;
 
 mod nested {
     use attnforge::prelude::*;
@@ -30,5 +36,10 @@ fn main() {
     assert_eq!(TinyMqa::SPEC.group_size(), 4);
     assert_eq!(TinyMqa::SPEC.scale, Some(0.5));
     assert_eq!(TinyMqa::SPEC.logits_soft_cap, Some(30.0));
+    assert_eq!(TinyMqa::SPEC.alibi, Some(Alibi::Given));
+    assert!(TinyMqa::SPEC.sinks);
+    assert_eq!(TinyMqa::SPEC.query_dtype(), DType::F16);
+    assert_eq!(TinyAlibi::SPEC.alibi, Some(Alibi::Computed));
+    assert!(TinyAlibi::SPEC.causal && !TinyAlibi::SPEC.sinks);
     assert_eq!(LargestMha::SPEC.kv.page_size, 512);
 }

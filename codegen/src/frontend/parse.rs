@@ -492,23 +492,25 @@ pub fn attention(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
             "alibi" => {
                 alibi = match &e.value {
                     None => Some(Alibi::Computed),
-                    Some(_) => word(e, "alibi = computed", &mut errors).and_then(|(w, span)| {
-                        match w.as_str() {
-                            "computed" => Some(Alibi::Computed),
-                            "given" => Some(Alibi::Given),
-                            _ => {
-                                errors.at(
-                                    span,
-                                    format!(
-                                        "unknown ALiBi slopes `{w}`; expected `computed` (the \
+                    Some(_) => {
+                        word(e, "alibi = computed", &mut errors).and_then(|(w, span)| {
+                            match w.as_str() {
+                                "computed" => Some(Alibi::Computed),
+                                "given" => Some(Alibi::Given),
+                                _ => {
+                                    errors.at(
+                                        span,
+                                        format!(
+                                            "unknown ALiBi slopes `{w}`; expected `computed` (the \
                                          paper's slopes) or `given` (one f32 per query head, \
                                          passed at launch)"
-                                    ),
-                                );
-                                None
+                                        ),
+                                    );
+                                    None
+                                }
                             }
-                        }
-                    }),
+                        })
+                    }
                 }
             }
             "name" => name = string(e, &mut errors),

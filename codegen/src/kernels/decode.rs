@@ -28,7 +28,7 @@ use crate::ir::{Access, BufId, Dim, Expr, Kernel, Scalar, Special, VarId};
 use crate::spec::AttentionSpec;
 use crate::target::Target;
 
-use super::{alibi_slope, kv_offset, variant_params, vector_lanes};
+use super::{alibi_slope, kv_offset, logit2, variant_params, vector_lanes};
 
 /// Warps per decode block.
 pub const DECODE_WARPS: u32 = 4;
@@ -109,7 +109,10 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
         Output::Partial { chunk, .. } => {
             let z = Expr::special(Special::BlockIdx(Dim::Z));
             let lo = b.let_("chunk_start", start + z * chunk.clone());
-            let hi = b.let_("chunk_end", (lo.clone() + chunk.clone()).min(kv_len.clone()));
+            let hi = b.let_(
+                "chunk_end",
+                (lo.clone() + chunk.clone()).min(kv_len.clone()),
+            );
             (lo, hi)
         }
     };
@@ -185,7 +188,6 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
                 .collect()
         })
         .collect();
-    let scale = spec.effective_scale();
     // ALiBi's slope per query head, times log2(e): the bias of token t is
     // slope·(t − (kv_len − 1)) in the base-2 domain.
     let slope2: Vec<Option<Expr>> = (0..g)
@@ -270,19 +272,11 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
             mask /= 2;
         }
         for (gi, dot) in dots.into_iter().enumerate() {
-            // Logit in the base-2 domain: scale·log2(e) folds into one
-            // constant unless the soft-cap's tanh sits between them.
             let bias = match (&slope2[gi], &dist) {
-                (Some(s), Some(d)) => d.clone() * s.clone(),
-                _ => Expr::f32(0.0),
+                (Some(s), Some(d)) => Some(d.clone() * s.clone()),
+                _ => None,
             };
-            let s = match spec.logits_soft_cap {
-                None => dot.fma(Expr::f32(scale * LOG2_E), bias),
-                Some(cap) => {
-                    let capped = Expr::f32(cap) * (dot * Expr::f32(scale / cap)).tanh();
-                    capped.fma(Expr::f32(LOG2_E), bias)
-                }
-            };
+            let s = logit2(spec, dot, bias);
             let s = b.let_(&format!("s{gi}"), valid.clone().select(s, ninf.clone()));
             let m_old = Expr::Var(m[gi]);
             let m_new = b.let_(&format!("m_new{gi}"), m_old.clone().max(s.clone()));
@@ -452,7 +446,11 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
                     let splits = Expr::special(Special::GridDim(Dim::Z)).cast(Scalar::I64);
                     let z = Expr::special(Special::BlockIdx(Dim::Z)).cast(Scalar::I64);
                     let part = b.let_("part", row * splits + z);
-                    b.store(*out, part.clone() * Expr::i64(d as i64) + i64(dd.clone()), o);
+                    b.store(
+                        *out,
+                        part.clone() * Expr::i64(d as i64) + i64(dd.clone()),
+                        o,
+                    );
                     b.if_(dd.eq_(Expr::i32(0)), |b| {
                         b.store(*ml, part.clone() * Expr::i64(2), mx.clone());
                         b.store(*ml, part * Expr::i64(2) + Expr::i64(1), lsum);
@@ -469,9 +467,5 @@ enum Output {
     /// The normalised output, in the query dtype.
     Final(BufId),
     /// Split-K: the chunk's normalised output and its (max, sum), in f32.
-    Partial {
-        out: BufId,
-        ml: BufId,
-        chunk: Expr,
-    },
+    Partial { out: BufId, ml: BufId, chunk: Expr },
 }

@@ -33,7 +33,14 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     let mut b = KernelBuilder::new(name, target, MERGE_THREADS.max(target.warp_size));
     let part_out = b.global("part_out", Scalar::F32, Access::Read);
     let part_ml = b.global("part_ml", Scalar::F32, Access::Read);
-    let (sinks, _) = variant_params(&mut b, &AttentionSpec { alibi: None, ..*spec }, true);
+    let (sinks, _) = variant_params(
+        &mut b,
+        &AttentionSpec {
+            alibi: None,
+            ..*spec
+        },
+        true,
+    );
     let out = b.global("out", q_elem, Access::ReadWrite);
     let splits = b.scalar_param("num_splits", Scalar::I32);
 
@@ -53,7 +60,11 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     let sink = sinks.map(|_| b.let_("sink", init.clone()));
     let m = b.var("m", init);
     b.for_("s", Expr::i32(0), splits.clone(), Expr::i32(1), |b, s| {
-        let ms = Expr::load(part_ml, (first.clone() + s.cast(Scalar::I64)) * Expr::i64(2), 1);
+        let ms = Expr::load(
+            part_ml,
+            (first.clone() + s.cast(Scalar::I64)) * Expr::i64(2),
+            1,
+        );
         b.set(m, Expr::Var(m).max(ms));
     });
 
@@ -75,18 +86,32 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             let ls = Expr::load(part_ml, part.clone() * Expr::i64(2) + Expr::i64(1), 1);
             let w = b.let_(
                 "w",
-                ms.clone().eq_(ninf.clone())
+                ms.clone()
+                    .eq_(ninf.clone())
                     .select(Expr::f32(0.0), ls * (ms.clone() - Expr::Var(m)).exp2()),
             );
-            let os = Expr::load(part_out, part * Expr::i64(d) + dd.clone().cast(Scalar::I64), 1);
+            let os = Expr::load(
+                part_out,
+                part * Expr::i64(d) + dd.clone().cast(Scalar::I64),
+                1,
+            );
             b.set(l, Expr::Var(l) + w.clone());
             // An empty split's output is 0, never NaN: the weight masks it.
-            b.set(acc, w.clone().gt(Expr::f32(0.0)).select(os.fma(w, Expr::Var(acc)), Expr::Var(acc)));
+            b.set(
+                acc,
+                w.clone()
+                    .gt(Expr::f32(0.0))
+                    .select(os.fma(w, Expr::Var(acc)), Expr::Var(acc)),
+            );
         });
         let o = Expr::Var(l)
             .gt(Expr::f32(0.0))
             .select(Expr::Var(acc) / Expr::Var(l), Expr::f32(0.0));
-        b.store(out, row.clone() * Expr::i64(d) + dd.cast(Scalar::I64), o.cast(q_elem));
+        b.store(
+            out,
+            row.clone() * Expr::i64(d) + dd.cast(Scalar::I64),
+            o.cast(q_elem),
+        );
     });
     b.finish()
 }

@@ -337,3 +337,27 @@ pub(crate) fn variant_params(
         .then(|| b.global("alibi_slopes", Scalar::F32, Access::Read));
     (sinks, slopes)
 }
+
+/// A logit in the base-2 domain from a raw dot product: scaled, soft-capped,
+/// plus an ALiBi bias already in base 2. scale·log2(e) folds into one
+/// constant unless the soft-cap's tanh sits between them.
+pub(crate) fn logit2(
+    spec: &AttentionSpec,
+    dot: crate::ir::Expr,
+    bias: Option<crate::ir::Expr>,
+) -> crate::ir::Expr {
+    use crate::ir::Expr;
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    let scale = spec.effective_scale();
+    let (x, factor) = match spec.logits_soft_cap {
+        None => (dot, scale * LOG2_E),
+        Some(cap) => (
+            Expr::f32(cap) * (dot * Expr::f32(scale / cap)).tanh(),
+            LOG2_E,
+        ),
+    };
+    match bias {
+        Some(b) => x.fma(Expr::f32(factor), b),
+        None => x * Expr::f32(factor),
+    }
+}

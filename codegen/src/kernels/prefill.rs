@@ -34,7 +34,7 @@ use crate::ir::{Access, Dim, Expr, Kernel, Scalar, Special, VarId};
 use crate::spec::AttentionSpec;
 use crate::target::Target;
 
-use super::{alibi_slope, kv_offset, variant_params, vector_lanes};
+use super::{alibi_slope, kv_offset, logit2, variant_params, vector_lanes};
 
 /// Query rows (token × head of a KV head's group) per prefill block.
 pub const PREFILL_ROWS: u32 = 16;
@@ -82,7 +82,6 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     let i32 = |v: u32| Expr::i32(v as i32);
     let i64 = |e: Expr| e.cast(Scalar::I64);
     let ninf = Expr::f32(f32::NEG_INFINITY);
-    let scale = spec.effective_scale();
 
     let mut b = KernelBuilder::new(name, target, threads);
     let q = b.global("q", q_elem, Access::Read);
@@ -204,7 +203,11 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                     let tc = b.let_("tc", t.min(tile_end.clone() - Expr::i32(1)));
                     let page = b.let_(
                         "page",
-                        Expr::load(indices, page_begin.clone() + tc.clone() / i32(kv.page_size), 1),
+                        Expr::load(
+                            indices,
+                            page_begin.clone() + tc.clone() / i32(kv.page_size),
+                            1,
+                        ),
                     );
                     let slot = tc % i32(kv.page_size);
                     let off = b.let_(
@@ -226,7 +229,10 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                 .map(|j| b.var(&format!("dot{j}"), Expr::f32(0.0)))
                 .collect();
             b.for_("dc", Expr::i32(0), i32(d / 4), Expr::i32(1), |b, dc| {
-                let qv = b.let_("qv", Expr::load(sm_q, r.clone() * i32(d) + dc.clone() * i32(4), 4));
+                let qv = b.let_(
+                    "qv",
+                    Expr::load(sm_q, r.clone() * i32(d) + dc.clone() * i32(4), 4),
+                );
                 for (j, dot) in dots.iter().enumerate() {
                     let col = sub.clone() + i32(j as u32 * tpr);
                     let kv4 = b.let_(
@@ -254,17 +260,14 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                     ok = ok.and_then(t.clone().ge(pos.clone() - i32(win) + Expr::i32(1)));
                 }
                 let ok = b.let_(&format!("ok{j}"), ok);
-                let bias = match &slope2 {
-                    Some(sl) => (t - pos.clone()).cast(Scalar::F32) * sl.clone(),
-                    None => Expr::f32(0.0),
-                };
-                let dot = Expr::Var(*dot);
-                let logit = match spec.logits_soft_cap {
-                    None => dot.fma(Expr::f32(scale * LOG2_E), bias),
-                    Some(cap) => (Expr::f32(cap) * (dot * Expr::f32(scale / cap)).tanh())
-                        .fma(Expr::f32(LOG2_E), bias),
-                };
-                s.push((b.let_(&format!("s{j}"), ok.clone().select(logit, ninf.clone())), ok));
+                let bias = slope2
+                    .as_ref()
+                    .map(|sl| (t - pos.clone()).cast(Scalar::F32) * sl.clone());
+                let logit = logit2(spec, Expr::Var(*dot), bias);
+                s.push((
+                    b.let_(&format!("s{j}"), ok.clone().select(logit, ninf.clone())),
+                    ok,
+                ));
             }
 
             // The row's max over its eight threads.
@@ -275,7 +278,12 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             let mut mt = b.let_("mt", mt);
             let mut mask = tpr / 2;
             while mask > 0 {
-                let o = b.shfl_xor(&format!("mt_x{mask}"), mt.clone(), mask as i32, target.warp_size);
+                let o = b.shfl_xor(
+                    &format!("mt_x{mask}"),
+                    mt.clone(),
+                    mask as i32,
+                    target.warp_size,
+                );
                 mt = b.let_(&format!("mt_r{mask}"), mt.max(o));
                 mask /= 2;
             }
@@ -301,7 +309,12 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             let mut psum = b.let_("psum", psum);
             let mut mask = tpr / 2;
             while mask > 0 {
-                let o = b.shfl_xor(&format!("ps_x{mask}"), psum.clone(), mask as i32, target.warp_size);
+                let o = b.shfl_xor(
+                    &format!("ps_x{mask}"),
+                    psum.clone(),
+                    mask as i32,
+                    target.warp_size,
+                );
                 psum = b.let_(&format!("ps_r{mask}"), psum + o);
                 mask /= 2;
             }
@@ -320,7 +333,11 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                     let vv = b.let_(&format!("vv{k}"), Expr::load(sm_v, at, w as u8));
                     for e in 0..w {
                         let a = acc[(k * w + e) as usize];
-                        let ve = if w == 1 { vv.clone() } else { vv.clone().lane(e as u8) };
+                        let ve = if w == 1 {
+                            vv.clone()
+                        } else {
+                            vv.clone().lane(e as u8)
+                        };
                         b.set(a, p.clone().fma(ve, Expr::Var(a)));
                     }
                 }
@@ -331,7 +348,10 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         let mut mx = Expr::Var(m);
         let mut lsum = Expr::Var(l);
         if let Some(buf) = sinks {
-            let sink = b.let_("sink", Expr::load(buf, qhead.clone(), 1) * Expr::f32(LOG2_E));
+            let sink = b.let_(
+                "sink",
+                Expr::load(buf, qhead.clone(), 1) * Expr::f32(LOG2_E),
+            );
             let mf = b.let_("m_final", mx.clone().max(sink.clone()));
             let keep = b.let_(
                 "keep",
@@ -339,7 +359,10 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                     .eq_(ninf.clone())
                     .select(Expr::f32(0.0), (mx - mf.clone()).exp2()),
             );
-            lsum = b.let_("l_final", lsum.fma(keep.clone(), (sink - mf.clone()).exp2()));
+            lsum = b.let_(
+                "l_final",
+                lsum.fma(keep.clone(), (sink - mf.clone()).exp2()),
+            );
             mx = keep;
         } else {
             mx = Expr::f32(1.0);
@@ -375,7 +398,11 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
 /// zeros where `ok` is false; in 4-lane f32 vectors.
 fn store_f32(b: &mut KernelBuilder, sm: crate::ir::BufId, at: Expr, raw: &Expr, n: u32, ok: &Expr) {
     let lane = |e: u32| {
-        let x = if n == 1 { raw.clone() } else { raw.clone().lane(e as u8) };
+        let x = if n == 1 {
+            raw.clone()
+        } else {
+            raw.clone().lane(e as u8)
+        };
         ok.clone().select(x.cast(Scalar::F32), Expr::f32(0.0))
     };
     let mut e = 0;
@@ -386,7 +413,11 @@ fn store_f32(b: &mut KernelBuilder, sm: crate::ir::BufId, at: Expr, raw: &Expr, 
         } else {
             Expr::Vector((e..e + width).map(lane).collect())
         };
-        let idx = if e == 0 { at.clone() } else { at.clone() + Expr::i32(e as i32) };
+        let idx = if e == 0 {
+            at.clone()
+        } else {
+            at.clone() + Expr::i32(e as i32)
+        };
         b.store(sm, idx, value);
         e += width;
     }

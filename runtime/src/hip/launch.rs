@@ -237,7 +237,10 @@ impl HipDevice {
         let dx = DeviceBuffer::from_host(&table.indices)?;
         let dl = DeviceBuffer::from_host(&table.last_page_len)?;
         let sinks = params.sinks.map(DeviceBuffer::from_host).transpose()?;
-        let slopes = params.alibi_slopes.map(DeviceBuffer::from_host).transpose()?;
+        let slopes = params
+            .alibi_slopes
+            .map(DeviceBuffer::from_host)
+            .transpose()?;
         let dout = DeviceBuffer::from_host(out)?;
         let mut args: Vec<KernelArg> = [&dq.ptr, &dk.ptr, &dv.ptr, &di.ptr, &dx.ptr, &dl.ptr]
             .into_iter()
@@ -292,8 +295,7 @@ impl HipDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        let tiles =
-            crate::cpu::validate_prefill(spec, params, q, qo_indptr, k, v, table, out)?;
+        let tiles = crate::cpu::validate_prefill(spec, params, q, qo_indptr, k, v, table, out)?;
         let batch = table.batch();
         if batch == 0 || tiles == 0 {
             return Ok(());
@@ -308,7 +310,10 @@ impl HipDevice {
         let dx = DeviceBuffer::from_host(&table.indices)?;
         let dl = DeviceBuffer::from_host(&table.last_page_len)?;
         let sinks = params.sinks.map(DeviceBuffer::from_host).transpose()?;
-        let slopes = params.alibi_slopes.map(DeviceBuffer::from_host).transpose()?;
+        let slopes = params
+            .alibi_slopes
+            .map(DeviceBuffer::from_host)
+            .transpose()?;
         let dout = DeviceBuffer::from_host(out)?;
         let mut args: Vec<KernelArg> = [dq.ptr, dk.ptr, dv.ptr, dqo.ptr, di.ptr, dx.ptr, dl.ptr]
             .into_iter()

@@ -86,10 +86,11 @@ impl HipDevice {
             if ordinal < 0 || ordinal >= n {
                 return Err(HipError::NoDevice(format!("device {ordinal} of {n}")));
             }
-            let (arch_name, compute_units) = result::arch_name(ordinal).map_err(|s| HipError::Hip {
-                call: "hipGetDeviceProperties",
-                status: s.to_string(),
-            })?;
+            let (arch_name, compute_units) =
+                result::arch_name(ordinal).map_err(|s| HipError::Hip {
+                    call: "hipGetDeviceProperties",
+                    status: s.to_string(),
+                })?;
             let arch = Arch::from_name(&arch_name)
                 .ok_or_else(|| HipError::UnsupportedArch(arch_name.clone()))?;
             Ok(HipDevice {

@@ -1,0 +1,9 @@
+use attnforge::prelude::*;
+
+#[kv_layout(page_size = 16, kv_heads = 8, head_dim = 128, dtype = f16)]
+pub struct Kv;
+
+#[attention(kv = Kv, q_heads = 32, alibi = learned)]
+pub struct Attn;
+
+fn main() {}

@@ -261,21 +261,24 @@ impl<T: Copy + Default> KvCache<T> {
         let slots = (held..held + n)
             .map(|pos| s.pages[pos / p] as i64 * p as i64 + (pos % p) as i64)
             .collect();
+        let first_new = s.len;
         s.len += n;
         s.last_access = t;
-        self.release_outside_window(id)?;
+        self.release_outside_window(id, first_new)?;
         Ok(slots)
     }
 
-    fn release_outside_window(&mut self, id: SeqId) -> Result<(), CacheError> {
+    /// Releases the pages no query from position `first_query` on can see.
+    fn release_outside_window(&mut self, id: SeqId, first_query: usize) -> Result<(), CacheError> {
         let Some(w) = self.window else {
             return Ok(());
         };
         let p = self.layout.page_size as usize;
         let s = self.seqs.get_mut(&id).expect("caller checked");
-        // The next query sits at position len-1 or later and sees tokens
-        // from len - w on: a page whose last token is before that is dead.
-        let first_visible = s.len.saturating_sub(w as usize);
+        // The first new token (a prefill's first query; a decode step's only
+        // one) sees tokens from first_query + 1 - w on, and later queries
+        // see less: a page whose last token is before that is dead.
+        let first_visible = (first_query + 1).saturating_sub(w as usize);
         let mut gone = Vec::new();
         while s.pages.len() > 1 && (s.dropped + 1) * p <= first_visible {
             gone.push(s.pages.remove(0));

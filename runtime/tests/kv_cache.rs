@@ -186,10 +186,11 @@ fn sliding_window_releases_pages_wholly_outside_it() {
         .unwrap()
         .with_sliding_window(Some(6));
     let s = c.add_sequence();
-    c.append_tokens(s, 9).unwrap(); // tokens 0..9; window sees 3..9
-                                    // Page 0 holds tokens 0..4: token 3 is visible, so it stays.
+    // Tokens 0..9 at once (a prefill): the first of them sees page 0.
+    c.append_tokens(s, 9).unwrap();
     assert_eq!(c.seq_pages(s).unwrap().len(), 3);
-    c.append_tokens(s, 2).unwrap(); // 0..11; window sees 5..11: page 0 goes
+    // Tokens 9 and 10: token 9 sees 4..9, so page 0 (tokens 0..3) goes.
+    c.append_tokens(s, 2).unwrap();
     assert_eq!(c.seq_pages(s).unwrap().len(), 2);
     assert_eq!(c.allocator().used_pages(), 2);
     let t = c.page_table(&[s]).unwrap();

@@ -22,6 +22,12 @@
 //! clamped, valid token and masks its weight to zero, so NaN in free pages
 //! never reaches the output. A sliding window starts the walk at the first
 //! token inside the window, so pages before it are never touched.
+//!
+//! ALiBi adds `slope·(t − (kv_len − 1))` to token t's logit (the slope
+//! computed from the head index, or loaded from `alibi_slopes`); sinks
+//! (`sinks`, one logit per query head) join the denominator when the warps
+//! merge. The split-K form (see [`build`]) writes per-chunk partials instead,
+//! and leaves the sinks to the merge kernel.
 
 use crate::ir::builder::KernelBuilder;
 use crate::ir::{Access, BufId, Dim, Expr, Kernel, Scalar, Special, VarId};

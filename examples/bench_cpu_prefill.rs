@@ -1,0 +1,154 @@
+//! Bench script: prefill and split-K decode on the CPU backend (host target).
+//!
+//! Run: `cargo run --release --example bench_cpu_prefill` (BENCHMARKS.md).
+//! Shape: Llama-3-8B (32 query / 8 KV heads, head_dim 128, f16, causal).
+//!
+//! 1. A 1024-token prompt's attention: the prefill kernel against the decode
+//!    kernel over one row per prompt token (what the serving simulations did
+//!    before prefill existed), in attention TFLOP/s (4·d per visible pair).
+//! 2. Decode of one 16384-token sequence (8 blocks of work for 2 cores and
+//!    more): the plain kernel against split-K with the planner's split and
+//!    with a fixed split.
+
+use std::time::{Duration, Instant};
+
+use attnforge::kernels::specs::Llama3;
+use attnforge::runtime::cpu::{CpuDevice, Mode};
+use attnforge::runtime::{plan_decode, PageTable, Params, Split};
+use attnforge::{Arch, Attention, KvLayoutSpec};
+use half::f16;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time(runs: usize, mut f: impl FnMut()) -> Duration {
+    f(); // warm-up (and JIT compile)
+    median(
+        (0..runs)
+            .map(|_| {
+                let s = Instant::now();
+                f();
+                s.elapsed()
+            })
+            .collect(),
+    )
+}
+
+/// One sequence of `len` tokens on scattered pages, with deterministic K/V.
+fn arena(l: &KvLayoutSpec, len: usize) -> (Vec<f16>, Vec<f16>, Vec<i32>) {
+    let pages = len.div_ceil(l.page_size as usize);
+    let ids: Vec<i32> = (0..pages).map(|i| ((i * 7919) % pages) as i32).collect();
+    let elems = pages * l.page_elems() as usize;
+    let k = (0..elems)
+        .map(|i| f16::from_f32(((i % 251) as f32 - 125.0) / 125.0))
+        .collect();
+    let v = (0..elems)
+        .map(|i| f16::from_f32(((i % 241) as f32 - 120.0) / 120.0))
+        .collect();
+    (k, v, ids)
+}
+
+fn main() {
+    let spec = Llama3::SPEC;
+    let l = spec.kv;
+    let device = CpuDevice::new();
+    let target = Arch::Host.target();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("machine: {threads} threads; Llama-3-8B shape, f16, host target");
+
+    // 1. Prefill of a 1024-token prompt.
+    let n = 1024usize;
+    let (k, v, ids) = arena(&l, n);
+    let row = spec.q_heads as usize * l.head_dim as usize;
+    let q: Vec<f16> = (0..n * row)
+        .map(|i| f16::from_f32((i % 17) as f32 / 17.0 - 0.5))
+        .collect();
+    let mut out = vec![f16::ZERO; q.len()];
+    let table = PageTable::from_sequences(l.page_size, [(&ids[..], n)]);
+    let params = Params::default();
+    let flops = 4.0 * l.head_dim as f64 * spec.q_heads as f64 * (n * (n + 1) / 2) as f64;
+    let t = time(3, || {
+        device
+            .prefill(
+                &spec,
+                target,
+                Mode::Fast,
+                &params,
+                &q,
+                &[0, n as i32],
+                &k,
+                &v,
+                &table,
+                &mut out,
+            )
+            .unwrap()
+    });
+    println!(
+        "prefill kernel, {n}-token prompt: {:.1} ms, {:.3} TFLOP/s",
+        t.as_secs_f64() * 1e3,
+        flops / t.as_secs_f64() / 1e12
+    );
+    let ps = l.page_size as usize;
+    let rows = PageTable::from_sequences(
+        l.page_size,
+        (0..n).map(|i| (&ids[..(i + 1).div_ceil(ps)], i + 1)),
+    );
+    let t = time(3, || {
+        device
+            .decode(&spec, target, Mode::Fast, &q, &k, &v, &rows, &mut out)
+            .unwrap()
+    });
+    println!(
+        "decode kernel, one row per prompt token: {:.1} ms, {:.3} TFLOP/s",
+        t.as_secs_f64() * 1e3,
+        flops / t.as_secs_f64() / 1e12
+    );
+
+    // 2. Decode of one long sequence.
+    let n = 16384usize;
+    let (k, v, ids) = arena(&l, n);
+    let q: Vec<f16> = (0..row)
+        .map(|i| f16::from_f32((i % 17) as f32 / 17.0 - 0.5))
+        .collect();
+    let mut out = vec![f16::ZERO; q.len()];
+    let table = PageTable::from_sequences(l.page_size, [(&ids[..], n)]);
+    let bytes = (k.len() + v.len()) * 2;
+    for (name, split) in [
+        ("plain decode", Split::Off),
+        ("split-K, planner", Split::Auto),
+        (
+            "split-K, fixed 1024-token chunks",
+            Split::Fixed { chunk_tokens: 1024 },
+        ),
+    ] {
+        let params = Params {
+            split,
+            ..Params::default()
+        };
+        let plan = plan_decode(&spec, [n], split, threads as u32);
+        let t = time(5, || {
+            device
+                .decode_ext(
+                    &spec,
+                    target,
+                    Mode::Fast,
+                    &params,
+                    &q,
+                    &k,
+                    &v,
+                    &table,
+                    &mut out,
+                )
+                .unwrap()
+        });
+        println!(
+            "{name} ({} chunk(s) of {} tokens), {n} tokens: {:.2} ms, {:.2} GB/s of K/V",
+            plan.splits,
+            plan.chunk_tokens,
+            t.as_secs_f64() * 1e3,
+            bytes as f64 / t.as_secs_f64() / 1e9
+        );
+    }
+}

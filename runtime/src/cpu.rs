@@ -103,15 +103,13 @@ fn check_dtype<T: Element>(layout: &KvLayoutSpec) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// Every check a decode launch needs, on any device: the spec, the dtype,
-/// the arenas' shape, the page table against them, and q/out's shape.
-pub(crate) fn validate_decode<Q: Element, T: Element>(
+/// The checks every attention launch shares: the spec, both element types,
+/// the arenas' shape and the page table against them.
+fn validate_attention<Q: Element, T: Element>(
     spec: &AttentionSpec,
-    q: &[Q],
     k: &[T],
     v: &[T],
     table: &PageTable,
-    out: &[Q],
 ) -> Result<(), RuntimeError> {
     spec.validate()?;
     check_dtype::<T>(&spec.kv)?;
@@ -123,6 +121,20 @@ pub(crate) fn validate_decode<Q: Element, T: Element>(
     }
     let max_pages = arena_pages(&spec.kv, k, v)?;
     table.validate(&spec.kv, max_pages)?;
+    Ok(())
+}
+
+/// Every check a decode launch needs, on any device: the spec, the dtype,
+/// the arenas' shape, the page table against them, and q/out's shape.
+pub(crate) fn validate_decode<Q: Element, T: Element>(
+    spec: &AttentionSpec,
+    q: &[Q],
+    k: &[T],
+    v: &[T],
+    table: &PageTable,
+    out: &[Q],
+) -> Result<(), RuntimeError> {
+    validate_attention::<Q, T>(spec, k, v, table)?;
     let batch = table.batch();
     let row = spec.q_heads as usize * spec.kv.head_dim as usize;
     if q.len() != batch * row || out.len() != batch * row {
@@ -152,17 +164,8 @@ pub(crate) fn validate_prefill<Q: Element, T: Element>(
     table: &PageTable,
     out: &[Q],
 ) -> Result<u32, RuntimeError> {
-    spec.validate()?;
+    validate_attention::<Q, T>(spec, k, v, table)?;
     params.validate(spec)?;
-    check_dtype::<T>(&spec.kv)?;
-    if Q::DTYPE != spec.query_dtype() {
-        return Err(RuntimeError::DType {
-            spec: spec.query_dtype(),
-            given: Q::DTYPE,
-        });
-    }
-    let max_pages = arena_pages(&spec.kv, k, v)?;
-    table.validate(&spec.kv, max_pages)?;
     let batch = table.batch();
     let row = spec.q_heads as usize * spec.kv.head_dim as usize;
     if qo_indptr.len() != batch + 1 {

@@ -34,7 +34,7 @@ use crate::ir::{Access, BufId, Dim, Expr, Kernel, Scalar, Special, VarId};
 use crate::spec::AttentionSpec;
 use crate::target::Target;
 
-use super::{alibi_slope, kv_offset, logit2, variant_params, vector_lanes};
+use super::{alibi_slope, kv_offset, logit2, seq_pages, variant_params, vector_lanes};
 
 /// Warps per decode block.
 pub const DECODE_WARPS: u32 = 4;
@@ -97,14 +97,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     );
     let head = b.let_("kv_head", Expr::special(Special::BlockIdx(Dim::X)));
     let seq = b.let_("seq", Expr::special(Special::BlockIdx(Dim::Y)));
-    let page_begin = b.let_("page_begin", Expr::load(indptr, seq.clone(), 1));
-    let npages = b.let_(
-        "num_pages",
-        Expr::load(indptr, seq.clone() + Expr::i32(1), 1) - page_begin.clone(),
-    );
-    let full =
-        (npages.clone() - Expr::i32(1)) * i32(kv.page_size) + Expr::load(last_len, seq.clone(), 1);
-    let kv_len = b.let_("kv_len", npages.gt(Expr::i32(0)).select(full, Expr::i32(0)));
+    let (page_begin, kv_len) = seq_pages(&mut b, &kv, indptr, last_len, &seq);
     let start = match spec.sliding_window {
         Some(w) => b.let_("start", (kv_len.clone() - i32(w)).max(Expr::i32(0))),
         None => Expr::i32(0),

@@ -361,3 +361,25 @@ pub(crate) fn logit2(
         None => x * Expr::f32(factor),
     }
 }
+
+/// Sequence `seq`'s first page-table entry and its length in tokens, from
+/// the CSR page table (`kv_indptr`, `kv_last_page_len`); 0 tokens for a
+/// sequence without pages.
+pub(crate) fn seq_pages(
+    b: &mut crate::ir::builder::KernelBuilder,
+    kv: &KvLayoutSpec,
+    indptr: crate::ir::BufId,
+    last_len: crate::ir::BufId,
+    seq: &crate::ir::Expr,
+) -> (crate::ir::Expr, crate::ir::Expr) {
+    use crate::ir::Expr;
+    let page_begin = b.let_("page_begin", Expr::load(indptr, seq.clone(), 1));
+    let npages = b.let_(
+        "num_pages",
+        Expr::load(indptr, seq.clone() + Expr::i32(1), 1) - page_begin.clone(),
+    );
+    let full = (npages.clone() - Expr::i32(1)) * Expr::i32(kv.page_size as i32)
+        + Expr::load(last_len, seq.clone(), 1);
+    let kv_len = b.let_("kv_len", npages.gt(Expr::i32(0)).select(full, Expr::i32(0)));
+    (page_begin, kv_len)
+}

@@ -34,7 +34,7 @@ use crate::ir::{Access, Dim, Expr, Kernel, Scalar, Special, VarId};
 use crate::spec::AttentionSpec;
 use crate::target::Target;
 
-use super::{alibi_slope, kv_offset, logit2, variant_params, vector_lanes};
+use super::{alibi_slope, kv_offset, logit2, seq_pages, variant_params, vector_lanes};
 
 /// Query rows (token × head of a KV head's group) per prefill block.
 pub const PREFILL_ROWS: u32 = 16;
@@ -111,14 +111,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         "q_len",
         Expr::load(qo_indptr, seq.clone() + Expr::i32(1), 1) - qo_begin.clone(),
     );
-    let page_begin = b.let_("page_begin", Expr::load(indptr, seq.clone(), 1));
-    let npages = b.let_(
-        "num_pages",
-        Expr::load(indptr, seq.clone() + Expr::i32(1), 1) - page_begin.clone(),
-    );
-    let full =
-        (npages.clone() - Expr::i32(1)) * i32(kv.page_size) + Expr::load(last_len, seq.clone(), 1);
-    let kv_len = b.let_("kv_len", npages.gt(Expr::i32(0)).select(full, Expr::i32(0)));
+    let (page_begin, kv_len) = seq_pages(&mut b, &kv, indptr, last_len, &seq);
     let packed = b.let_("packed_rows", q_len.clone() * i32(g));
     let row0 = b.let_("row0", tile * i32(rows));
 

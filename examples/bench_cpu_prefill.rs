@@ -127,7 +127,7 @@ fn main() {
             split,
             ..Params::default()
         };
-        let plan = plan_decode(&spec, [n], split, threads as u32);
+        let plan = plan_decode(&spec, [n], split, threads as u32).expect("a valid split");
         let t = time(5, || {
             device
                 .decode_ext(

@@ -320,7 +320,7 @@ impl CpuDevice {
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let lens = (0..batch).map(|b| table.seq_len(b, spec.kv.page_size));
-        let plan = plan_decode(spec, lens, params.split, cores);
+        let plan = plan_decode(spec, lens, params.split, cores)?;
         let table_args = || {
             [
                 Arg::input(&table.indptr),

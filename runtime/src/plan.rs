@@ -36,6 +36,12 @@ pub enum Split {
 pub const MIN_CHUNK_TOKENS: u32 = 256;
 /// The most chunks [`Split::Auto`] makes per sequence.
 pub const MAX_SPLITS: u32 = 64;
+/// The most chunks any split makes per sequence: the grid's z extent on
+/// HIP and CUDA. A [`Split::Fixed`] chunk that cuts a context finer is
+/// refused, not silently widened (that would change the bits it promises).
+pub const MAX_FIXED_SPLITS: u32 = 65_535;
+/// The largest [`Split::Fixed`] chunk: the kernels take it as an `i32`.
+pub const MAX_CHUNK_TOKENS: u32 = i32::MAX as u32;
 
 /// Values an attention's variants need at launch.
 #[derive(Clone, Copy, Debug, Default)]
@@ -77,13 +83,27 @@ impl Params<'_> {
             self.alibi_slopes,
             "ALiBi with given slopes",
         )?;
-        if let Split::Fixed { chunk_tokens: 0 } = self.split {
-            return Err(RuntimeError::Param {
+        validate_split(self.split)
+    }
+}
+
+/// The checks on a [`Split`] that need no context lengths.
+fn validate_split(split: Split) -> Result<(), RuntimeError> {
+    match split {
+        Split::Fixed { chunk_tokens: 0 } => Err(RuntimeError::Param {
+            param: "split",
+            message: "a fixed split needs at least 1 token per chunk".into(),
+        }),
+        Split::Fixed { chunk_tokens } if chunk_tokens > MAX_CHUNK_TOKENS => {
+            Err(RuntimeError::Param {
                 param: "split",
-                message: "a fixed split needs at least 1 token per chunk".into(),
-            });
+                message: format!(
+                    "a fixed split of {chunk_tokens} tokens per chunk: at most \
+                         {MAX_CHUNK_TOKENS}"
+                ),
+            })
         }
-        Ok(())
+        _ => Ok(()),
     }
 }
 
@@ -100,12 +120,16 @@ pub struct DecodePlan {
 
 /// Plans a decode launch for sequences of `kv_lens` tokens on a device with
 /// `compute_units` compute units (CUs on a GPU, cores on the CPU).
+///
+/// Fails only for a [`Split::Fixed`] that [`Params::validate`] refuses, or
+/// whose chunk cuts the longest context into more than
+/// [`MAX_FIXED_SPLITS`] chunks.
 pub fn plan_decode(
     spec: &AttentionSpec,
     kv_lens: impl IntoIterator<Item = usize>,
     split: Split,
     compute_units: u32,
-) -> DecodePlan {
+) -> Result<DecodePlan, RuntimeError> {
     // What a query sees: the window, when there is one.
     let visible = |len: usize| match spec.sliding_window {
         Some(w) => len.min(w as usize),
@@ -122,20 +146,32 @@ pub fn plan_decode(
         split: false,
     };
     match split {
-        Split::Off => off,
+        Split::Off => Ok(off),
         Split::Fixed { chunk_tokens } => {
-            let chunk = chunk_tokens.max(1) as u64;
-            DecodePlan {
-                splits: longest.div_ceil(chunk).max(1) as u32,
-                chunk_tokens: chunk as u32,
-                split: true,
+            validate_split(split)?;
+            let chunk = chunk_tokens as u64;
+            let splits = longest.div_ceil(chunk).max(1);
+            if splits > MAX_FIXED_SPLITS as u64 {
+                return Err(RuntimeError::Param {
+                    param: "split",
+                    message: format!(
+                        "a fixed split of {chunk_tokens} tokens per chunk cuts a \
+                         {longest}-token context into {splits} chunks: at most \
+                         {MAX_FIXED_SPLITS}; use a larger chunk"
+                    ),
+                });
             }
+            Ok(DecodePlan {
+                splits: splits as u32,
+                chunk_tokens,
+                split: true,
+            })
         }
         Split::Auto => {
             let blocks = batch * spec.kv.kv_heads as u64;
             let cus = compute_units.max(1) as u64;
             if blocks == 0 || blocks >= cus || longest < 2 * MIN_CHUNK_TOKENS as u64 {
-                return off;
+                return Ok(off);
             }
             let wanted = cus.div_ceil(blocks);
             let splits = wanted
@@ -143,16 +179,16 @@ pub fn plan_decode(
                 .min(MAX_SPLITS as u64)
                 .max(1);
             if splits == 1 {
-                return off;
+                return Ok(off);
             }
             // Whole pages per chunk, so a chunk's tokens share their pages.
             let page = spec.kv.page_size as u64;
             let chunk = longest.div_ceil(splits).div_ceil(page) * page;
-            DecodePlan {
+            Ok(DecodePlan {
                 splits: longest.div_ceil(chunk) as u32,
                 chunk_tokens: chunk as u32,
                 split: true,
-            }
+            })
         }
     }
 }
@@ -176,36 +212,78 @@ mod tests {
     #[test]
     fn auto_splits_only_small_batches_with_long_contexts() {
         // 1 sequence x 8 KV heads on 104 CUs, 32k tokens: 13 chunks of whole pages.
-        let p = plan_decode(&spec(), [32768], Split::Auto, 104);
+        let p = plan_decode(&spec(), [32768], Split::Auto, 104).unwrap();
         assert!(p.split);
         assert_eq!(p.chunk_tokens % 16, 0);
         assert!(p.splits as u64 * p.chunk_tokens as u64 >= 32768);
         assert!((p.splits - 1) as u64 * (p.chunk_tokens as u64) < 32768);
         assert_eq!(p.splits, 13);
         // A full device, or short contexts: no split.
-        assert!(!plan_decode(&spec(), vec![32768; 16], Split::Auto, 104).split);
-        assert!(!plan_decode(&spec(), [300], Split::Auto, 104).split);
+        assert!(
+            !plan_decode(&spec(), vec![32768; 16], Split::Auto, 104)
+                .unwrap()
+                .split
+        );
+        assert!(!plan_decode(&spec(), [300], Split::Auto, 104).unwrap().split);
         // A window bounds what is split.
         let w = AttentionSpec {
             sliding_window: Some(512),
             ..spec()
         };
-        let p = plan_decode(&w, [32768], Split::Auto, 104);
+        let p = plan_decode(&w, [32768], Split::Auto, 104).unwrap();
         assert!(p.split && p.splits == 2 && p.chunk_tokens == 256);
     }
 
     #[test]
     fn fixed_splits_do_not_depend_on_the_batch_or_the_device() {
-        let alone = plan_decode(&spec(), [1000], Split::Fixed { chunk_tokens: 128 }, 4);
+        let alone = plan_decode(&spec(), [1000], Split::Fixed { chunk_tokens: 128 }, 4).unwrap();
         let batch = plan_decode(
             &spec(),
             [1000, 5000],
             Split::Fixed { chunk_tokens: 128 },
             200,
-        );
+        )
+        .unwrap();
         assert_eq!(alone.chunk_tokens, batch.chunk_tokens);
         assert!(alone.split && batch.split);
         assert_eq!((alone.splits, batch.splits), (8, 40));
-        assert!(!plan_decode(&spec(), [1 << 20], Split::Off, 1000).split);
+        assert!(
+            !plan_decode(&spec(), [1 << 20], Split::Off, 1000)
+                .unwrap()
+                .split
+        );
+    }
+
+    #[test]
+    fn fixed_splits_that_the_kernels_cannot_run_are_refused() {
+        let err = |chunk_tokens, len| {
+            plan_decode(&spec(), [len], Split::Fixed { chunk_tokens }, 4).unwrap_err()
+        };
+        for e in [err(0, 10), err(u32::MAX, 10), err(1, 70_000)] {
+            assert!(
+                matches!(e, RuntimeError::Param { param: "split", .. }),
+                "{e}"
+            );
+        }
+        assert!(err(1, 70_000).to_string().contains("70000 chunks"));
+        // The largest allowed values still plan.
+        let p = plan_decode(
+            &spec(),
+            [10],
+            Split::Fixed {
+                chunk_tokens: MAX_CHUNK_TOKENS,
+            },
+            4,
+        );
+        assert_eq!(p.unwrap().splits, 1);
+        let p = plan_decode(&spec(), [65_535], Split::Fixed { chunk_tokens: 1 }, 4);
+        assert_eq!(p.unwrap().splits, 65_535);
+        let params = Params {
+            split: Split::Fixed {
+                chunk_tokens: 1 << 31,
+            },
+            ..Params::default()
+        };
+        assert!(params.validate(&spec()).is_err());
     }
 }

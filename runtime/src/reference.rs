@@ -39,7 +39,8 @@ pub fn decode(
 pub struct Variants {
     /// One sink logit per query head (natural-log units).
     pub sinks: Option<Vec<f64>>,
-    /// One ALiBi slope per query head; `None` with ALiBi means the paper's.
+    /// One ALiBi slope per query head, for `alibi = given` only (with
+    /// `alibi = computed` the reference builds the paper's slopes itself).
     pub alibi_slopes: Option<Vec<f64>>,
 }
 
@@ -97,10 +98,20 @@ pub fn prefill_with(
     let qh = spec.q_heads as usize;
     let group = qh / l.kv_heads as usize;
     let scale = spec.scale.map(f64::from).unwrap_or(1.0 / (d as f64).sqrt());
-    let slopes: Option<Vec<f64>> = spec.alibi.map(|a| match (a, &var.alibi_slopes) {
-        (Alibi::Given, Some(s)) => s.clone(),
-        _ => paper_slopes(qh),
-    });
+    // The reference is an oracle for tests: a mix-up of variants there is a
+    // bug in the test, so it stops rather than guessing slopes.
+    let slopes: Option<Vec<f64>> = match (spec.alibi, &var.alibi_slopes) {
+        (Some(Alibi::Given), Some(s)) => {
+            assert_eq!(s.len(), qh, "reference: one ALiBi slope per query head");
+            Some(s.clone())
+        }
+        (Some(Alibi::Given), None) => panic!("reference: ALiBi = given needs slopes"),
+        (Some(Alibi::Computed), None) => Some(paper_slopes(qh)),
+        (None, None) => None,
+        (_, Some(_)) => {
+            panic!("reference: ALiBi slopes given for a spec that computes them or has no ALiBi")
+        }
+    };
     let mut out = vec![0.0; q.len()];
     for b in 0..table.batch() {
         let len = table.seq_len(b, l.page_size);

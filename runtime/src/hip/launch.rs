@@ -227,7 +227,7 @@ impl HipDevice {
             return Ok(());
         }
         let lens = (0..batch).map(|b| table.seq_len(b, spec.kv.page_size));
-        let plan = plan_decode(spec, lens, params.split, self.compute_units());
+        let plan = plan_decode(spec, lens, params.split, self.compute_units())?;
         let (dq, dk, dv) = (
             DeviceBuffer::from_host(q)?,
             DeviceBuffer::from_host(k)?,

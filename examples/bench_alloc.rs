@@ -13,7 +13,7 @@ use std::sync::RwLock;
 use std::time::Instant;
 
 use attnforge::runtime::{KvCache, PageAllocator};
-use attnforge::{DType, KvLayoutSpec, Order};
+use attnforge::{DType, KvLayoutSpec, KvScale, Order};
 
 /// The naive design: page states in a locked hash map, free pages in a
 /// locked vector.
@@ -84,6 +84,7 @@ fn main() {
         head_dim: 128,
         dtype: DType::F16,
         order: Order::Nhd,
+        scale: KvScale::Unscaled,
     };
     let mut cache = KvCache::<u16>::new(layout, 1, 8192).unwrap();
     let seqs: Vec<u64> = (0..64).map(|_| cache.add_sequence()).collect();

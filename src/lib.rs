@@ -44,15 +44,15 @@ pub use attnforge_runtime as runtime;
 
 pub use attnforge_codegen::{
     Alibi, Arch, Attention, AttentionSpec, CodeObject, DType, HipKernels, KernelKind, KvLayout,
-    KvLayoutSpec, Order, SpecError, Target,
+    KvLayoutSpec, KvScale, Order, SpecError, Target, F8E4M3,
 };
 
 /// Everything a model file needs.
 pub mod prelude {
     pub use crate::runtime::device::AttentionHandle;
-    pub use crate::runtime::{Params, Split};
+    pub use crate::runtime::{KvScales, Params, Split};
     pub use crate::{
         attention, kv_layout, Alibi, Arch, Attention, AttentionSpec, DType, HipKernels, KernelKind,
-        KvLayout, KvLayoutSpec, Order, Target,
+        KvLayout, KvLayoutSpec, KvScale, Order, Target, F8E4M3,
     };
 }

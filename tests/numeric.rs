@@ -12,8 +12,8 @@
 use attnforge::codegen::kernels::{attention_kernels, KernelSpec};
 use attnforge::runtime::cpu::{CpuDevice, Element, Mode};
 use attnforge::runtime::reference::{self, rel_l2, tolerance};
-use attnforge::runtime::{PageTable, Params, Split};
-use attnforge::{Alibi, Arch, AttentionSpec, DType, KvLayoutSpec, Order};
+use attnforge::runtime::{KvScales, PageTable, Params, Split};
+use attnforge::{Alibi, Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order, F8E4M3};
 use half::{bf16, f16};
 
 struct Rng(u64);
@@ -94,6 +94,40 @@ fn setup<T: Element>(l: &KvLayoutSpec, lens: &[usize], rng: &mut Rng) -> Setup<T
     Setup { k, v, table }
 }
 
+/// Random K and V scales for a scaled (fp8) layout: one or one per KV
+/// head, in [0.25, 2]; none for an unscaled one.
+fn kv_scales(l: &KvLayoutSpec, rng: &mut Rng) -> Option<(Vec<f32>, Vec<f32>)> {
+    let n = l.scale.len(l.kv_heads);
+    let mut one = || {
+        (0..n)
+            .map(|_| (1.125 + 0.875 * rng.uniform()) as f32)
+            .collect()
+    };
+    (n > 0).then(|| (one(), one()))
+}
+
+/// An arena's values in f64, times its KV head's scale when scaled.
+fn dequantize<T: Element>(l: &KvLayoutSpec, x: &[T], scales: Option<&[f32]>) -> Vec<f64> {
+    let (d, h, p) = (
+        l.head_dim as usize,
+        l.kv_heads as usize,
+        l.page_size as usize,
+    );
+    x.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let head = match l.order {
+                Order::Nhd => (i / d) % h,
+                Order::Hnd => (i / (d * p)) % h,
+            };
+            match scales {
+                Some(s) => e.to_f64() * f64::from(s[if s.len() == 1 { 0 } else { head }]),
+                None => e.to_f64(),
+            }
+        })
+        .collect()
+}
+
 /// Which attention kernel a check runs.
 #[derive(Clone, Copy, Debug)]
 enum Run {
@@ -137,7 +171,13 @@ fn check_attention<Q: Element, T: Element>(
     archs: &[Arch],
     cases: &[&[usize]],
 ) {
-    let tol = tolerance(spec.kv.dtype).max(tolerance(spec.query_dtype()));
+    // fp8: the reference runs on the dequantized cache, so what is left is
+    // the query dtype's rounding: its tolerance, stricter than the 5e-2
+    // that `tolerance(F8E4M3)` allows.
+    let tol = match spec.kv.dtype {
+        DType::F8E4M3 => tolerance(spec.query_dtype()),
+        kv => tolerance(kv).max(tolerance(spec.query_dtype())),
+    };
     for (ci, lens) in cases.iter().enumerate() {
         let mut rng = Rng(seed ^ (ci as u64 * 7919));
         let s = setup::<T>(&spec.kv, lens, &mut rng);
@@ -164,7 +204,7 @@ fn check_attention<Q: Element, T: Element>(
                 .map(|_| (0.3 * rng.uniform().abs()) as f32)
                 .collect()
         });
-        let f = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
+        let scales = kv_scales(&spec.kv, &mut rng);
         let fq = |x: &[Q]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
         let f32s = |x: &Option<Vec<f32>>| {
             x.as_ref()
@@ -174,7 +214,10 @@ fn check_attention<Q: Element, T: Element>(
             sinks: f32s(&sinks),
             alibi_slopes: f32s(&slopes),
         };
-        let (k, v) = (f(&s.k), f(&s.v));
+        let (k, v) = (
+            dequantize(&spec.kv, &s.k, scales.as_ref().map(|s| &s.0[..])),
+            dequantize(&spec.kv, &s.v, scales.as_ref().map(|s| &s.1[..])),
+        );
         let want = reference::prefill_with(
             &match run {
                 // A decode query is its sequence's last token.
@@ -208,6 +251,7 @@ fn check_attention<Q: Element, T: Element>(
                         Run::Decode(split) => split,
                         Run::Prefill => Split::Off,
                     },
+                    kv_scales: scales.as_ref().map(|(k, v)| KvScales { k, v }),
                 };
                 let mut out = vec![Q::from_f64(f64::NAN); n];
                 let ctx = format!("{name} {run:?} @{arch} {mode:?} lens {lens:?} seed {seed}");
@@ -281,6 +325,68 @@ fn check_append<T: Element + PartialEq>(
     }
 }
 
+/// fp8 append: f32 rows quantized with the layout's scales. The expected
+/// arenas come from the host conversion (`F8E4M3::from_f32`, itself checked
+/// against a search over every code), so this checks the kernel's rounding
+/// and saturation bit for bit.
+fn check_append_fp8(device: &CpuDevice, name: &str, l: &KvLayoutSpec, seed: u64) {
+    for arch in [Arch::Gfx90a, Arch::Gfx1030, Arch::Host] {
+        let mut rng = Rng(seed ^ 0xf8a9);
+        let max_pages = 9;
+        let elems = max_pages * l.page_elems() as usize;
+        let nan = F8E4M3::from_f32(f32::NAN);
+        let (k0, v0) = (vec![nan; elems], vec![nan; elems]);
+        let mut slots: Vec<i64> = (0..(max_pages * l.page_size as usize) as i64).collect();
+        rng.shuffle(&mut slots);
+        let tokens = 37.min(slots.len());
+        slots.truncate(tokens);
+        slots[tokens / 2] = -1;
+        let (ks, vs) = kv_scales(l, &mut rng).expect("an fp8 layout is scaled");
+        let (d, h) = (l.head_dim as usize, l.kv_heads as usize);
+        // Magnitudes from 2^-14 to 2^10 (subnormals to saturation), with
+        // an infinity: every branch of the conversion.
+        let mut x = |_| {
+            let e = rng.below(25) as i32 - 14;
+            (rng.uniform() * 2f64.powi(e)) as f32
+        };
+        let mut k_new: Vec<f32> = (0..tokens * h * d).map(&mut x).collect();
+        let v_new: Vec<f32> = (0..tokens * h * d).map(&mut x).collect();
+        k_new[3] = f32::INFINITY;
+        let quantize = |rows: &[f32], s: &[f32]| -> Vec<F8E4M3> {
+            rows.iter()
+                .enumerate()
+                .map(|(i, &x)| F8E4M3::from_f32(x / s[if s.len() == 1 { 0 } else { (i / d) % h }]))
+                .collect()
+        };
+        let (mut kw, mut vw) = (k0.clone(), v0.clone());
+        let (kq, vq) = (quantize(&k_new, &ks), quantize(&v_new, &vs));
+        reference::append(l, &kq, &vq, &slots, &mut kw, &mut vw);
+        for mode in [Mode::Fast, Mode::Checked] {
+            let ctx = format!("{name} fp8 append @{arch} {mode:?} seed {seed}");
+            let (mut k, mut v) = (k0.clone(), v0.clone());
+            let scales = Some(KvScales { k: &ks, v: &vs });
+            device
+                .append_ext(
+                    l,
+                    arch.target(),
+                    mode,
+                    scales,
+                    &k_new,
+                    &v_new,
+                    &slots,
+                    &mut k,
+                    &mut v,
+                )
+                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            let bits = |a: &[F8E4M3]| a.iter().map(|x| x.0).collect::<Vec<u8>>();
+            assert!(
+                bits(&k) == bits(&kw) && bits(&v) == bits(&vw),
+                "{ctx}: arenas differ from the reference quantization"
+            );
+        }
+    }
+}
+
 const ARCHS: &[Arch] = &[Arch::Gfx90a, Arch::Gfx1030, Arch::Host];
 
 fn check(device: &CpuDevice, name: &str, kernel: &KernelSpec, seed: u64) {
@@ -301,6 +407,7 @@ fn check_on(
                 DType::F32 => check_append::<f32>(device, name, l, seed),
                 DType::F16 => check_append::<f16>(device, name, l, seed),
                 DType::BF16 => check_append::<bf16>(device, name, l, seed),
+                DType::F8E4M3 => check_append_fp8(device, name, l, seed),
             }
         }
         KernelSpec::Decode(a) => (a, Run::Decode(Split::Off)),
@@ -345,6 +452,10 @@ fn dispatch(
         (DType::BF16, DType::F32) => go!(bf16, f32),
         (DType::F16, DType::BF16) => go!(f16, bf16),
         (DType::BF16, DType::F16) => go!(bf16, f16),
+        (DType::F32, DType::F8E4M3) => go!(f32, F8E4M3),
+        (DType::F16, DType::F8E4M3) => go!(f16, F8E4M3),
+        (DType::BF16, DType::F8E4M3) => go!(bf16, F8E4M3),
+        (DType::F8E4M3, _) => panic!("{name}: fp8 queries are refused by validation"),
     }
 }
 
@@ -372,6 +483,7 @@ fn shapes_beyond_the_bundled_set_match_the_reference() {
         head_dim,
         dtype,
         order,
+        scale: KvScale::Unscaled,
     };
     let specs = [
         // A short window inside one page and across pages, with a soft-cap.
@@ -455,6 +567,7 @@ fn an_invalid_page_table_is_refused_before_any_launch() {
         head_dim: 8,
         dtype: DType::F32,
         order: Order::Nhd,
+        scale: KvScale::Unscaled,
     };
     let spec = AttentionSpec {
         kv,
@@ -546,6 +659,7 @@ fn decode_over_head_dims_page_sizes_and_group_sizes() {
                 head_dim,
                 dtype,
                 order,
+                scale: KvScale::Unscaled,
             },
             q_heads,
             scale: None,
@@ -612,6 +726,7 @@ fn every_variant_combination_in_decode_split_k_and_prefill() {
                             head_dim,
                             dtype,
                             order,
+                            scale: KvScale::Unscaled,
                         };
                         let spec = AttentionSpec {
                             causal,
@@ -673,6 +788,7 @@ fn prefill_over_head_dims_page_sizes_and_group_sizes() {
             head_dim,
             dtype,
             order,
+            scale: KvScale::Unscaled,
         };
         let spec = AttentionSpec {
             causal: true,
@@ -687,5 +803,120 @@ fn prefill_over_head_dims_page_sizes_and_group_sizes() {
             &[Arch::Gfx90a, Arch::Gfx1030],
             cases,
         );
+    }
+}
+
+/// fp8 e4m3 caches with per-tensor and per-head scales: decode, split-K
+/// decode and prefill against the reference on the dequantized cache, over
+/// head dims that split into 16-element vectors and ones that do not (40,
+/// 136), f16/bf16/f32 queries, both orders, GQA and MHA, with and without
+/// variants; and each layout's quantizing append, bit for bit.
+#[test]
+fn fp8_kv_with_per_tensor_and_per_head_scales() {
+    let seed = seed();
+    let device = CpuDevice::new();
+    // (head_dim, page_size, kv_heads, q_heads, scale, q dtype, order, window, cap, arch)
+    #[allow(clippy::type_complexity)]
+    let shapes: &[(
+        u32,
+        u32,
+        u32,
+        u32,
+        KvScale,
+        DType,
+        Order,
+        Option<u32>,
+        Option<f32>,
+        Arch,
+    )] = &[
+        (
+            128,
+            16,
+            2,
+            8,
+            KvScale::PerHead,
+            DType::F16,
+            Order::Nhd,
+            None,
+            None,
+            Arch::Gfx90a,
+        ),
+        (
+            64,
+            8,
+            3,
+            3,
+            KvScale::PerTensor,
+            DType::BF16,
+            Order::Hnd,
+            None,
+            None,
+            Arch::Gfx1030,
+        ),
+        (
+            40,
+            1,
+            2,
+            14,
+            KvScale::PerHead,
+            DType::F16,
+            Order::Hnd,
+            Some(9),
+            None,
+            Arch::Gfx1030,
+        ),
+        (
+            256,
+            32,
+            1,
+            4,
+            KvScale::PerTensor,
+            DType::F32,
+            Order::Nhd,
+            None,
+            Some(20.0),
+            Arch::Gfx90a,
+        ),
+        (
+            136,
+            64,
+            2,
+            4,
+            KvScale::PerHead,
+            DType::BF16,
+            Order::Nhd,
+            None,
+            None,
+            Arch::Gfx90a,
+        ),
+    ];
+    let cases: &[&[usize]] = &[&[1], &[13], &[1, 17, 90, 33, 2]];
+    for &(head_dim, page_size, kv_heads, q_heads, scale, q_dtype, order, window, cap, arch) in
+        shapes
+    {
+        let kv = KvLayoutSpec {
+            page_size,
+            kv_heads,
+            head_dim,
+            dtype: DType::F8E4M3,
+            order,
+            scale,
+        };
+        let spec = AttentionSpec {
+            causal: true,
+            sliding_window: window,
+            logits_soft_cap: cap,
+            q_dtype: Some(q_dtype),
+            ..AttentionSpec::new(kv, q_heads)
+        };
+        spec.validate().unwrap();
+        let name =
+            format!("fp8 {scale:?} d{head_dim} p{page_size} {q_heads}/{kv_heads} q{q_dtype}");
+        for kernel in attention_kernels(&spec) {
+            if !matches!(kernel, KernelSpec::DecodeMerge(_)) {
+                check_on(&device, &name, &kernel, seed, &[arch], cases);
+            }
+        }
+        check(&device, &name, &KernelSpec::Append(kv), seed);
     }
 }

@@ -6,7 +6,7 @@
 //! to the generated code must come with its reviewed snapshot.
 
 use attnforge::codegen::kernels::{attention_kernels, generate, KernelSpec};
-use attnforge::{Alibi, Arch, AttentionSpec, DType, KvLayoutSpec, Order};
+use attnforge::{Alibi, Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
 
 fn snapshot(kernel: &KernelSpec, name: &str) {
     for arch in [Arch::Gfx90a, Arch::Gfx1030] {
@@ -45,6 +45,7 @@ fn generated_hip_of_prefill_split_k_and_the_variants() {
         head_dim,
         dtype,
         order: Order::Nhd,
+        scale: KvScale::Unscaled,
     };
     let sinks = AttentionSpec {
         causal: true,

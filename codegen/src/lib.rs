@@ -14,10 +14,10 @@
 //!
 //! ```
 //! use attnforge_codegen::kernels::{generate, KernelSpec};
-//! use attnforge_codegen::spec::{AttentionSpec, DType, KvLayoutSpec, Order};
+//! use attnforge_codegen::spec::{AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
 //! use attnforge_codegen::target::Arch;
 //!
-//! let kv = KvLayoutSpec { page_size: 16, kv_heads: 8, head_dim: 128, dtype: DType::F16, order: Order::Nhd };
+//! let kv = KvLayoutSpec { page_size: 16, kv_heads: 8, head_dim: 128, dtype: DType::F16, order: Order::Nhd, scale: KvScale::Unscaled };
 //! let llama3 = AttentionSpec { causal: true, ..AttentionSpec::new(kv, 32) };
 //! let decode = generate(&KernelSpec::Decode(llama3), Arch::Gfx90a.target()).unwrap();
 //! let hip = decode.to_string(); // a complete HIP translation unit
@@ -29,6 +29,7 @@ pub mod build;
 pub mod codeobj;
 #[cfg(feature = "cpu")]
 pub mod cpu;
+pub mod fp8;
 pub mod frontend;
 pub mod hip;
 pub mod ir;
@@ -37,6 +38,9 @@ pub mod registry;
 pub mod spec;
 pub mod target;
 
+pub use fp8::F8E4M3;
 pub use registry::{CodeObject, HipKernels, KernelKind};
-pub use spec::{Alibi, Attention, AttentionSpec, DType, KvLayout, KvLayoutSpec, Order, SpecError};
+pub use spec::{
+    Alibi, Attention, AttentionSpec, DType, KvLayout, KvLayoutSpec, KvScale, Order, SpecError,
+};
 pub use target::{Arch, Target};

@@ -18,26 +18,41 @@ pub enum DType {
     F16,
     /// bfloat16 (8-bit exponent, 7-bit mantissa).
     BF16,
+    /// FP8 E4M3 (OCP "fn" flavour: 4-bit exponent with bias 7, 3-bit
+    /// mantissa, no infinities, `0x7f`/`0xff` NaN, largest finite ±448).
+    /// A KV storage type only, always with a scale ([`KvScale`]): a stored
+    /// value `x` means `x · scale`. Queries are never fp8.
+    F8E4M3,
 }
 
 impl DType {
     /// Every dtype, in declaration order.
-    pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+    pub const ALL: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::F8E4M3];
+    /// The dtypes queries, outputs and unscaled caches use.
+    pub const FLOAT: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
     /// Size of one element in bytes.
     pub const fn size_bytes(self) -> u32 {
         match self {
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
+            DType::F8E4M3 => 1,
         }
     }
 
-    /// The name used in attributes and kernel symbols (`f32`, `f16`, `bf16`).
+    /// Whether the dtype is an 8-bit float that needs a scale.
+    pub const fn is_fp8(self) -> bool {
+        matches!(self, DType::F8E4M3)
+    }
+
+    /// The name used in attributes and kernel symbols (`f32`, `f16`, `bf16`,
+    /// `fp8_e4m3`).
     pub const fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
+            DType::F8E4M3 => "fp8_e4m3",
         }
     }
 
@@ -84,6 +99,46 @@ impl Order {
     }
 }
 
+/// How an fp8 cache's scales are shared: a stored value `x` of KV head `h`
+/// means `x · k_scale[h]` in K and `x · v_scale[h]` in V. The scales are
+/// `f32`s passed at launch (see the runtime's `Params::kv_scales`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvScale {
+    /// No scale: the cache holds plain values (every non-fp8 dtype).
+    Unscaled,
+    /// One K scale and one V scale for the whole layer.
+    PerTensor,
+    /// One K scale and one V scale per KV head.
+    PerHead,
+}
+
+impl KvScale {
+    /// The attribute spelling (`per_tensor`, `per_head`; `none` when unscaled).
+    pub const fn name(self) -> &'static str {
+        match self {
+            KvScale::Unscaled => "none",
+            KvScale::PerTensor => "per_tensor",
+            KvScale::PerHead => "per_head",
+        }
+    }
+
+    /// Parses the attribute spelling of a scale.
+    pub fn from_name(name: &str) -> Option<KvScale> {
+        [KvScale::PerTensor, KvScale::PerHead]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+
+    /// Scales per tensor (K or V) for a layout with `kv_heads` heads.
+    pub const fn len(self, kv_heads: u32) -> usize {
+        match self {
+            KvScale::Unscaled => 0,
+            KvScale::PerTensor => 1,
+            KvScale::PerHead => kv_heads as usize,
+        }
+    }
+}
+
 /// A rule a spec broke: which field, and what the rule says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpecError {
@@ -91,6 +146,24 @@ pub struct SpecError {
     pub field: &'static str,
     /// What the rule requires, in words a user can act on.
     pub message: &'static str,
+}
+
+impl SpecError {
+    /// Whether the error is about `field` (usable in const evaluation).
+    pub const fn is_about(&self, field: &str) -> bool {
+        let (a, b) = (self.field.as_bytes(), field.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
 }
 
 impl fmt::Display for SpecError {
@@ -194,6 +267,37 @@ pub mod rules {
         }
     }
 
+    /// `kv_scale` against `dtype`: fp8 caches are scaled, others are not.
+    pub const fn kv_scale(dtype: super::DType, scale: super::KvScale) -> Result<(), SpecError> {
+        match (dtype.is_fp8(), scale) {
+            (true, super::KvScale::Unscaled) => err(
+                "kv_scale",
+                "an fp8 cache needs a scale: kv_scale = per_tensor or kv_scale = per_head",
+            ),
+            (false, super::KvScale::PerTensor | super::KvScale::PerHead) => err(
+                "kv_scale",
+                "kv_scale is for fp8 caches (dtype = fp8_e4m3) only",
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// `q_dtype` against the layout's dtype: queries are never fp8, and an
+    /// fp8 cache needs the query dtype spelled out.
+    pub const fn q_dtype(kv: super::DType, q: Option<super::DType>) -> Result<(), SpecError> {
+        match (kv.is_fp8(), q) {
+            (_, Some(q)) if q.is_fp8() => err(
+                "q_dtype",
+                "queries cannot be fp8: q_dtype must be f16, bf16 or f32",
+            ),
+            (true, None) => err(
+                "q_dtype",
+                "an fp8 cache needs the query dtype: add q_dtype = f16 (or bf16, f32)",
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// `scale`: a positive, finite softmax scale.
     pub const fn scale(v: f64) -> Result<(), SpecError> {
         if v > 0.0 && v <= f32::MAX as f64 {
@@ -231,6 +335,8 @@ pub struct KvLayoutSpec {
     pub dtype: DType,
     /// Order of the dimensions inside a page.
     pub order: Order,
+    /// How stored values are scaled: [`KvScale::Unscaled`] except for fp8.
+    pub scale: KvScale,
 }
 
 impl KvLayoutSpec {
@@ -239,6 +345,7 @@ impl KvLayoutSpec {
         ctry!(rules::page_size(self.page_size as u64));
         ctry!(rules::kv_heads(self.kv_heads as u64));
         ctry!(rules::head_dim(self.head_dim as u64));
+        ctry!(rules::kv_scale(self.dtype, self.scale));
         Ok(())
     }
 
@@ -323,8 +430,8 @@ impl AttentionSpec {
     /// soft-cap, queries in the layout's dtype, no ALiBi, no sinks.
     ///
     /// ```
-    /// use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Order};
-    /// let kv = KvLayoutSpec { page_size: 16, kv_heads: 8, head_dim: 128, dtype: DType::F16, order: Order::Nhd };
+    /// use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
+    /// let kv = KvLayoutSpec { page_size: 16, kv_heads: 8, head_dim: 128, dtype: DType::F16, order: Order::Nhd, scale: KvScale::Unscaled };
     /// let spec = AttentionSpec { causal: true, ..AttentionSpec::new(kv, 32) };
     /// assert_eq!(spec.group_size(), 4);
     /// ```
@@ -342,10 +449,12 @@ impl AttentionSpec {
         }
     }
 
-    /// The dtype of queries and outputs.
+    /// The dtype of queries and outputs (for an fp8 cache without
+    /// `q_dtype`, which validation refuses, f16).
     pub const fn query_dtype(&self) -> DType {
         match self.q_dtype {
             Some(d) => d,
+            None if self.kv.dtype.is_fp8() => DType::F16,
             None => self.kv.dtype,
         }
     }
@@ -354,6 +463,7 @@ impl AttentionSpec {
     pub const fn validate(&self) -> Result<(), SpecError> {
         ctry!(self.kv.validate());
         ctry!(rules::q_heads(self.q_heads as u64));
+        ctry!(rules::q_dtype(self.kv.dtype, self.q_dtype));
         ctry!(rules::q_heads_per_kv_head(
             self.q_heads as u64,
             self.kv.kv_heads as u64
@@ -447,6 +557,7 @@ mod tests {
             head_dim: 128,
             dtype: DType::F16,
             order: Order::Nhd,
+            scale: KvScale::Unscaled,
         }
     }
 
@@ -492,6 +603,7 @@ mod tests {
         let nhd = layout();
         let hnd = KvLayoutSpec {
             order: Order::Hnd,
+            scale: KvScale::Unscaled,
             ..nhd
         };
         // page 2, token 3, head 5

@@ -200,19 +200,32 @@ fn hipcc_accepts_every_dtype_order_head_dim_and_variant() {
     ];
     let mut src = String::from("use attnforge_macros::*;\n");
     let mut n = 0;
-    for (i, dtype) in ["f32", "f16", "bf16"].iter().enumerate() {
+    // fp8 caches with either scale and f16/bf16 queries; a head dim of 40
+    // reads 8-element vectors instead of 16.
+    let dtypes = [
+        ("f32", ""),
+        ("f16", ""),
+        ("bf16", ""),
+        ("fp8_e4m3, kv_scale = per_head", ", q_dtype = f16"),
+        ("fp8_e4m3, kv_scale = per_tensor", ", q_dtype = bf16"),
+    ];
+    for (i, (dtype, q_dtype)) in dtypes.iter().enumerate() {
         for (j, (d, kv, q, extra)) in shapes.iter().enumerate() {
             let order = if (i + j) % 2 == 0 { "NHD" } else { "HND" };
             let page = [1, 16, 128][j];
+            let d = if i == 4 && j == 1 { 40 } else { *d };
             src += &format!(
                 "#[kv_layout(page_size = {page}, kv_heads = {kv}, head_dim = {d}, dtype = {dtype}, order = {order})]\n\
                  pub struct L{i}{j};\n\
-                 #[attention(kv = L{i}{j}, q_heads = {q}{extra})]\n\
+                 #[attention(kv = L{i}{j}, q_heads = {q}{extra}{q_dtype})]\n\
                  pub struct A{i}{j};\n"
             );
             // append for the layout; decode, prefill, split-K decode and
-            // merge for the attention.
-            n += 5;
+            // merge for the attention. The merge reads only f32 partials: an
+            // fp8 spec shares it with the f16/bf16 spec of its shape (one
+            // code object for both), except at head dim 40.
+            let merge_shared = i >= 3 && d != 40;
+            n += if merge_shared { 4 } else { 5 };
         }
     }
     let (dir, file) = scratch(&src);

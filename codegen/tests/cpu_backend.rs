@@ -398,3 +398,75 @@ fn exp2_is_accurate_and_handles_infinities_and_nan() {
         }
     }
 }
+
+#[test]
+fn fp8_casts_match_the_host_conversion_on_every_code_and_a_sweep() {
+    use attnforge_codegen::F8E4M3;
+    // Decode: every one of the 256 codes to f32 (in 16-lane vector loads,
+    // as the kernels read them). Encode: f32 values over the whole range.
+    let mut b = KernelBuilder::new("fp8", Arch::Host.target(), 1);
+    let codes = b.global("codes", Scalar::F8E4M3, Access::Read);
+    let decoded = b.global("decoded", Scalar::F32, Access::ReadWrite);
+    let xs = b.global("xs", Scalar::F32, Access::Read);
+    let encoded = b.global("encoded", Scalar::F8E4M3, Access::ReadWrite);
+    let i = Expr::special(Special::BlockIdx(Dim::X));
+    b.if_(i.clone().lt(Expr::i32(16)), |b| {
+        let v = b.let_("v", Expr::load(codes, i.clone() * Expr::i32(16), 16));
+        for l in 0..16u8 {
+            let at = i.clone() * Expr::i32(16) + Expr::i32(l as i32);
+            b.store(decoded, at, v.clone().lane(l).cast(Scalar::F32));
+        }
+    });
+    b.store(
+        encoded,
+        i.clone(),
+        Expr::load(xs, i, 1).cast(Scalar::F8E4M3),
+    );
+    let k = jit(b);
+    let all: Vec<F8E4M3> = (0..=255u8).map(F8E4M3).collect();
+    let mut xs: Vec<f32> = (0..40_000)
+        .map(|j| {
+            let e = (j % 26) as i32 - 15;
+            (j as f32 * 0.618_034).sin() * 2f32.powi(e)
+        })
+        .collect();
+    xs.extend(all.iter().filter(|c| !c.is_nan()).map(|c| c.to_f32()));
+    xs.extend([
+        448.0,
+        464.0,
+        463.99,
+        -1e30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ]);
+    let mut dec = vec![0f32; 256];
+    let mut enc = vec![F8E4M3(0); xs.len()];
+    k.launch_checked(
+        [xs.len() as u32, 1, 1],
+        &mut [
+            Arg::input(&all),
+            Arg::output(&mut dec),
+            Arg::input(&xs),
+            Arg::output(&mut enc),
+        ],
+    )
+    .unwrap();
+    for (c, &y) in all.iter().zip(&dec) {
+        let want = c.to_f32();
+        assert!(
+            y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
+            "{:#04x}: {y}, want {want}",
+            c.0
+        );
+    }
+    for (&x, &y) in xs.iter().zip(&enc) {
+        let want = F8E4M3::from_f32(x);
+        assert!(
+            y == want || (y.is_nan() && want.is_nan()),
+            "{x}: {:#04x}, want {:#04x}",
+            y.0,
+            want.0
+        );
+    }
+}

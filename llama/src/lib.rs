@@ -17,11 +17,11 @@
 //! each step feeds every live sequence one token.
 //!
 //! ```no_run
-//! use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, Order};
+//! use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
 //! use attnforge_llama::{Engine, Model};
 //! use attnforge_runtime::{cpu::{CpuDevice, Mode}, device::Cpu};
 //!
-//! let kv = KvLayoutSpec { page_size: 16, kv_heads: 3, head_dim: 64, dtype: DType::F16, order: Order::Nhd };
+//! let kv = KvLayoutSpec { page_size: 16, kv_heads: 3, head_dim: 64, dtype: DType::F16, order: Order::Nhd, scale: KvScale::Unscaled };
 //! let spec = AttentionSpec { causal: true, q_dtype: Some(DType::F32), ..AttentionSpec::new(kv, 9) };
 //! let model = Model::load(&attnforge_llama::default_model_path()).unwrap();
 //! let cpu = CpuDevice::new();

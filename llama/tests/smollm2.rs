@@ -7,7 +7,7 @@
 //! BOS, special tokens parsed, greedy), with llama.cpp's own margin between
 //! its two best logits at every step.
 
-use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, Order};
+use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
 use attnforge_llama::{default_model_path, Engine, LlamaError, Model};
 use attnforge_runtime::cpu::{CpuDevice, Mode};
 use attnforge_runtime::device::Cpu;
@@ -23,6 +23,7 @@ fn spec(q_heads: u32, head_dim: u32) -> AttentionSpec {
             head_dim,
             dtype: DType::F16,
             order: Order::Nhd,
+            scale: KvScale::Unscaled,
         },
         q_heads,
         scale: None,

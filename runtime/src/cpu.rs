@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use attnforge_codegen::cpu::{compile, Arg, CpuKernel, CpuOptions, Pod};
-use attnforge_codegen::kernels::{generate, symbol, KernelSpec, PREFILL_ROWS};
-use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Target};
+use attnforge_codegen::kernels::{append_source_dtype, generate, symbol, KernelSpec, PREFILL_ROWS};
+use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Target, F8E4M3};
 
-use crate::plan::{plan_decode, Params};
+use crate::plan::{plan_decode, KvScales, Params};
 use crate::table::{validate_slots, PageTable};
 use crate::RuntimeError;
 
@@ -50,6 +50,24 @@ impl Element for half::bf16 {
     fn from_f64(x: f64) -> Self {
         half::bf16::from_f64(x)
     }
+}
+
+/// The stored value, unscaled; saturates at ±448.
+impl Element for F8E4M3 {
+    const DTYPE: DType = DType::F8E4M3;
+    fn to_f64(self) -> f64 {
+        F8E4M3::to_f64(self)
+    }
+    fn from_f64(x: f64) -> Self {
+        F8E4M3::from_f64(x)
+    }
+}
+
+/// The kernel arguments of an fp8 cache's scales (none when unscaled).
+fn scale_args<'a>(scales: Option<KvScales<'a>>) -> impl Iterator<Item = Arg<'a>> {
+    scales
+        .into_iter()
+        .flat_map(|s| [Arg::input(s.k), Arg::input(s.v)])
 }
 
 /// How to run kernels on the CPU.
@@ -212,16 +230,25 @@ pub(crate) fn validate_prefill<Q: Element, T: Element>(
 
 /// Every check an append launch needs, on any device; returns the number
 /// of tokens (the grid).
-pub(crate) fn validate_append<T: Element>(
+pub(crate) fn validate_append<S: Element, T: Element>(
     layout: &KvLayoutSpec,
-    k_new: &[T],
-    v_new: &[T],
+    scales: Option<&KvScales<'_>>,
+    k_new: &[S],
+    v_new: &[S],
     slots: &[i64],
     k: &[T],
     v: &[T],
 ) -> Result<u32, RuntimeError> {
     layout.validate()?;
     check_dtype::<T>(layout)?;
+    let src = append_source_dtype(layout);
+    if S::DTYPE != src {
+        return Err(RuntimeError::DType {
+            spec: src,
+            given: S::DTYPE,
+        });
+    }
+    KvScales::validate(scales, layout)?;
     let max_pages = arena_pages(layout, k, v)?;
     validate_slots(slots, layout, max_pages)?;
     let row = layout.kv_heads as usize * layout.head_dim as usize;
@@ -330,7 +357,10 @@ impl CpuDevice {
         };
         let variants = |with_sinks: bool| {
             let sinks = params.sinks.filter(|_| with_sinks).map(Arg::input);
-            sinks.into_iter().chain(params.alibi_slopes.map(Arg::input))
+            sinks
+                .into_iter()
+                .chain(params.alibi_slopes.map(Arg::input))
+                .chain(scale_args(params.kv_scales))
         };
         if !plan.split {
             let ks = KernelSpec::Decode(*spec);
@@ -417,6 +447,7 @@ impl CpuDevice {
         .into_iter()
         .chain(params.sinks.map(Arg::input))
         .chain(params.alibi_slopes.map(Arg::input))
+        .chain(scale_args(params.kv_scales))
         .chain([Arg::output(out)])
         .collect();
         // SAFETY: the table was validated against the arenas, qo_indptr
@@ -440,19 +471,41 @@ impl CpuDevice {
         k: &mut [T],
         v: &mut [T],
     ) -> Result<(), RuntimeError> {
-        let tokens = validate_append(layout, k_new, v_new, slots, k, v)?;
+        self.append_ext(layout, target, mode, None, k_new, v_new, slots, k, v)
+    }
+
+    /// KV append with a source dtype of its own
+    /// ([`append_source_dtype`]: f32 into an fp8 cache) and the cache's
+    /// scales: an fp8 cache stores `x / scale`, rounded to nearest even.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_ext<S: Element, T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        target: Target,
+        mode: Mode,
+        scales: Option<KvScales<'_>>,
+        k_new: &[S],
+        v_new: &[S],
+        slots: &[i64],
+        k: &mut [T],
+        v: &mut [T],
+    ) -> Result<(), RuntimeError> {
+        let tokens = validate_append(layout, scales.as_ref(), k_new, v_new, slots, k, v)?;
         if tokens == 0 {
             return Ok(());
         }
         let ks = KernelSpec::Append(*layout);
         let kernel = self.kernel(&ks, target, mode)?;
-        let mut args = [
+        let mut args: Vec<Arg> = [
             Arg::input(k_new),
             Arg::input(v_new),
             Arg::input(slots),
             Arg::output(k),
             Arg::output(v),
-        ];
+        ]
+        .into_iter()
+        .chain(scale_args(scales))
+        .collect();
         // SAFETY: every slot was validated against the arenas and the new
         // rows have the tokens' shape, so every access is in bounds.
         unsafe { kernel.launch(ks.grid(tokens, 1), &mut args)? };

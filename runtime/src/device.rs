@@ -9,7 +9,7 @@ use attnforge_codegen::{Attention, AttentionSpec, KvLayoutSpec};
 
 use crate::cache::{CacheError, KvCache, SeqId};
 use crate::cpu::Element;
-use crate::plan::Params;
+use crate::plan::{KvScales, Params};
 use crate::table::PageTable;
 use crate::RuntimeError;
 
@@ -61,13 +61,30 @@ pub trait Device {
         out: &mut [Q],
     ) -> Result<(), RuntimeError>;
 
-    /// KV append: row i of `k_new`/`v_new` goes to slot `slots[i]`.
+    /// KV append: row i of `k_new`/`v_new` goes to slot `slots[i]`, for an
+    /// unscaled cache (the new rows in the cache's dtype).
     #[allow(clippy::too_many_arguments)]
     fn append<T: Element>(
         &self,
         layout: &KvLayoutSpec,
         k_new: &[T],
         v_new: &[T],
+        slots: &[i64],
+        k: &mut [T],
+        v: &mut [T],
+    ) -> Result<(), RuntimeError> {
+        self.append_ext(layout, None, k_new, v_new, slots, k, v)
+    }
+
+    /// KV append with the new rows in the layout's append source dtype
+    /// (f32 for an fp8 cache, quantized with `scales`).
+    #[allow(clippy::too_many_arguments)]
+    fn append_ext<S: Element, T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        scales: Option<KvScales<'_>>,
+        k_new: &[S],
+        v_new: &[S],
         slots: &[i64],
         k: &mut [T],
         v: &mut [T],
@@ -127,17 +144,27 @@ impl Device for Cpu<'_> {
         )
     }
 
-    fn append<T: Element>(
+    fn append_ext<S: Element, T: Element>(
         &self,
         layout: &KvLayoutSpec,
-        k_new: &[T],
-        v_new: &[T],
+        scales: Option<KvScales<'_>>,
+        k_new: &[S],
+        v_new: &[S],
         slots: &[i64],
         k: &mut [T],
         v: &mut [T],
     ) -> Result<(), RuntimeError> {
-        self.device
-            .append(layout, self.target, self.mode, k_new, v_new, slots, k, v)
+        self.device.append_ext(
+            layout,
+            self.target,
+            self.mode,
+            scales,
+            k_new,
+            v_new,
+            slots,
+            k,
+            v,
+        )
     }
 }
 
@@ -170,16 +197,17 @@ impl Device for crate::hip::HipDevice {
         crate::hip::HipDevice::prefill(self, spec, None, params, q, qo_indptr, k, v, table, out)
     }
 
-    fn append<T: Element>(
+    fn append_ext<S: Element, T: Element>(
         &self,
         layout: &KvLayoutSpec,
-        k_new: &[T],
-        v_new: &[T],
+        scales: Option<KvScales<'_>>,
+        k_new: &[S],
+        v_new: &[S],
         slots: &[i64],
         k: &mut [T],
         v: &mut [T],
     ) -> Result<(), RuntimeError> {
-        crate::hip::HipDevice::append(self, layout, None, k_new, v_new, slots, k, v)
+        crate::hip::HipDevice::append_ext(self, layout, None, scales, k_new, v_new, slots, k, v)
     }
 }
 
@@ -197,6 +225,22 @@ impl<T: Element + Default> KvCache<T> {
         let layout = *self.layout();
         let (k, v) = self.layer_mut(layer)?;
         device.append(&layout, k_new, v_new, slots, k, v)
+    }
+
+    /// Writes new K/V rows of one layer in the layout's append source dtype
+    /// (f32 into an fp8 cache, quantized with `scales`: `x / scale`).
+    pub fn append_ext_with<D: Device, S: Element>(
+        &mut self,
+        device: &D,
+        layer: u32,
+        scales: Option<KvScales<'_>>,
+        slots: &[i64],
+        k_new: &[S],
+        v_new: &[S],
+    ) -> Result<(), RuntimeError> {
+        let layout = *self.layout();
+        let (k, v) = self.layer_mut(layer)?;
+        device.append_ext(&layout, scales, k_new, v_new, slots, k, v)
     }
 
     /// Decode for a batch of sequences at one layer on `device`.

@@ -22,10 +22,10 @@
 //!   disk). **Never run on a GPU yet**: no launch has been tested on hardware.
 //!
 //! ```
-//! use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Order, Arch};
+//! use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, KvScale, Order, Arch};
 //! use attnforge_runtime::{cpu::{CpuDevice, Mode}, PageTable};
 //!
-//! let kv = KvLayoutSpec { page_size: 4, kv_heads: 1, head_dim: 8, dtype: DType::F32, order: Order::Nhd };
+//! let kv = KvLayoutSpec { page_size: 4, kv_heads: 1, head_dim: 8, dtype: DType::F32, order: Order::Nhd, scale: KvScale::Unscaled };
 //! let spec = AttentionSpec { causal: true, ..AttentionSpec::new(kv, 2) };
 //! // Two pages; one sequence of 6 tokens on pages 1 then 0.
 //! let k = vec![0.5f32; 2 * 4 * 8];
@@ -52,7 +52,7 @@ mod table;
 
 pub use alloc::{AllocError, BlockHash, PageAllocator, PageId};
 pub use cache::{BlockTable, CacheError, KvCache, SeqId};
-pub use plan::{plan_decode, DecodePlan, Params, Split};
+pub use plan::{plan_decode, DecodePlan, KvScales, Params, Split};
 pub use table::{validate_slots, PageTable, TableError};
 
 /// Why a runtime call failed.

@@ -11,7 +11,7 @@
 //! chunk size only, so a sequence's output has the same bits whatever batch
 //! it is in (deterministic mode); [`Split::Off`] never splits.
 
-use attnforge_codegen::{Alibi, AttentionSpec};
+use attnforge_codegen::{Alibi, AttentionSpec, KvLayoutSpec, KvScale};
 
 use crate::RuntimeError;
 
@@ -52,6 +52,64 @@ pub struct Params<'a> {
     pub alibi_slopes: Option<&'a [f32]>,
     /// How decode may split long contexts.
     pub split: Split,
+    /// The K and V scales of an fp8 cache.
+    pub kv_scales: Option<KvScales<'a>>,
+}
+
+/// The scales of an fp8 cache ([`KvScale`]): a stored `x` of KV head `h`
+/// means `x · k[h]` in K (`k[0]` per tensor), `x · v[h]` in V.
+#[derive(Clone, Copy, Debug)]
+pub struct KvScales<'a> {
+    /// K's scales: one, or one per KV head.
+    pub k: &'a [f32],
+    /// V's scales: as many as K's.
+    pub v: &'a [f32],
+}
+
+impl KvScales<'_> {
+    /// Checks the scales against a layout: given exactly for a scaled
+    /// layout, as many as [`KvScale::len`] says, each positive and finite.
+    pub fn validate(scales: Option<&Self>, kv: &KvLayoutSpec) -> Result<(), RuntimeError> {
+        let err = |message: String| RuntimeError::Param {
+            param: "kv_scales",
+            message,
+        };
+        let want = kv.scale.len(kv.kv_heads);
+        match scales {
+            None if kv.scale == KvScale::Unscaled => Ok(()),
+            None => Err(err(format!(
+                "the cache is {} with {} scales: pass {want} K and {want} V scale(s)",
+                kv.dtype,
+                kv.scale.name()
+            ))),
+            Some(_) if kv.scale == KvScale::Unscaled => Err(err(format!(
+                "given, but a {} cache has no scales",
+                kv.dtype
+            ))),
+            Some(s) => {
+                for (name, v) in [("K", s.k), ("V", s.v)] {
+                    if v.len() != want {
+                        return Err(err(format!(
+                            "{} {name} scales for a {} layout of {} KV heads: {want} needed",
+                            v.len(),
+                            kv.scale.name(),
+                            kv.kv_heads
+                        )));
+                    }
+                    if let Some((h, x)) = v
+                        .iter()
+                        .enumerate()
+                        .find(|(_, x)| !(x.is_finite() && **x > 0.0))
+                    {
+                        return Err(err(format!(
+                            "{name} scale {h} is {x}: scales must be positive and finite"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Params<'_> {
@@ -83,6 +141,7 @@ impl Params<'_> {
             self.alibi_slopes,
             "ALiBi with given slopes",
         )?;
+        KvScales::validate(self.kv_scales.as_ref(), &spec.kv)?;
         validate_split(self.split)
     }
 }
@@ -196,7 +255,7 @@ pub fn plan_decode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attnforge_codegen::{DType, KvLayoutSpec, Order};
+    use attnforge_codegen::{DType, KvLayoutSpec, KvScale, Order};
 
     fn spec() -> AttentionSpec {
         let kv = KvLayoutSpec {
@@ -205,6 +264,7 @@ mod tests {
             head_dim: 128,
             dtype: DType::F16,
             order: Order::Nhd,
+            scale: KvScale::Unscaled,
         };
         AttentionSpec::new(kv, 32)
     }

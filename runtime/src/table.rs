@@ -197,7 +197,7 @@ pub fn validate_slots(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attnforge_codegen::{DType, Order};
+    use attnforge_codegen::{DType, KvScale, Order};
 
     fn layout() -> KvLayoutSpec {
         KvLayoutSpec {
@@ -206,6 +206,7 @@ mod tests {
             head_dim: 8,
             dtype: DType::F32,
             order: Order::Nhd,
+            scale: KvScale::Unscaled,
         }
     }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use attnforge_codegen::{DType, KvLayoutSpec, Order};
+use attnforge_codegen::{DType, KvLayoutSpec, KvScale, Order};
 use attnforge_runtime::{KvCache, SeqId};
 use proptest::prelude::*;
 
@@ -14,6 +14,7 @@ fn new_cache(page_size: u32, max_pages: u32, window: Option<u32>) -> KvCache<f32
         head_dim: 8,
         dtype: DType::F32,
         order: Order::Nhd,
+        scale: KvScale::Unscaled,
     };
     KvCache::new(l, 1, max_pages)
         .unwrap()

@@ -2,7 +2,7 @@
 //! through the runtime (page tables + decode kernel), against the reference.
 #![cfg(feature = "cpu")]
 
-use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, Order};
+use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
 use attnforge_runtime::cpu::{CpuDevice, Mode};
 use attnforge_runtime::device::Cpu;
 use attnforge_runtime::{reference, KvCache};
@@ -19,6 +19,7 @@ fn append_then_decode_through_the_cache_matches_the_reference() {
         head_dim: 16,
         dtype: DType::F16,
         order: Order::Hnd,
+        scale: KvScale::Unscaled,
     };
     let spec = AttentionSpec {
         kv,
@@ -88,6 +89,7 @@ fn append_then_decode_through_the_cache_matches_the_reference() {
                 let dense = KvLayoutSpec {
                     page_size: h.len() as u32,
                     order: Order::Nhd,
+                    scale: KvScale::Unscaled,
                     ..kv
                 };
                 let table = attnforge_runtime::PageTable::from_sequences(

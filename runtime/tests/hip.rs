@@ -6,7 +6,7 @@
 
 use attnforge_codegen::codeobj::amdgpu_elf_objects;
 use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
-use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, Order};
+use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
 use attnforge_runtime::hip::{rtc, HipDevice, HipError};
 
 fn spec() -> AttentionSpec {
@@ -17,6 +17,7 @@ fn spec() -> AttentionSpec {
             head_dim: 64,
             dtype: DType::F16,
             order: Order::Nhd,
+            scale: KvScale::Unscaled,
         },
         q_heads: 9,
         scale: None,

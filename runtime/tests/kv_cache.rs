@@ -1,7 +1,7 @@
 //! The KV cache's behaviours, under the names they had in the seed, and
 //! the newer ones (fork with copy-on-write, sliding windows, tables).
 
-use attnforge_codegen::{DType, KvLayoutSpec, Order};
+use attnforge_codegen::{DType, KvLayoutSpec, KvScale, Order};
 use attnforge_runtime::{AllocError, CacheError, KvCache};
 
 fn layout(page_size: u32) -> KvLayoutSpec {
@@ -11,6 +11,7 @@ fn layout(page_size: u32) -> KvLayoutSpec {
         head_dim: 8,
         dtype: DType::F32,
         order: Order::Nhd,
+        scale: KvScale::Unscaled,
     }
 }
 

@@ -23,7 +23,9 @@ use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::Module;
 use inkwell::types::{BasicTypeEnum, FunctionType};
-use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
+use inkwell::values::{
+    BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue,
+};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
 use super::split::{max_batch, var_regions, Level, Node, Splitter};
@@ -207,6 +209,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             Scalar::F32 => self.cx.f32_type().into(),
             Scalar::F16 => self.cx.f16_type().into(),
             Scalar::BF16 => self.cx.i16_type().into(),
+            Scalar::F8E4M3 => self.cx.i8_type().into(),
             Scalar::I32 | Scalar::U32 => self.cx.i32_type().into(),
             Scalar::I64 => self.cx.i64_type().into(),
             Scalar::Bool => self.cx.bool_type().into(),
@@ -1224,6 +1227,72 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         e(self.b.build_select(nan, x, r, "exp2"))
     }
 
+    /// FP8 E4M3 ("fn") bits to f32, with integer operations (the same
+    /// steps as `af_to_f32(af_fp8e4m3)` in attnforge.h).
+    fn fp8_to_f32(&self, v: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
+        let (i32t, f32t) = (self.cx.i32_type(), self.cx.f32_type());
+        let c = |n: u64| i32t.const_int(n, false);
+        let b = e(self.b.build_int_z_extend(v, i32t, "f8"))?;
+        let sign = e(self.b.build_and(b, c(0x80), "s"))?;
+        let sign = e(self.b.build_left_shift(sign, c(24), "s"))?;
+        let em = e(self.b.build_and(b, c(0x7f), "em"))?;
+        let normal = e(self.b.build_int_add(em, c(120 << 3), "n"))?;
+        let normal = e(self.b.build_left_shift(normal, c(20), "n"))?;
+        let sub = e(self.b.build_unsigned_int_to_float(em, f32t, "sub"))?;
+        let sub = e(self
+            .b
+            .build_float_mul(sub, f32t.const_float(1.0 / 512.0), "sub"))?;
+        let sub = e(self.b.build_bit_cast(sub, i32t, "sub"))?.into_int_value();
+        let is_normal = e(self.b.build_int_compare(IntPredicate::UGE, em, c(8), "isn"))?;
+        let mag = e(self.b.build_select(is_normal, normal, sub, "mag"))?.into_int_value();
+        let is_nan = e(self
+            .b
+            .build_int_compare(IntPredicate::EQ, em, c(0x7f), "nan"))?;
+        let mag = e(self.b.build_select(is_nan, c(0x7fc0_0000), mag, "mag"))?.into_int_value();
+        let bits = e(self.b.build_or(mag, sign, "bits"))?;
+        Ok(e(self.b.build_bit_cast(bits, f32t, "f"))?.into_float_value())
+    }
+
+    /// f32 to FP8 E4M3 ("fn") bits: round to nearest even, saturate to
+    /// ±448, NaN to NaN (the same steps as `af_f32_to_fp8e4m3`).
+    fn f32_to_fp8(&self, x: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
+        let (i32t, f32t) = (self.cx.i32_type(), self.cx.f32_type());
+        let c = |n: u64| i32t.const_int(n, false);
+        let u = e(self.b.build_bit_cast(x, i32t, "u"))?.into_int_value();
+        let sign = e(self.b.build_right_shift(u, c(24), false, "s"))?;
+        let sign = e(self.b.build_and(sign, c(0x80), "s"))?;
+        let a = e(self.b.build_and(u, c(0x7fff_ffff), "a"))?;
+        // Normal: round the mantissa to 3 bits, then rebias (127 -> 7).
+        let lsb = e(self.b.build_right_shift(a, c(20), false, "l"))?;
+        let lsb = e(self.b.build_and(lsb, c(1), "l"))?;
+        let n = e(self.b.build_int_add(a, c(0x7ffff), "n"))?;
+        let n = e(self.b.build_int_add(n, lsb, "n"))?;
+        let n = e(self.b.build_right_shift(n, c(20), false, "n"))?;
+        let n = e(self.b.build_int_sub(n, c(120 << 3), "n"))?;
+        // Subnormal: m·2^-9 with m rounded to even by adding 2^23.
+        let af = e(self.b.build_bit_cast(a, f32t, "af"))?.into_float_value();
+        let y = e(self.b.build_float_mul(af, f32t.const_float(512.0), "y"))?;
+        let y = e(self
+            .b
+            .build_float_add(y, f32t.const_float(8_388_608.0), "y"))?;
+        let y = e(self.b.build_bit_cast(y, i32t, "y"))?.into_int_value();
+        let sub = e(self.b.build_int_sub(y, c(0x4b00_0000), "sub"))?;
+        let small = e(self
+            .b
+            .build_int_compare(IntPredicate::ULT, a, c(0x3c80_0000), "small"))?;
+        let r = e(self.b.build_select(small, sub, n, "r"))?.into_int_value();
+        let big = e(self
+            .b
+            .build_int_compare(IntPredicate::UGE, a, c(0x43e0_0000), "big"))?;
+        let r = e(self.b.build_select(big, c(0x7e), r, "r"))?.into_int_value();
+        let nan = e(self
+            .b
+            .build_int_compare(IntPredicate::UGT, a, c(0x7f80_0000), "nan"))?;
+        let r = e(self.b.build_select(nan, c(0x7f), r, "r"))?.into_int_value();
+        let r = e(self.b.build_or(r, sign, "r"))?;
+        e(self.b.build_int_truncate(r, self.cx.i8_type(), "f8"))
+    }
+
     fn cast(&self, from: Scalar, to: Scalar, v: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
         use Scalar::*;
         if from == to {
@@ -1242,6 +1311,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     let w = e(self.b.build_left_shift(w, i32t.const_int(16, false), "w"))?;
                     e(self.b.build_bit_cast(w, f32t, "bf"))?
                 }
+                F8E4M3 => self.fp8_to_f32(v.into_int_value())?.into(),
                 I32 | I64 => e(self
                     .b
                     .build_signed_int_to_float(v.into_int_value(), f32t, "f"))?
@@ -1278,10 +1348,14 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 let bits = e(self.b.build_select(nan, q, r, "b"))?.into_int_value();
                 e(self.b.build_int_truncate(bits, i16t, "bf16"))?.into()
             }
+            F8E4M3 => {
+                let x = as_f32(v)?.into_float_value();
+                self.f32_to_fp8(x)?.into()
+            }
             I32 | U32 | I64 | Bool => {
                 let it = self.ty(Ty::scalar(to)).into_int_type();
                 match from {
-                    F32 | F16 | BF16 => {
+                    F32 | F16 | BF16 | F8E4M3 => {
                         let x = as_f32(v)?.into_float_value();
                         if to == U32 {
                             e(self.b.build_float_to_unsigned_int(x, it, "i"))?.into()

@@ -127,6 +127,8 @@ unsafe impl Pod for u8 {}
 unsafe impl Pod for half::f16 {}
 // SAFETY: as above.
 unsafe impl Pod for half::bf16 {}
+// SAFETY: a transparent u8: no padding, every bit pattern valid.
+unsafe impl Pod for crate::fp8::F8E4M3 {}
 
 /// A kernel argument, in the kernel's parameter order.
 pub enum Arg<'a> {

@@ -11,7 +11,7 @@ use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
 
 use super::parse::{ParsedAttention, ParsedKvLayout};
-use crate::spec::{Alibi, DType, KvLayoutSpec, Order};
+use crate::spec::{Alibi, DType, KvLayoutSpec, KvScale, Order};
 
 fn option<T>(v: Option<T>, f: impl FnOnce(T) -> TokenStream) -> TokenStream {
     match v {
@@ -29,6 +29,7 @@ fn dtype_tokens(d: DType, krate: &TokenStream) -> TokenStream {
         DType::F32 => quote!(F32),
         DType::F16 => quote!(F16),
         DType::BF16 => quote!(BF16),
+        DType::F8E4M3 => quote!(F8E4M3),
     };
     quote!(#krate::DType::#v)
 }
@@ -43,6 +44,11 @@ pub fn layout_tokens(spec: &KvLayoutSpec, krate: &TokenStream) -> TokenStream {
         Order::Nhd => quote!(Nhd),
         Order::Hnd => quote!(Hnd),
     };
+    let scale = match spec.scale {
+        KvScale::Unscaled => quote!(Unscaled),
+        KvScale::PerTensor => quote!(PerTensor),
+        KvScale::PerHead => quote!(PerHead),
+    };
     quote! {
         #krate::KvLayoutSpec {
             page_size: #page_size,
@@ -50,6 +56,7 @@ pub fn layout_tokens(spec: &KvLayoutSpec, krate: &TokenStream) -> TokenStream {
             head_dim: #head_dim,
             dtype: #dtype,
             order: #krate::Order::#order,
+            scale: #krate::KvScale::#scale,
         }
     }
 }
@@ -118,9 +125,21 @@ pub fn attention(
     });
     let sinks = p.sinks;
     let hip = hip_tokens(krate, registry);
+    // The query dtype's rule against the layout first, at `q_dtype` (or at
+    // `kv` when it is missing), then every rule at `q_heads`.
+    let q_dtype_check = quote_spanned! {p.span_of("q_dtype")=>
+        const _: () = match #krate::spec::rules::q_dtype(
+            <#ident as #krate::Attention>::SPEC.kv.dtype,
+            <#ident as #krate::Attention>::SPEC.q_dtype,
+        ) {
+            ::core::result::Result::Ok(()) => (),
+            ::core::result::Result::Err(e) => ::core::panic!("{}", e.message),
+        };
+    };
     let check = quote_spanned! {p.span_of("q_heads")=>
         const _: () = match <#ident as #krate::Attention>::SPEC.validate() {
             ::core::result::Result::Ok(()) => (),
+            ::core::result::Result::Err(e) if e.is_about("q_dtype") => (),
             ::core::result::Result::Err(e) => ::core::panic!("{}", e.message),
         };
     };
@@ -142,6 +161,7 @@ pub fn attention(
             };
             const HIP: #krate::HipKernels = #hip;
         }
+        #q_dtype_check
         #check
     }
 }

@@ -8,7 +8,7 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, Lit, Meta, Token, UnOp};
 
-use crate::spec::{rules, Alibi, AttentionSpec, DType, KvLayoutSpec, Order, SpecError};
+use crate::spec::{rules, Alibi, AttentionSpec, DType, KvLayoutSpec, KvScale, Order, SpecError};
 
 /// A `#[kv_layout(..)]` item, parsed and checked.
 #[derive(Clone, Debug)]
@@ -91,6 +91,7 @@ pub const KV_LAYOUT_KEYS: &[&str] = &[
     "head_dim",
     "dtype",
     "order",
+    "kv_scale",
     "name",
 ];
 /// The keys of `#[attention]`.
@@ -383,6 +384,7 @@ pub fn kv_layout(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
     let entries = entries(attr, KV_LAYOUT_KEYS, &mut errors);
     let (mut page_size, mut kv_heads, mut head_dim) = (None, None, None);
     let (mut dtype, mut order, mut name) = (None, Some(Order::Nhd), None);
+    let mut kv_scale: Option<(KvScale, Span)> = None;
     for e in &entries {
         match e.key.as_str() {
             "page_size" => page_size = ruled_int(e, rules::page_size, &mut errors),
@@ -398,10 +400,31 @@ pub fn kv_layout(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
                     o
                 })
             }
+            "kv_scale" => {
+                kv_scale = word(e, "kv_scale = per_tensor", &mut errors).and_then(|(w, span)| {
+                    let s = KvScale::from_name(&w);
+                    if s.is_none() {
+                        errors.at(
+                            span,
+                            format!("unknown kv_scale `{w}`; expected per_tensor or per_head"),
+                        );
+                    }
+                    s.map(|s| (s, span))
+                })
+            }
             "name" => name = string(e, &mut errors),
             _ => unreachable!("entries() only returns known keys"),
         }
     }
+    // fp8 caches are scaled (per tensor unless said otherwise); no other is.
+    let scale = match (dtype, kv_scale) {
+        (Some(d), Some((s, span))) => {
+            errors.rule(span, rules::kv_scale(d, s), format_args!("dtype = {d}"));
+            s
+        }
+        (Some(d), None) if d.is_fp8() => KvScale::PerTensor,
+        _ => KvScale::Unscaled,
+    };
     let found: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
     missing(
         &mut errors,
@@ -423,6 +446,7 @@ pub fn kv_layout(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
             head_dim: head_dim.map(|v| v.0).unwrap_or_default(),
             dtype: dtype.unwrap_or(DType::F16),
             order: order.unwrap_or(Order::Nhd),
+            scale,
         },
     })
 }
@@ -444,14 +468,15 @@ fn flag(e: &Entry, errors: &mut Errors) -> Option<bool> {
     }
 }
 
-/// A dtype value (`f32`, `f16`, `bf16`); an unknown word is an error at it.
+/// A dtype value (`f32`, `f16`, `bf16`, `fp8_e4m3`); an unknown word is an
+/// error at it.
 fn dtype_word(e: &Entry, example: &str, errors: &mut Errors) -> Option<DType> {
     word(e, example, errors).and_then(|(w, span)| {
         let d = DType::from_name(&w);
         if d.is_none() {
             errors.at(
                 span,
-                format!("unknown dtype `{w}`; expected f32, f16 or bf16"),
+                format!("unknown dtype `{w}`; expected f32, f16, bf16 or fp8_e4m3"),
             );
         }
         d
@@ -486,7 +511,12 @@ pub fn attention(attr: TokenStream, item: &syn::ItemStruct) -> syn::Result<Parse
             "scale" => scale = ruled_float(e, rules::scale, &mut errors),
             "sliding_window" => window = ruled_int(e, rules::sliding_window, &mut errors),
             "logits_soft_cap" => cap = ruled_float(e, rules::logits_soft_cap, &mut errors),
-            "q_dtype" => q_dtype = dtype_word(e, "q_dtype = f32", &mut errors),
+            "q_dtype" => {
+                q_dtype = dtype_word(e, "q_dtype = f32", &mut errors);
+                if let (Some(d), Some(v)) = (q_dtype, &e.value) {
+                    errors.rule(v.span(), rules::q_dtype(DType::F16, Some(d)), d);
+                }
+            }
             "causal" => causal = flag(e, &mut errors).unwrap_or(causal),
             "sinks" => sinks = flag(e, &mut errors).unwrap_or(sinks),
             "alibi" => {

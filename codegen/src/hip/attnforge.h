@@ -45,6 +45,44 @@ __device__ __forceinline__ af_bf16 af_f32_to_bf16(float x) {
   return r;
 }
 
+// FP8 E4M3 (OCP "fn": bias 7, no infinities, 0x7f/0xff NaN, largest
+// finite 448) as its bit pattern, converted through f32 with integer
+// arithmetic only, so that every arch (and CUDA) compiles it alike.
+struct af_fp8e4m3 {
+  unsigned char bits;
+};
+
+__device__ __forceinline__ float af_to_f32(af_fp8e4m3 x) {
+  unsigned int sign = ((unsigned int)x.bits & 0x80u) << 24;
+  unsigned int em = (unsigned int)x.bits & 0x7fu;
+  if (em == 0x7fu) return __uint_as_float(sign | 0x7fc00000u);  // NaN
+  // Normal: the exponent rebiased (7 -> 127) lands the 7 bits at f32 bit 20.
+  // Subnormal: m * 2^-9, exact in f32.
+  float mag = em >= 0x08u ? __uint_as_float((em + (120u << 3)) << 20) : (float)em * 0.001953125f;
+  return __uint_as_float(__float_as_uint(mag) | sign);
+}
+
+// Round to nearest even; saturates to +-448 (infinities too); NaN stays NaN.
+__device__ __forceinline__ af_fp8e4m3 af_f32_to_fp8e4m3(float x) {
+  unsigned int u = __float_as_uint(x);
+  unsigned int sign = (u >> 24) & 0x80u;
+  unsigned int a = u & 0x7fffffffu;
+  unsigned int r;
+  if (a > 0x7f800000u) {
+    r = 0x7fu;
+  } else if (a >= 0x43e00000u) {  // >= 448
+    r = 0x7eu;
+  } else if (a < 0x3c800000u) {  // < 2^-6: m * 2^-9, m rounded to even by the 2^23 trick
+    r = __float_as_uint(__uint_as_float(a) * 512.0f + 8388608.0f) - 0x4b000000u;
+  } else {
+    a += 0x7ffffu + ((a >> 20) & 1u);
+    r = (a >> 20) - (120u << 3);
+  }
+  af_fp8e4m3 o;
+  o.bits = (unsigned char)(r | sign);
+  return o;
+}
+
 // A vector of N elements of T, aligned to its size, for 16-byte accesses.
 template <typename T, int N>
 struct alignas(sizeof(T) * N) af_vec {

@@ -49,6 +49,7 @@ fn scalar(s: Scalar) -> &'static str {
         Scalar::F32 => "float",
         Scalar::F16 => "__half",
         Scalar::BF16 => "af_bf16",
+        Scalar::F8E4M3 => "af_fp8e4m3",
         Scalar::I32 => "int",
         Scalar::U32 => "unsigned int",
         Scalar::I64 => "long long",
@@ -322,9 +323,10 @@ impl Printer<'_> {
                 };
                 match (from, to) {
                     (f, t) if f == *t => x,
-                    (Scalar::F16 | Scalar::BF16, Scalar::F32) => as_f32,
+                    (Scalar::F16 | Scalar::BF16 | Scalar::F8E4M3, Scalar::F32) => as_f32,
                     (_, Scalar::F16) => format!("af_f32_to_f16((float)({as_f32}))"),
                     (_, Scalar::BF16) => format!("af_f32_to_bf16((float)({as_f32}))"),
+                    (_, Scalar::F8E4M3) => format!("af_f32_to_fp8e4m3((float)({as_f32}))"),
                     (_, t) => format!("(({})({as_f32}))", scalar(*t)),
                 }
             }

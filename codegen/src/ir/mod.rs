@@ -9,7 +9,7 @@
 //!
 //! Values live in registers (variables), global memory (kernel buffer
 //! parameters) or shared memory (fixed-size block-local arrays). Arithmetic
-//! is on `f32` and the integer types; `f16`/`bf16` are storage types that are
+//! is on `f32` and the integer types; `f16`/`bf16`/`fp8e4m3` are storage types that are
 //! loaded, converted to `f32` with [`Expr::cast`], and converted back to store.
 //!
 //! Build kernels with [`builder::KernelBuilder`]; check them with
@@ -31,6 +31,9 @@ pub enum Scalar {
     F16,
     /// bfloat16 (storage only).
     BF16,
+    /// FP8 E4M3, OCP "fn" flavour (storage only; casts saturate to ±448
+    /// and round to nearest even).
+    F8E4M3,
     /// 32-bit signed integer.
     I32,
     /// 32-bit unsigned integer.
@@ -48,7 +51,7 @@ impl Scalar {
             Scalar::F32 | Scalar::I32 | Scalar::U32 => 4,
             Scalar::F16 | Scalar::BF16 => 2,
             Scalar::I64 => 8,
-            Scalar::Bool => 1,
+            Scalar::Bool | Scalar::F8E4M3 => 1,
         }
     }
 
@@ -64,7 +67,10 @@ impl Scalar {
 
     /// Whether this is a floating-point type.
     pub const fn is_float(self) -> bool {
-        matches!(self, Scalar::F32 | Scalar::F16 | Scalar::BF16)
+        matches!(
+            self,
+            Scalar::F32 | Scalar::F16 | Scalar::BF16 | Scalar::F8E4M3
+        )
     }
 
     /// The storage scalar of a KV dtype.
@@ -73,6 +79,7 @@ impl Scalar {
             crate::spec::DType::F32 => Scalar::F32,
             crate::spec::DType::F16 => Scalar::F16,
             crate::spec::DType::BF16 => Scalar::BF16,
+            crate::spec::DType::F8E4M3 => Scalar::F8E4M3,
         }
     }
 }
@@ -83,6 +90,7 @@ impl fmt::Display for Scalar {
             Scalar::F32 => "f32",
             Scalar::F16 => "f16",
             Scalar::BF16 => "bf16",
+            Scalar::F8E4M3 => "fp8e4m3",
             Scalar::I32 => "i32",
             Scalar::U32 => "u32",
             Scalar::I64 => "i64",

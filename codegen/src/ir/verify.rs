@@ -199,7 +199,7 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
                 }
             }
             if n < 2 {
-                return Err("a vector has 2, 4 or 8 lanes".into());
+                return Err("a vector has 2, 4, 8 or 16 lanes".into());
             }
             check_lanes(n, s)?;
             Ty::vector(s, n)
@@ -208,8 +208,8 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
 }
 
 fn check_lanes(lanes: u8, elem: Scalar) -> Result<(), String> {
-    if !matches!(lanes, 1 | 2 | 4 | 8) {
-        return Err(format!("{lanes} lanes: vectors have 2, 4 or 8 lanes"));
+    if !matches!(lanes, 1 | 2 | 4 | 8 | 16) {
+        return Err(format!("{lanes} lanes: vectors have 2, 4, 8 or 16 lanes"));
     }
     if lanes > 1 && elem.size_bytes() * lanes as u32 > 16 {
         return Err(format!(

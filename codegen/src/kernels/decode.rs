@@ -34,7 +34,10 @@ use crate::ir::{Access, BufId, Dim, Expr, Kernel, Scalar, Special, VarId};
 use crate::spec::AttentionSpec;
 use crate::target::Target;
 
-use super::{alibi_slope, kv_offset, logit2, seq_pages, variant_params, vector_lanes};
+use super::{
+    alibi_slope, kv_offset, kv_scale_params, kv_scale_values, kv_vector_lanes, logit2, seq_pages,
+    variant_params, vector_lanes,
+};
 
 /// Warps per decode block.
 pub const DECODE_WARPS: u32 = 4;
@@ -52,7 +55,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     let ws = target.warp_size;
     let d = kv.head_dim;
     let g = spec.group_size();
-    let vec = vector_lanes(kv.dtype);
+    let vec = kv_vector_lanes(&kv);
     let chunks = d / vec;
     let lanes_per_row = chunks.next_power_of_two().min(ws);
     let chunks_per_lane = chunks.div_ceil(lanes_per_row);
@@ -71,6 +74,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     let last_len = b.global("kv_last_page_len", Scalar::I32, Access::Read);
     // Split-K leaves the sinks to the merge: they join the denominator once.
     let (sinks, slopes) = variant_params(&mut b, spec, !split);
+    let scale_bufs = kv_scale_params(&mut b, &kv);
     let out = if split {
         Output::Partial {
             out: b.global("part_out", Scalar::F32, Access::ReadWrite),
@@ -98,6 +102,8 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     let head = b.let_("kv_head", Expr::special(Special::BlockIdx(Dim::X)));
     let seq = b.let_("seq", Expr::special(Special::BlockIdx(Dim::Y)));
     let (page_begin, kv_len) = seq_pages(&mut b, &kv, indptr, last_len, &seq);
+    // fp8: K's scale multiplies the dot product, V's the output.
+    let scales = kv_scale_values(&mut b, &kv, scale_bufs, &head);
     let start = match spec.sliding_window {
         Some(w) => b.let_("start", (kv_len.clone() - i32(w)).max(Expr::i32(0))),
         None => Expr::i32(0),
@@ -275,6 +281,10 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
                 (Some(s), Some(d)) => Some(d.clone() * s.clone()),
                 _ => None,
             };
+            let dot = match &scales {
+                Some((ks, _)) => dot * ks.clone(),
+                None => dot,
+            };
             let s = logit2(spec, dot, bias);
             let s = b.let_(&format!("s{gi}"), valid.clone().select(s, ninf.clone()));
             let m_old = Expr::Var(m[gi]);
@@ -429,10 +439,11 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
             }
             let lsum = b.let_("lsum", lsum);
             let asum = b.let_("asum", asum);
-            let o = lsum
-                .clone()
-                .gt(Expr::f32(0.0))
-                .select(asum / lsum.clone(), Expr::f32(0.0));
+            let o = match &scales {
+                Some((_, vs)) => asum / lsum.clone() * vs.clone(),
+                None => asum / lsum.clone(),
+            };
+            let o = lsum.clone().gt(Expr::f32(0.0)).select(o, Expr::f32(0.0));
             let row = i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead);
             match &out {
                 Output::Final(out) => {

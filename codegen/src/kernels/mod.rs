@@ -15,7 +15,7 @@ use crate::hip;
 use crate::ir::verify::{verify, Analysis, VerifyErrors};
 use crate::ir::Kernel;
 use crate::registry::KernelKind;
-use crate::spec::{Alibi, AttentionSpec, KvLayoutSpec, SpecError};
+use crate::spec::{Alibi, AttentionSpec, KvLayoutSpec, KvScale, SpecError};
 use crate::target::Target;
 
 pub use decode::DECODE_WARPS;
@@ -117,15 +117,20 @@ pub fn attention_kernels(a: &AttentionSpec) -> [KernelSpec; 4] {
 ///
 /// ```
 /// use attnforge_codegen::kernels::{symbol, KernelSpec};
-/// use attnforge_codegen::spec::{DType, KvLayoutSpec, Order};
-/// let kv = KvLayoutSpec { page_size: 16, kv_heads: 8, head_dim: 128, dtype: DType::F16, order: Order::Nhd };
+/// use attnforge_codegen::spec::{DType, KvLayoutSpec, KvScale, Order};
+/// let kv = KvLayoutSpec { page_size: 16, kv_heads: 8, head_dim: 128, dtype: DType::F16, order: Order::Nhd, scale: KvScale::Unscaled };
 /// assert_eq!(symbol(&KernelSpec::Append(kv)), "af_append_f16_nhd_p16_h8_d128");
 /// ```
 pub fn symbol(spec: &KernelSpec) -> String {
     let kv = spec.layout();
     let layout = format!(
-        "{}_{}_p{}",
+        "{}{}_{}_p{}",
         kv.dtype.name(),
+        match kv.scale {
+            KvScale::Unscaled => "",
+            KvScale::PerTensor => "_st",
+            KvScale::PerHead => "_sh",
+        },
         kv.order.name().to_ascii_lowercase(),
         kv.page_size
     );
@@ -274,9 +279,66 @@ pub fn generate(spec: &KernelSpec, target: Target) -> Result<GeneratedKernel, Co
     })
 }
 
-/// Elements per 16-byte vector access of `dtype` (4 for f32, 8 for f16/bf16).
+/// Elements per 16-byte vector access of `dtype` (4 for f32, 8 for f16/bf16,
+/// 16 for fp8).
 pub(crate) fn vector_lanes(dtype: crate::spec::DType) -> u32 {
     16 / dtype.size_bytes()
+}
+
+/// Elements per vector access of a layout's K/V rows: 16 bytes, or 8 when
+/// an fp8 row (a multiple of 8 elements) does not split into 16.
+pub(crate) fn kv_vector_lanes(kv: &KvLayoutSpec) -> u32 {
+    let v = vector_lanes(kv.dtype);
+    if kv.head_dim.is_multiple_of(v) {
+        v
+    } else {
+        8
+    }
+}
+
+/// The source dtype of a layout's append kernel: the cache's own, or f32
+/// for an fp8 cache (quantized in the kernel with the layout's scales).
+pub fn append_source_dtype(kv: &KvLayoutSpec) -> crate::spec::DType {
+    if kv.dtype.is_fp8() {
+        crate::spec::DType::F32
+    } else {
+        kv.dtype
+    }
+}
+
+/// The `k_scale` and `v_scale` kernel buffers of an fp8 layout (one f32 per
+/// tensor or per KV head, see [`crate::spec::KvScale`]), declared after the
+/// variants' buffers; `None` for an unscaled layout.
+pub(crate) fn kv_scale_params(
+    b: &mut crate::ir::builder::KernelBuilder,
+    kv: &KvLayoutSpec,
+) -> Option<(crate::ir::BufId, crate::ir::BufId)> {
+    use crate::ir::{Access, Scalar};
+    (kv.scale != KvScale::Unscaled).then(|| {
+        (
+            b.global("k_scale", Scalar::F32, Access::Read),
+            b.global("v_scale", Scalar::F32, Access::Read),
+        )
+    })
+}
+
+/// The K and V scales of KV head `head` (an i32 expression), as variables.
+pub(crate) fn kv_scale_values(
+    b: &mut crate::ir::builder::KernelBuilder,
+    kv: &KvLayoutSpec,
+    bufs: Option<(crate::ir::BufId, crate::ir::BufId)>,
+    head: &crate::ir::Expr,
+) -> Option<(crate::ir::Expr, crate::ir::Expr)> {
+    use crate::ir::Expr;
+    let (k, v) = bufs?;
+    let at = match kv.scale {
+        KvScale::PerHead => head.clone(),
+        _ => Expr::i32(0),
+    };
+    Some((
+        b.let_("k_scale_h", Expr::load(k, at.clone(), 1)),
+        b.let_("v_scale_h", Expr::load(v, at, 1)),
+    ))
 }
 
 /// `layout.offset(page, token, head)` as an i64 IR expression.

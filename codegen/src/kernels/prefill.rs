@@ -34,7 +34,10 @@ use crate::ir::{Access, Dim, Expr, Kernel, Scalar, Special, VarId};
 use crate::spec::AttentionSpec;
 use crate::target::Target;
 
-use super::{alibi_slope, kv_offset, logit2, seq_pages, variant_params, vector_lanes};
+use super::{
+    alibi_slope, kv_offset, kv_scale_params, kv_scale_values, kv_vector_lanes, logit2, seq_pages,
+    variant_params, vector_lanes,
+};
 
 /// Query rows (token × head of a KV head's group) per prefill block.
 pub const PREFILL_ROWS: u32 = 16;
@@ -68,7 +71,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     let g = spec.group_size();
     let rows = PREFILL_ROWS;
     let tk = prefill_kv_tile(d);
-    let vec = vector_lanes(kv.dtype);
+    let vec = kv_vector_lanes(&kv);
     let qvec = vector_lanes(spec.query_dtype());
     // Output elements per thread, read from shared memory `w` at a time.
     let per_thread = d / threads_per_row(target);
@@ -92,6 +95,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     let indices = b.global("kv_indices", Scalar::I32, Access::Read);
     let last_len = b.global("kv_last_page_len", Scalar::I32, Access::Read);
     let (sinks, slopes) = variant_params(&mut b, spec, true);
+    let scale_bufs = kv_scale_params(&mut b, &kv);
     let out = b.global("out", q_elem, Access::ReadWrite);
     let sm_q = b.shared("sm_q", Scalar::F32, rows * d);
     let sm_k = b.shared("sm_k", Scalar::F32, tk * d);
@@ -112,6 +116,8 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         Expr::load(qo_indptr, seq.clone() + Expr::i32(1), 1) - qo_begin.clone(),
     );
     let (page_begin, kv_len) = seq_pages(&mut b, &kv, indptr, last_len, &seq);
+    // fp8: K's scale multiplies the dot product, V's the output.
+    let scales = kv_scale_values(&mut b, &kv, scale_bufs, &head);
     let packed = b.let_("packed_rows", q_len.clone() * i32(g));
     let row0 = b.let_("row0", tile * i32(rows));
 
@@ -256,7 +262,11 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                 let bias = slope2
                     .as_ref()
                     .map(|sl| (t - pos.clone()).cast(Scalar::F32) * sl.clone());
-                let logit = logit2(spec, Expr::Var(*dot), bias);
+                let dot = match &scales {
+                    Some((ks, _)) => Expr::Var(*dot) * ks.clone(),
+                    None => Expr::Var(*dot),
+                };
+                let logit = logit2(spec, dot, bias);
                 s.push((
                     b.let_(&format!("s{j}"), ok.clone().select(logit, ninf.clone())),
                     ok,
@@ -361,6 +371,9 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             mx = Expr::f32(1.0);
         }
         // `mx` is now the factor the accumulators still need.
+        if let Some((_, vs)) = &scales {
+            mx = mx * vs.clone();
+        }
         let inv = b.let_(
             "inv",
             lsum.clone()

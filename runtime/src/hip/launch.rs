@@ -10,7 +10,7 @@ use attnforge_codegen::{AttentionSpec, HipKernels, KvLayoutSpec};
 use super::result::{check, HipStatus};
 use super::{rtc, sys, HipDevice, HipError};
 use crate::cpu::Element;
-use crate::plan::{plan_decode, Params};
+use crate::plan::{plan_decode, KvScales, Params};
 use crate::table::PageTable;
 use crate::RuntimeError;
 
@@ -19,6 +19,15 @@ fn hip(call: &'static str) -> impl Fn(HipStatus) -> HipError {
         call,
         status: s.to_string(),
     }
+}
+
+/// The K and V scale buffers of an fp8 cache, in parameter order.
+fn scale_buffers(scales: Option<KvScales<'_>>) -> Result<Vec<DeviceBuffer<f32>>, HipError> {
+    scales
+        .into_iter()
+        .flat_map(|s| [s.k, s.v])
+        .map(DeviceBuffer::from_host)
+        .collect()
 }
 
 /// Device memory holding `len` elements of `T`, freed on drop.
@@ -241,6 +250,7 @@ impl HipDevice {
             .alibi_slopes
             .map(DeviceBuffer::from_host)
             .transpose()?;
+        let scales = scale_buffers(params.kv_scales)?;
         let dout = DeviceBuffer::from_host(out)?;
         let mut args: Vec<KernelArg> = [&dq.ptr, &dk.ptr, &dv.ptr, &di.ptr, &dx.ptr, &dl.ptr]
             .into_iter()
@@ -249,6 +259,7 @@ impl HipDevice {
         if !plan.split {
             args.extend(sinks.iter().map(|b| KernelArg::Ptr(b.ptr)));
             args.extend(slopes.iter().map(|b| KernelArg::Ptr(b.ptr)));
+            args.extend(scales.iter().map(|b| KernelArg::Ptr(b.ptr)));
             args.push(KernelArg::Ptr(dout.ptr));
             let ks = KernelSpec::Decode(*spec);
             // SAFETY: validated as on the CPU device: the table lies within
@@ -260,6 +271,7 @@ impl HipDevice {
             let part_out = DeviceBuffer::from_host(&vec![0f32; rows * spec.kv.head_dim as usize])?;
             let part_ml = DeviceBuffer::from_host(&vec![0f32; rows * 2])?;
             args.extend(slopes.iter().map(|b| KernelArg::Ptr(b.ptr)));
+            args.extend(scales.iter().map(|b| KernelArg::Ptr(b.ptr)));
             args.extend([
                 KernelArg::Ptr(part_out.ptr),
                 KernelArg::Ptr(part_ml.ptr),
@@ -314,6 +326,7 @@ impl HipDevice {
             .alibi_slopes
             .map(DeviceBuffer::from_host)
             .transpose()?;
+        let scales = scale_buffers(params.kv_scales)?;
         let dout = DeviceBuffer::from_host(out)?;
         let mut args: Vec<KernelArg> = [dq.ptr, dk.ptr, dv.ptr, dqo.ptr, di.ptr, dx.ptr, dl.ptr]
             .into_iter()
@@ -321,6 +334,7 @@ impl HipDevice {
             .collect();
         args.extend(sinks.iter().map(|b| KernelArg::Ptr(b.ptr)));
         args.extend(slopes.iter().map(|b| KernelArg::Ptr(b.ptr)));
+        args.extend(scales.iter().map(|b| KernelArg::Ptr(b.ptr)));
         args.push(KernelArg::Ptr(dout.ptr));
         let ks = KernelSpec::Prefill(*spec);
         // SAFETY: validated as on the CPU device (table, qo_indptr against
@@ -345,7 +359,25 @@ impl HipDevice {
         k: &mut [T],
         v: &mut [T],
     ) -> Result<(), RuntimeError> {
-        let tokens = crate::cpu::validate_append(layout, k_new, v_new, slots, k, v)?;
+        self.append_ext(layout, registry, None, k_new, v_new, slots, k, v)
+    }
+
+    /// KV append with its own source dtype and an fp8 cache's scales, as
+    /// [`crate::cpu::CpuDevice::append_ext`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_ext<S: Element, T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        registry: Option<&HipKernels>,
+        scales: Option<KvScales<'_>>,
+        k_new: &[S],
+        v_new: &[S],
+        slots: &[i64],
+        k: &mut [T],
+        v: &mut [T],
+    ) -> Result<(), RuntimeError> {
+        let tokens =
+            crate::cpu::validate_append(layout, scales.as_ref(), k_new, v_new, slots, k, v)?;
         if tokens == 0 {
             return Ok(());
         }
@@ -358,7 +390,11 @@ impl HipDevice {
         );
         let ds = DeviceBuffer::from_host(slots)?;
         let (dk, dv) = (DeviceBuffer::from_host(k)?, DeviceBuffer::from_host(v)?);
-        let mut ptrs = [dkn.ptr, dvn.ptr, ds.ptr, dk.ptr, dv.ptr];
+        let dsc = scale_buffers(scales)?;
+        let mut ptrs: Vec<*mut c_void> = [dkn.ptr, dvn.ptr, ds.ptr, dk.ptr, dv.ptr]
+            .into_iter()
+            .chain(dsc.iter().map(|b| b.ptr))
+            .collect();
         let mut args: Vec<*mut c_void> = ptrs
             .iter_mut()
             .map(|p| (p as *mut *mut c_void).cast())

@@ -2,7 +2,7 @@
 //! (gfx1030) target, named `<kernel>__<spec>@<arch>`: every bundled spec's
 //! primary kernel (decode or append), and a representative set of the other
 //! kernels (prefill, split-K decode and its merge) and of the variants
-//! (ALiBi computed and given, sinks). CI runs with INSTA_UPDATE=no: a change
+//! (ALiBi computed and given, sinks), and fp8 caches. CI runs with INSTA_UPDATE=no: a change
 //! to the generated code must come with its reviewed snapshot.
 
 use attnforge::codegen::kernels::{attention_kernels, generate, KernelSpec};
@@ -65,6 +65,39 @@ fn generated_hip_of_prefill_split_k_and_the_variants() {
     for (spec, name) in [(sinks, "sinks"), (alibi, "alibi"), (given, "alibi_given")] {
         for kernel in attention_kernels(&spec) {
             snapshot(&kernel, name);
+        }
+    }
+}
+
+#[test]
+fn generated_hip_of_fp8_caches() {
+    // Llama 3's shape over an fp8 cache with per-head scales (f16 queries),
+    // and one with a per-tensor scale whose rows split into 8-element
+    // vectors (head dim 40, bf16 queries): every kernel and the append.
+    let fp8 = |head_dim, scale| KvLayoutSpec {
+        page_size: 16,
+        kv_heads: 8,
+        head_dim,
+        dtype: DType::F8E4M3,
+        order: Order::Nhd,
+        scale,
+    };
+    let head = AttentionSpec {
+        causal: true,
+        q_dtype: Some(DType::F16),
+        ..AttentionSpec::new(fp8(128, KvScale::PerHead), 32)
+    };
+    let tensor = AttentionSpec {
+        causal: true,
+        q_dtype: Some(DType::BF16),
+        ..AttentionSpec::new(fp8(40, KvScale::PerTensor), 8)
+    };
+    for (spec, name) in [(head, "fp8_per_head"), (tensor, "fp8_per_tensor_d40")] {
+        snapshot(&KernelSpec::Append(spec.kv), name);
+        for kernel in attention_kernels(&spec) {
+            if !matches!(kernel, KernelSpec::DecodeMerge(_)) {
+                snapshot(&kernel, name);
+            }
         }
     }
 }

@@ -31,6 +31,15 @@ mod nested {
 #[attention(kv = nested::Largest, q_heads = 1024)]
 pub struct LargestMha;
 
+#[kv_layout(page_size = 16, kv_heads = 2, head_dim = 64, dtype = fp8_e4m3, kv_scale = per_head)]
+pub struct Fp8PerHead;
+
+#[kv_layout(page_size = 16, kv_heads = 2, head_dim = 64, dtype = fp8_e4m3)]
+pub struct Fp8Default;
+
+#[attention(kv = Fp8PerHead, q_heads = 8, q_dtype = bf16, causal)]
+pub struct Fp8Attn;
+
 fn main() {
     assert_eq!(<Tiny as KvLayout>::NAME, "tiny");
     assert_eq!(TinyMqa::SPEC.group_size(), 4);
@@ -42,4 +51,9 @@ fn main() {
     assert_eq!(TinyAlibi::SPEC.alibi, Some(Alibi::Computed));
     assert!(TinyAlibi::SPEC.causal && !TinyAlibi::SPEC.sinks);
     assert_eq!(LargestMha::SPEC.kv.page_size, 512);
+    assert_eq!(Fp8Attn::SPEC.kv.dtype, DType::F8E4M3);
+    assert_eq!(Fp8Attn::SPEC.kv.scale, KvScale::PerHead);
+    assert_eq!(<Fp8Default as KvLayout>::SPEC.scale, KvScale::PerTensor);
+    assert_eq!(Fp8Attn::SPEC.query_dtype(), DType::BF16);
+    assert_eq!(LargestMha::SPEC.kv.scale, KvScale::Unscaled);
 }

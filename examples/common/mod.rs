@@ -225,7 +225,8 @@ fn simulate<T: Element + Default, D: Device>(
         )
         .into());
     }
-    let mut cache = KvCache::<T>::new(layout, args.layers, args.max_pages)?;
+    // The arena lives in the device's memory (GPU memory on HIP).
+    let mut cache = KvCache::<T>::new_on(device, layout, args.layers, args.max_pages)?;
     let row = (layout.kv_heads * layout.head_dim) as usize;
     let q_row = (specs[0].q_heads * layout.head_dim) as usize;
     let mut running: Vec<Running> = Vec::new();
@@ -275,15 +276,15 @@ fn simulate<T: Element + Default, D: Device>(
                         stats.prefill_time += tp.elapsed();
                         if check {
                             let table = cache.page_table(&[seq])?;
-                            let (ka, va) = cache.layer(layer)?;
+                            let (ka, va) = cache.layer_to_host(layer)?;
                             let f = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
                             let want = reference::prefill_with(
                                 spec,
                                 &reference::Variants::default(),
                                 &f(&q),
                                 &[0, req.prompt as i32],
-                                &f(ka),
-                                &f(va),
+                                &f(&ka),
+                                &f(&va),
                                 &table,
                             );
                             stats.record(reference::rel_l2(&f(&out), &want));
@@ -412,8 +413,8 @@ fn is_full(e: &CacheError) -> bool {
 }
 
 /// Relative L2 error of one layer's decode output against the reference.
-fn check_layer<T: Element + Default>(
-    cache: &mut KvCache<T>,
+fn check_layer<T: Element, A: attnforge::runtime::Arena<T>>(
+    cache: &mut KvCache<T, A>,
     spec: &AttentionSpec,
     layer: u32,
     batch: &[SeqId],
@@ -421,8 +422,8 @@ fn check_layer<T: Element + Default>(
     out: &[T],
 ) -> Result<f64, RuntimeError> {
     let table = cache.page_table(batch)?;
-    let (k, v) = cache.layer(layer)?;
-    Ok(check_table(spec, q, k, v, &table, out))
+    let (k, v) = cache.layer_to_host(layer)?;
+    Ok(check_table(spec, q, &k, &v, &table, out))
 }
 
 /// Relative L2 error of a decode output over `table` against the reference.

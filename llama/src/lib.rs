@@ -139,11 +139,11 @@ pub struct Output {
 }
 
 /// A model with its KV cache on a device.
-pub struct Engine<'m, Q, T, D> {
+pub struct Engine<'m, Q, T: Element, D: Device> {
     model: &'m Model,
     spec: AttentionSpec,
     device: D,
-    cache: KvCache<T>,
+    cache: KvCache<T, D::Arena<T>>,
     _q: std::marker::PhantomData<Q>,
 }
 
@@ -176,7 +176,7 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
                 given: Q::DTYPE,
             });
         }
-        let cache = KvCache::new(spec.kv, model.config.layers, max_pages)?;
+        let cache = KvCache::new_on(&device, spec.kv, model.config.layers, max_pages)?;
         Ok(Engine {
             model,
             spec,
@@ -187,7 +187,7 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
     }
 
     /// The cache (for page counts).
-    pub fn cache(&self) -> &KvCache<T> {
+    pub fn cache(&self) -> &KvCache<T, D::Arena<T>> {
         &self.cache
     }
 

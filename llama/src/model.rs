@@ -333,7 +333,7 @@ impl Model {
         &self,
         device: &D,
         spec: &AttentionSpec,
-        cache: &mut KvCache<T>,
+        cache: &mut KvCache<T, D::Arena<T>>,
         seqs: &[SeqId],
         tokens: &[u32],
         positions: &[usize],

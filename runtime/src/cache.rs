@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use attnforge_codegen::KvLayoutSpec;
 
 use crate::alloc::{AllocError, PageAllocator, PageId};
+use crate::arena::{Arena, HostArena};
 use crate::table::PageTable;
 
 /// A sequence's id in a cache.
@@ -57,6 +58,9 @@ pub enum CacheError {
     /// The spec is invalid.
     #[error("invalid layout: {0}")]
     Spec(#[from] attnforge_codegen::SpecError),
+    /// The arena's memory failed (a device allocation or copy).
+    #[error("arena: {0}")]
+    Arena(String),
 }
 
 #[derive(Clone, Debug)]
@@ -83,27 +87,58 @@ pub struct BlockTable {
 }
 
 /// Paged KV storage for every layer of a model, with its sequences.
+///
+/// The arenas are host memory by default ([`KvCache::new`]), or a device's
+/// memory ([`KvCache::new_on`]), where launches read and write them in
+/// place.
 #[derive(Clone, Debug)]
-pub struct KvCache<T> {
+pub struct KvCache<T, A = HostArena<T>> {
     layout: KvLayoutSpec,
     layers: u32,
     window: Option<u32>,
     alloc: PageAllocator,
-    k: Vec<T>,
-    v: Vec<T>,
+    arena: A,
     seqs: BTreeMap<SeqId, Seq>,
     next_id: SeqId,
     clock: u64,
+    _t: std::marker::PhantomData<T>,
 }
 
 impl<T: Copy + Default> KvCache<T> {
     /// A cache of `max_pages` pages per layer for `layers` layers, all free,
-    /// the arenas zeroed.
+    /// the arenas zeroed, in host memory.
     pub fn new(
         layout: KvLayoutSpec,
         layers: u32,
         max_pages: u32,
     ) -> Result<KvCache<T>, CacheError> {
+        KvCache::with_arena(layout, layers, max_pages, |elems| {
+            Ok(HostArena::zeroed(elems))
+        })
+    }
+
+    /// K and V of one layer: `max_pages` whole pages each.
+    pub fn layer(&self, layer: u32) -> Result<(&[T], &[T]), CacheError> {
+        let r = self.layer_range(layer)?;
+        Ok((&self.arena.k[r.clone()], &self.arena.v[r]))
+    }
+
+    /// K and V of one layer, writable (for the append kernel).
+    pub fn layer_mut(&mut self, layer: u32) -> Result<(&mut [T], &mut [T]), CacheError> {
+        let r = self.layer_range(layer)?;
+        Ok((&mut self.arena.k[r.clone()], &mut self.arena.v[r]))
+    }
+}
+
+impl<T, A: Arena<T>> KvCache<T, A> {
+    /// A cache over arenas that `make` allocates with the element count
+    /// asked (checked against `usize` and the layout first).
+    pub fn with_arena(
+        layout: KvLayoutSpec,
+        layers: u32,
+        max_pages: u32,
+        make: impl FnOnce(usize) -> Result<A, CacheError>,
+    ) -> Result<KvCache<T, A>, CacheError> {
         layout.validate()?;
         if max_pages > i32::MAX as u32 {
             return Err(CacheError::TooLarge {
@@ -127,12 +162,28 @@ impl<T: Copy + Default> KvCache<T> {
             layers,
             window: None,
             alloc: PageAllocator::new(max_pages),
-            k: vec![T::default(); elems],
-            v: vec![T::default(); elems],
+            arena: make(elems)?,
             seqs: BTreeMap::new(),
             next_id: 0,
             clock: 0,
+            _t: std::marker::PhantomData,
         })
+    }
+
+    /// The arenas (for launches on the device that holds them).
+    pub fn arena(&self) -> &A {
+        &self.arena
+    }
+
+    /// The arenas, writable (for the append kernel).
+    pub fn arena_mut(&mut self) -> &mut A {
+        &mut self.arena
+    }
+
+    /// K and V of one layer, copied to host memory (for any arena).
+    pub fn layer_to_host(&self, layer: u32) -> Result<(Vec<T>, Vec<T>), CacheError> {
+        let r = self.layer_range(layer)?;
+        self.arena.to_host(r).map_err(CacheError::Arena)
     }
 
     /// Releases pages that fall wholly out of a sliding window of `w` tokens
@@ -162,7 +213,8 @@ impl<T: Copy + Default> KvCache<T> {
         self.alloc.max_pages()
     }
 
-    fn layer_range(&self, layer: u32) -> Result<std::ops::Range<usize>, CacheError> {
+    /// Elements `layer` covers in each arena.
+    pub fn layer_range(&self, layer: u32) -> Result<std::ops::Range<usize>, CacheError> {
         if layer >= self.layers {
             return Err(CacheError::NoLayer {
                 layer,
@@ -172,18 +224,6 @@ impl<T: Copy + Default> KvCache<T> {
         let n = self.max_pages() * self.layout.page_elems() as usize;
         let l = layer as usize;
         Ok(l * n..(l + 1) * n)
-    }
-
-    /// K and V of one layer: `max_pages` whole pages each.
-    pub fn layer(&self, layer: u32) -> Result<(&[T], &[T]), CacheError> {
-        let r = self.layer_range(layer)?;
-        Ok((&self.k[r.clone()], &self.v[r]))
-    }
-
-    /// K and V of one layer, writable (for the append kernel).
-    pub fn layer_mut(&mut self, layer: u32) -> Result<(&mut [T], &mut [T]), CacheError> {
-        let r = self.layer_range(layer)?;
-        Ok((&mut self.k[r.clone()], &mut self.v[r]))
     }
 
     fn tick(&mut self) -> u64 {
@@ -246,9 +286,14 @@ impl<T: Copy + Default> KvCache<T> {
             .allocate_pages(new_pages + cow as usize)
             .map_err(|source| CacheError::Alloc { seq: id, source })?;
         if cow {
-            let copy = fresh.pop().expect("allocated above");
+            let copy = *fresh.last().expect("allocated above");
             let old = last.expect("a partly filled page exists");
-            self.copy_page(old, copy);
+            if let Err(e) = self.copy_page(old, copy) {
+                // All or nothing: the new pages go back.
+                let _ = self.alloc.release_all(&fresh);
+                return Err(e);
+            }
+            fresh.pop();
             self.alloc
                 .release(old)
                 .map_err(|source| CacheError::Alloc { seq: id, source })?;
@@ -289,7 +334,7 @@ impl<T: Copy + Default> KvCache<T> {
             .map_err(|source| CacheError::Alloc { seq: id, source })
     }
 
-    fn copy_page(&mut self, from: PageId, to: PageId) {
+    fn copy_page(&mut self, from: PageId, to: PageId) -> Result<(), CacheError> {
         let pe = self.layout.page_elems() as usize;
         let per_layer = self.max_pages() * pe;
         for l in 0..self.layers as usize {
@@ -297,9 +342,11 @@ impl<T: Copy + Default> KvCache<T> {
                 l * per_layer + from as usize * pe,
                 l * per_layer + to as usize * pe,
             );
-            self.k.copy_within(src..src + pe, dst);
-            self.v.copy_within(src..src + pe, dst);
+            self.arena
+                .copy_within(src, dst, pe)
+                .map_err(CacheError::Arena)?;
         }
+        Ok(())
     }
 
     /// A new sequence sharing every page of `id` (full pages stay shared; a

@@ -13,7 +13,7 @@ use crate::table::{validate_slots, PageTable};
 use crate::RuntimeError;
 
 /// A KV element type on the host.
-pub trait Element: Pod + Send + Sync {
+pub trait Element: Pod + Send + Sync + Default {
     /// The dtype it stores.
     const DTYPE: DType;
     /// Its value as f64.
@@ -98,17 +98,16 @@ impl std::fmt::Debug for CpuDevice {
     }
 }
 
-fn arena_pages<T>(layout: &KvLayoutSpec, k: &[T], v: &[T]) -> Result<u64, RuntimeError> {
+fn arena_pages(layout: &KvLayoutSpec, k_len: usize, v_len: usize) -> Result<u64, RuntimeError> {
     let page = layout.page_elems() as usize;
-    if k.len() != v.len() || !k.len().is_multiple_of(page) {
+    if k_len != v_len || !k_len.is_multiple_of(page) {
         return Err(RuntimeError::Shape(format!(
             "K and V arenas hold {} and {} elements; both must be the same whole number of \
              pages of {page} elements",
-            k.len(),
-            v.len()
+            k_len, v_len
         )));
     }
-    Ok((k.len() / page) as u64)
+    Ok((k_len / page) as u64)
 }
 
 fn check_dtype<T: Element>(layout: &KvLayoutSpec) -> Result<(), RuntimeError> {
@@ -125,8 +124,7 @@ fn check_dtype<T: Element>(layout: &KvLayoutSpec) -> Result<(), RuntimeError> {
 /// the arenas' shape and the page table against them.
 fn validate_attention<Q: Element, T: Element>(
     spec: &AttentionSpec,
-    k: &[T],
-    v: &[T],
+    kv_len: (usize, usize),
     table: &PageTable,
 ) -> Result<(), RuntimeError> {
     spec.validate()?;
@@ -137,7 +135,7 @@ fn validate_attention<Q: Element, T: Element>(
             given: Q::DTYPE,
         });
     }
-    let max_pages = arena_pages(&spec.kv, k, v)?;
+    let max_pages = arena_pages(&spec.kv, kv_len.0, kv_len.1)?;
     table.validate(&spec.kv, max_pages)?;
     Ok(())
 }
@@ -147,12 +145,11 @@ fn validate_attention<Q: Element, T: Element>(
 pub(crate) fn validate_decode<Q: Element, T: Element>(
     spec: &AttentionSpec,
     q: &[Q],
-    k: &[T],
-    v: &[T],
+    kv_len: (usize, usize),
     table: &PageTable,
     out: &[Q],
 ) -> Result<(), RuntimeError> {
-    validate_attention::<Q, T>(spec, k, v, table)?;
+    validate_attention::<Q, T>(spec, kv_len, table)?;
     let batch = table.batch();
     let row = spec.q_heads as usize * spec.kv.head_dim as usize;
     if q.len() != batch * row || out.len() != batch * row {
@@ -177,12 +174,11 @@ pub(crate) fn validate_prefill<Q: Element, T: Element>(
     params: &Params<'_>,
     q: &[Q],
     qo_indptr: &[i32],
-    k: &[T],
-    v: &[T],
+    kv_len: (usize, usize),
     table: &PageTable,
     out: &[Q],
 ) -> Result<u32, RuntimeError> {
-    validate_attention::<Q, T>(spec, k, v, table)?;
+    validate_attention::<Q, T>(spec, kv_len, table)?;
     params.validate(spec)?;
     let batch = table.batch();
     let row = spec.q_heads as usize * spec.kv.head_dim as usize;
@@ -236,8 +232,7 @@ pub(crate) fn validate_append<S: Element, T: Element>(
     k_new: &[S],
     v_new: &[S],
     slots: &[i64],
-    k: &[T],
-    v: &[T],
+    kv_len: (usize, usize),
 ) -> Result<u32, RuntimeError> {
     layout.validate()?;
     check_dtype::<T>(layout)?;
@@ -249,7 +244,7 @@ pub(crate) fn validate_append<S: Element, T: Element>(
         });
     }
     KvScales::validate(scales, layout)?;
-    let max_pages = arena_pages(layout, k, v)?;
+    let max_pages = arena_pages(layout, kv_len.0, kv_len.1)?;
     validate_slots(slots, layout, max_pages)?;
     let row = layout.kv_heads as usize * layout.head_dim as usize;
     if k_new.len() != slots.len() * row || v_new.len() != slots.len() * row {
@@ -339,7 +334,7 @@ impl CpuDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        validate_decode(spec, q, k, v, table, out)?;
+        validate_decode::<Q, T>(spec, q, (k.len(), v.len()), table, out)?;
         params.validate(spec)?;
         let batch = table.batch();
         if batch == 0 {
@@ -428,7 +423,8 @@ impl CpuDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        let tiles = validate_prefill(spec, params, q, qo_indptr, k, v, table, out)?;
+        let tiles =
+            validate_prefill::<Q, T>(spec, params, q, qo_indptr, (k.len(), v.len()), table, out)?;
         let batch = table.batch();
         if batch == 0 || tiles == 0 {
             return Ok(());
@@ -490,7 +486,14 @@ impl CpuDevice {
         k: &mut [T],
         v: &mut [T],
     ) -> Result<(), RuntimeError> {
-        let tokens = validate_append(layout, scales.as_ref(), k_new, v_new, slots, k, v)?;
+        let tokens = validate_append::<S, T>(
+            layout,
+            scales.as_ref(),
+            k_new,
+            v_new,
+            slots,
+            (k.len(), v.len()),
+        )?;
         if tokens == 0 {
             return Ok(());
         }

@@ -7,6 +7,7 @@
 
 use attnforge_codegen::{Attention, AttentionSpec, KvLayoutSpec};
 
+use crate::arena::{Arena, HostArena};
 use crate::cache::{CacheError, KvCache, SeqId};
 use crate::cpu::Element;
 use crate::plan::{KvScales, Params};
@@ -14,7 +15,59 @@ use crate::table::PageTable;
 use crate::RuntimeError;
 
 /// A device that runs attnforge's kernels.
+///
+/// Two ways in: over buffers the caller owns (`decode_ext`, `prefill`,
+/// `append_ext`: host slices, copied to the device and back where the
+/// device is not the host), and over a [`KvCache`]'s arenas in the
+/// device's own memory (`*_in`, what the cache's `*_with` methods call:
+/// nothing but the queries, the table and the outputs move).
 pub trait Device {
+    /// Where this device keeps a cache's K and V.
+    type Arena<T: Element>: Arena<T>;
+
+    /// Two zeroed arenas of `elems` elements each, in the device's memory.
+    fn new_arena<T: Element>(&self, elems: usize) -> Result<Self::Arena<T>, RuntimeError>;
+
+    /// Decode over elements `layer` of the arenas (one layer's pages).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_in<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        q: &[Q],
+        arena: &Self::Arena<T>,
+        layer: std::ops::Range<usize>,
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError>;
+
+    /// Prefill over elements `layer` of the arenas.
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_in<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        q: &[Q],
+        qo_indptr: &[i32],
+        arena: &Self::Arena<T>,
+        layer: std::ops::Range<usize>,
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError>;
+
+    /// Append into elements `layer` of the arenas.
+    #[allow(clippy::too_many_arguments)]
+    fn append_in<S: Element, T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        scales: Option<KvScales<'_>>,
+        k_new: &[S],
+        v_new: &[S],
+        slots: &[i64],
+        arena: &mut Self::Arena<T>,
+        layer: std::ops::Range<usize>,
+    ) -> Result<(), RuntimeError>;
+
     /// Decode attention: `q`/`out` are [batch][q_heads][head_dim] in the
     /// spec's query dtype, `k`/`v` whole arenas in the layout's dtype,
     /// `table` the batch's page table. No launch parameters: a spec with
@@ -105,6 +158,55 @@ pub struct Cpu<'a> {
 
 #[cfg(feature = "cpu")]
 impl Device for Cpu<'_> {
+    type Arena<T: Element> = HostArena<T>;
+
+    fn new_arena<T: Element>(&self, elems: usize) -> Result<HostArena<T>, RuntimeError> {
+        Ok(HostArena::zeroed(elems))
+    }
+
+    fn decode_in<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        q: &[Q],
+        arena: &HostArena<T>,
+        layer: std::ops::Range<usize>,
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        let (k, v) = arena.slices(layer)?;
+        self.decode_ext(spec, params, q, k, v, table, out)
+    }
+
+    fn prefill_in<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        q: &[Q],
+        qo_indptr: &[i32],
+        arena: &HostArena<T>,
+        layer: std::ops::Range<usize>,
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        let (k, v) = arena.slices(layer)?;
+        self.prefill(spec, params, q, qo_indptr, k, v, table, out)
+    }
+
+    fn append_in<S: Element, T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        scales: Option<KvScales<'_>>,
+        k_new: &[S],
+        v_new: &[S],
+        slots: &[i64],
+        arena: &mut HostArena<T>,
+        layer: std::ops::Range<usize>,
+    ) -> Result<(), RuntimeError> {
+        let (k, v) = arena.slices_mut(layer)?;
+        self.append_ext(layout, scales, k_new, v_new, slots, k, v)
+    }
+
     fn decode_ext<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
@@ -170,6 +272,58 @@ impl Device for Cpu<'_> {
 
 #[cfg(feature = "hip")]
 impl Device for crate::hip::HipDevice {
+    type Arena<T: Element> = crate::hip::HipArena<T>;
+
+    fn new_arena<T: Element>(&self, elems: usize) -> Result<Self::Arena<T>, RuntimeError> {
+        self.make_current()?;
+        Ok(crate::hip::HipArena::zeroed(elems)?)
+    }
+
+    fn decode_in<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        q: &[Q],
+        arena: &Self::Arena<T>,
+        layer: std::ops::Range<usize>,
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        let kv = arena.layer(layer)?;
+        crate::hip::HipDevice::decode_resident(self, spec, None, params, q, kv, table, out)
+    }
+
+    fn prefill_in<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        params: &Params<'_>,
+        q: &[Q],
+        qo_indptr: &[i32],
+        arena: &Self::Arena<T>,
+        layer: std::ops::Range<usize>,
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        let kv = arena.layer(layer)?;
+        crate::hip::HipDevice::prefill_resident(
+            self, spec, None, params, q, qo_indptr, kv, table, out,
+        )
+    }
+
+    fn append_in<S: Element, T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        scales: Option<KvScales<'_>>,
+        k_new: &[S],
+        v_new: &[S],
+        slots: &[i64],
+        arena: &mut Self::Arena<T>,
+        layer: std::ops::Range<usize>,
+    ) -> Result<(), RuntimeError> {
+        let kv = arena.layer(layer)?;
+        crate::hip::HipDevice::append_resident(self, layout, None, scales, k_new, v_new, slots, kv)
+    }
+
     fn decode_ext<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
@@ -211,10 +365,35 @@ impl Device for crate::hip::HipDevice {
     }
 }
 
-impl<T: Element + Default> KvCache<T> {
+impl<T: Element> KvCache<T> {
+    /// A cache whose arenas live in `device`'s memory (host memory for the
+    /// CPU device, GPU memory for HIP), zeroed.
+    pub fn new_on<D: Device>(
+        device: &D,
+        layout: KvLayoutSpec,
+        layers: u32,
+        max_pages: u32,
+    ) -> Result<KvCache<T, D::Arena<T>>, RuntimeError> {
+        let mut failed = None;
+        let cache = KvCache::with_arena(layout, layers, max_pages, |elems| {
+            device.new_arena::<T>(elems).map_err(|e| {
+                let msg = e.to_string();
+                failed = Some(e);
+                CacheError::Arena(msg)
+            })
+        });
+        match (cache, failed) {
+            (Ok(c), _) => Ok(c),
+            (Err(_), Some(e)) => Err(e),
+            (Err(e), None) => Err(e.into()),
+        }
+    }
+}
+
+impl<T: Element, A: Arena<T>> KvCache<T, A> {
     /// Writes new K/V rows of one layer at `slots` (from
     /// [`KvCache::append_tokens`]) on `device`.
-    pub fn append_with<D: Device>(
+    pub fn append_with<D: Device<Arena<T> = A>>(
         &mut self,
         device: &D,
         layer: u32,
@@ -222,14 +401,12 @@ impl<T: Element + Default> KvCache<T> {
         k_new: &[T],
         v_new: &[T],
     ) -> Result<(), RuntimeError> {
-        let layout = *self.layout();
-        let (k, v) = self.layer_mut(layer)?;
-        device.append(&layout, k_new, v_new, slots, k, v)
+        self.append_ext_with(device, layer, None, slots, k_new, v_new)
     }
 
     /// Writes new K/V rows of one layer in the layout's append source dtype
     /// (f32 into an fp8 cache, quantized with `scales`: `x / scale`).
-    pub fn append_ext_with<D: Device, S: Element>(
+    pub fn append_ext_with<D: Device<Arena<T> = A>, S: Element>(
         &mut self,
         device: &D,
         layer: u32,
@@ -239,12 +416,20 @@ impl<T: Element + Default> KvCache<T> {
         v_new: &[S],
     ) -> Result<(), RuntimeError> {
         let layout = *self.layout();
-        let (k, v) = self.layer_mut(layer)?;
-        device.append_ext(&layout, scales, k_new, v_new, slots, k, v)
+        let range = self.layer_range(layer)?;
+        device.append_in::<S, T>(
+            &layout,
+            scales,
+            k_new,
+            v_new,
+            slots,
+            self.arena_mut(),
+            range,
+        )
     }
 
     /// Decode for a batch of sequences at one layer on `device`.
-    pub fn decode_with<D: Device, Q: Element>(
+    pub fn decode_with<D: Device<Arena<T> = A>, Q: Element>(
         &mut self,
         device: &D,
         spec: &AttentionSpec,
@@ -258,7 +443,7 @@ impl<T: Element + Default> KvCache<T> {
 
     /// Decode with the variants' launch parameters and a split policy.
     #[allow(clippy::too_many_arguments)]
-    pub fn decode_ext_with<D: Device, Q: Element>(
+    pub fn decode_ext_with<D: Device<Arena<T> = A>, Q: Element>(
         &mut self,
         device: &D,
         spec: &AttentionSpec,
@@ -270,8 +455,8 @@ impl<T: Element + Default> KvCache<T> {
     ) -> Result<(), RuntimeError> {
         same_layout(spec, self.layout())?;
         let table = self.page_table(batch)?;
-        let (k, v) = self.layer(layer)?;
-        device.decode_ext(spec, params, q, k, v, &table, out)
+        let range = self.layer_range(layer)?;
+        device.decode_in::<Q, T>(spec, params, q, self.arena(), range, &table, out)
     }
 
     /// Prefill for a ragged batch at one layer on `device`: sequence
@@ -279,7 +464,7 @@ impl<T: Element + Default> KvCache<T> {
     /// in batch order), whose K/V this layer already holds (appended with
     /// [`KvCache::append_with`]).
     #[allow(clippy::too_many_arguments)]
-    pub fn prefill_with<D: Device, Q: Element>(
+    pub fn prefill_with<D: Device<Arena<T> = A>, Q: Element>(
         &mut self,
         device: &D,
         spec: &AttentionSpec,
@@ -300,8 +485,17 @@ impl<T: Element + Default> KvCache<T> {
         }
         let qo_indptr = qo_indptr(q_lens)?;
         let table = self.page_table(batch)?;
-        let (k, v) = self.layer(layer)?;
-        device.prefill(spec, params, q, &qo_indptr, k, v, &table, out)
+        let range = self.layer_range(layer)?;
+        device.prefill_in::<Q, T>(
+            spec,
+            params,
+            q,
+            &qo_indptr,
+            self.arena(),
+            range,
+            &table,
+            out,
+        )
     }
 }
 
@@ -333,12 +527,22 @@ pub trait AttentionHandle: Attention {
             .with_sliding_window(Self::SPEC.sliding_window))
     }
 
+    /// A cache for this attention with its arenas in `device`'s memory.
+    fn new_cache_on<D: Device, T: Element>(
+        device: &D,
+        layers: u32,
+        max_pages: u32,
+    ) -> Result<KvCache<T, D::Arena<T>>, RuntimeError> {
+        Ok(KvCache::new_on(device, Self::SPEC.kv, layers, max_pages)?
+            .with_sliding_window(Self::SPEC.sliding_window))
+    }
+
     /// Writes new K/V rows of one layer at `slots` (from
     /// [`KvCache::append_tokens`]); the cache must have this attention's
     /// layout.
-    fn append<D: Device, T: Element + Default>(
+    fn append<D: Device, T: Element>(
         device: &D,
-        cache: &mut KvCache<T>,
+        cache: &mut KvCache<T, D::Arena<T>>,
         layer: u32,
         slots: &[i64],
         k_new: &[T],
@@ -349,9 +553,9 @@ pub trait AttentionHandle: Attention {
     }
 
     /// Decode attention for a batch of sequences at one layer.
-    fn decode<D: Device, Q: Element, T: Element + Default>(
+    fn decode<D: Device, Q: Element, T: Element>(
         device: &D,
-        cache: &mut KvCache<T>,
+        cache: &mut KvCache<T, D::Arena<T>>,
         layer: u32,
         batch: &[SeqId],
         q: &[Q],
@@ -362,9 +566,9 @@ pub trait AttentionHandle: Attention {
 
     /// Decode with launch parameters (sinks, given ALiBi slopes, split).
     #[allow(clippy::too_many_arguments)]
-    fn decode_ext<D: Device, Q: Element, T: Element + Default>(
+    fn decode_ext<D: Device, Q: Element, T: Element>(
         device: &D,
-        cache: &mut KvCache<T>,
+        cache: &mut KvCache<T, D::Arena<T>>,
         params: &Params<'_>,
         layer: u32,
         batch: &[SeqId],
@@ -377,9 +581,9 @@ pub trait AttentionHandle: Attention {
     /// Prefill for a ragged batch at one layer: `batch[i]` brings
     /// `q_lens[i]` new tokens, already appended (see [`KvCache::prefill_with`]).
     #[allow(clippy::too_many_arguments)]
-    fn prefill<D: Device, Q: Element, T: Element + Default>(
+    fn prefill<D: Device, Q: Element, T: Element>(
         device: &D,
-        cache: &mut KvCache<T>,
+        cache: &mut KvCache<T, D::Arena<T>>,
         params: &Params<'_>,
         layer: u32,
         batch: &[SeqId],

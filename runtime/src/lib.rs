@@ -40,6 +40,7 @@
 //! ```
 
 pub mod alloc;
+pub mod arena;
 mod cache;
 #[cfg(feature = "cpu")]
 pub mod cpu;
@@ -51,6 +52,7 @@ pub mod reference;
 mod table;
 
 pub use alloc::{AllocError, BlockHash, PageAllocator, PageId};
+pub use arena::{Arena, HostArena};
 pub use cache::{BlockTable, CacheError, KvCache, SeqId};
 pub use plan::{plan_decode, DecodePlan, KvScales, Params, Split};
 pub use table::{validate_slots, PageTable, TableError};

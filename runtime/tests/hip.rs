@@ -135,3 +135,77 @@ fn decode_on_a_hip_device_matches_the_cpu() {
         .fold(0.0, f32::max);
     assert!(err < 1e-2, "GPU and CPU differ by {err}");
 }
+
+/// A cache whose arenas live in GPU memory: prompts appended and prefilled,
+/// a decode step, a fork that copies a partly filled page on the device;
+/// every output and the arenas read back match the same steps on a CPU
+/// cache. Skips without a device.
+#[test]
+fn a_gpu_resident_cache_matches_a_host_cache_step_for_step() {
+    use attnforge_runtime::cpu::{CpuDevice, Mode};
+    use attnforge_runtime::device::{Cpu, Device};
+    use attnforge_runtime::{Arena, KvCache, Params};
+    use half::f16;
+    let s = spec();
+
+    fn steps<D: Device>(d: &D, s: &AttentionSpec) -> (Vec<f16>, Vec<f16>, Vec<f16>, Vec<f16>) {
+        let mut cache = KvCache::<f16>::new_on(d, s.kv, 2, 12).unwrap();
+        let row = 3 * 64;
+        let val = |i: usize| f16::from_f32(((i * 7919 % 29) as f32 - 14.0) / 14.0);
+        let a = cache.add_sequence();
+        let slots = cache.append_tokens(a, 21).unwrap();
+        let k: Vec<f16> = (0..21 * row).map(val).collect();
+        let v: Vec<f16> = (0..21 * row).map(|i| val(i + 5)).collect();
+        for layer in 0..2 {
+            cache.append_with(d, layer, &slots, &k, &v).unwrap();
+        }
+        let q: Vec<f16> = (0..21 * 9 * 64).map(|i| val(i + 11)).collect();
+        let mut pre = vec![f16::ZERO; q.len()];
+        cache
+            .prefill_with(d, s, &Params::default(), 1, &[a], &[21], &q, &mut pre)
+            .unwrap();
+        // A fork shares the full page and copies the partly filled one
+        // when it appends (on the device for a GPU arena).
+        let b = cache.fork(a).unwrap();
+        let slots = cache.append_tokens(b, 1).unwrap();
+        for layer in 0..2 {
+            cache
+                .append_with(d, layer, &slots, &k[..row], &v[..row])
+                .unwrap();
+        }
+        let q: Vec<f16> = (0..2 * 9 * 64).map(|i| val(i + 3)).collect();
+        let mut dec = vec![f16::ZERO; q.len()];
+        cache.decode_with(d, s, 0, &[a, b], &q, &mut dec).unwrap();
+        let (ka, va) = cache.layer_to_host(0).unwrap();
+        assert_eq!(cache.arena().len(), 2 * 12 * 16 * 3 * 64);
+        (pre, dec, ka, va)
+    }
+    // The CPU half runs everywhere (it checks the steps themselves); the
+    // GPU half needs a device.
+    let host = CpuDevice::new();
+    let arch = HipDevice::new(0).map_or(Arch::Gfx90a, |d| d.arch());
+    let cpu = Cpu {
+        device: &host,
+        target: arch.target(),
+        mode: Mode::Fast,
+    };
+    let cpu = steps(&cpu, &s);
+    assert!(cpu.1.iter().all(|x| x.is_finite()) && cpu.0.iter().all(|x| x.is_finite()));
+    let device = match HipDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("skipped the GPU half: {e}");
+            return;
+        }
+    };
+    let gpu = steps(&device, &s);
+    assert!(gpu.2 == cpu.2 && gpu.3 == cpu.3, "the arenas differ");
+    for (what, g, c) in [("prefill", &gpu.0, &cpu.0), ("decode", &gpu.1, &cpu.1)] {
+        let err = g
+            .iter()
+            .zip(c)
+            .map(|(a, b)| (a.to_f32() - b.to_f32()).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 1e-2, "{what}: GPU and CPU differ by {err}");
+    }
+}

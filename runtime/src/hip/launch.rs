@@ -9,6 +9,8 @@ use attnforge_codegen::{AttentionSpec, HipKernels, KvLayoutSpec};
 
 use super::result::{check, HipStatus};
 use super::{rtc, sys, HipDevice, HipError};
+use crate::arena::Arena;
+use crate::cache::CacheError;
 use crate::cpu::Element;
 use crate::plan::{plan_decode, KvScales, Params};
 use crate::table::PageTable;
@@ -155,6 +157,13 @@ impl Drop for Module {
 }
 
 impl HipDevice {
+    /// Makes this device the calling thread's current one (allocations,
+    /// copies and launches go to the current device).
+    pub fn make_current(&self) -> Result<(), HipError> {
+        // SAFETY: a plain call with a device ordinal checked in `new`.
+        check(unsafe { sys::hipSetDevice(self.ordinal()) }).map_err(hip("hipSetDevice"))
+    }
+
     /// The code object of a kernel for this device: from the build-time
     /// registry when it has one, else generated and compiled with hiprtc
     /// (cached on disk).
@@ -184,6 +193,7 @@ impl HipDevice {
         grid: [u32; 3],
         mut args: Vec<KernelArg>,
     ) -> Result<(), RuntimeError> {
+        self.make_current()?;
         let module = Module::load(&self.code_object(spec, registry)?)?;
         let block = generate(spec, self.arch.target())?.block_dim();
         let mut ptrs: Vec<*mut c_void> = args
@@ -229,7 +239,42 @@ impl HipDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        crate::cpu::validate_decode(spec, q, k, v, table, out)?;
+        crate::cpu::validate_decode::<Q, T>(spec, q, (k.len(), v.len()), table, out)?;
+        self.make_current()?;
+        let (dk, dv) = (DeviceBuffer::from_host(k)?, DeviceBuffer::from_host(v)?);
+        self.decode_core(spec, registry, params, q, dk.kv(&dv), table, out)
+    }
+
+    /// Decode over a layer of a resident arena ([`HipArena::layer`]): only
+    /// the queries, the table and the output move.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_resident<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        registry: Option<&HipKernels>,
+        params: &Params<'_>,
+        q: &[Q],
+        kv: DeviceKv<T>,
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        crate::cpu::validate_decode::<Q, T>(spec, q, (kv.len, kv.len), table, out)?;
+        self.decode_core(spec, registry, params, q, kv, table, out)
+    }
+
+    /// Decode once validated, over K/V already in device memory.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_core<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        registry: Option<&HipKernels>,
+        params: &Params<'_>,
+        q: &[Q],
+        kv: DeviceKv<T>,
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        self.make_current()?;
         params.validate(spec)?;
         let batch = table.batch();
         if batch == 0 {
@@ -237,11 +282,7 @@ impl HipDevice {
         }
         let lens = (0..batch).map(|b| table.seq_len(b, spec.kv.page_size));
         let plan = plan_decode(spec, lens, params.split, self.compute_units())?;
-        let (dq, dk, dv) = (
-            DeviceBuffer::from_host(q)?,
-            DeviceBuffer::from_host(k)?,
-            DeviceBuffer::from_host(v)?,
-        );
+        let dq = DeviceBuffer::from_host(q)?;
         let di = DeviceBuffer::from_host(&table.indptr)?;
         let dx = DeviceBuffer::from_host(&table.indices)?;
         let dl = DeviceBuffer::from_host(&table.last_page_len)?;
@@ -252,9 +293,9 @@ impl HipDevice {
             .transpose()?;
         let scales = scale_buffers(params.kv_scales)?;
         let dout = DeviceBuffer::from_host(out)?;
-        let mut args: Vec<KernelArg> = [&dq.ptr, &dk.ptr, &dv.ptr, &di.ptr, &dx.ptr, &dl.ptr]
+        let mut args: Vec<KernelArg> = [dq.ptr, kv.k, kv.v, di.ptr, dx.ptr, dl.ptr]
             .into_iter()
-            .map(|p| KernelArg::Ptr(*p))
+            .map(KernelArg::Ptr)
             .collect();
         if !plan.split {
             args.extend(sinks.iter().map(|b| KernelArg::Ptr(b.ptr)));
@@ -307,16 +348,66 @@ impl HipDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        let tiles = crate::cpu::validate_prefill(spec, params, q, qo_indptr, k, v, table, out)?;
+        let tiles = crate::cpu::validate_prefill::<Q, T>(
+            spec,
+            params,
+            q,
+            qo_indptr,
+            (k.len(), v.len()),
+            table,
+            out,
+        )?;
+        self.make_current()?;
+        let (dk, dv) = (DeviceBuffer::from_host(k)?, DeviceBuffer::from_host(v)?);
+        let kv = dk.kv(&dv);
+        self.prefill_core(spec, registry, params, q, qo_indptr, kv, table, out, tiles)
+    }
+
+    /// Prefill over a layer of a resident arena ([`HipArena::layer`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill_resident<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        registry: Option<&HipKernels>,
+        params: &Params<'_>,
+        q: &[Q],
+        qo_indptr: &[i32],
+        kv: DeviceKv<T>,
+        table: &PageTable,
+        out: &mut [Q],
+    ) -> Result<(), RuntimeError> {
+        let tiles = crate::cpu::validate_prefill::<Q, T>(
+            spec,
+            params,
+            q,
+            qo_indptr,
+            (kv.len, kv.len),
+            table,
+            out,
+        )?;
+        self.prefill_core(spec, registry, params, q, qo_indptr, kv, table, out, tiles)
+    }
+
+    /// Prefill once validated, over K/V already in device memory.
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_core<Q: Element, T: Element>(
+        &self,
+        spec: &AttentionSpec,
+        registry: Option<&HipKernels>,
+        params: &Params<'_>,
+        q: &[Q],
+        qo_indptr: &[i32],
+        kv: DeviceKv<T>,
+        table: &PageTable,
+        out: &mut [Q],
+        tiles: u32,
+    ) -> Result<(), RuntimeError> {
+        self.make_current()?;
         let batch = table.batch();
         if batch == 0 || tiles == 0 {
             return Ok(());
         }
-        let (dq, dk, dv) = (
-            DeviceBuffer::from_host(q)?,
-            DeviceBuffer::from_host(k)?,
-            DeviceBuffer::from_host(v)?,
-        );
+        let dq = DeviceBuffer::from_host(q)?;
         let dqo = DeviceBuffer::from_host(qo_indptr)?;
         let di = DeviceBuffer::from_host(&table.indptr)?;
         let dx = DeviceBuffer::from_host(&table.indices)?;
@@ -328,7 +419,7 @@ impl HipDevice {
             .transpose()?;
         let scales = scale_buffers(params.kv_scales)?;
         let dout = DeviceBuffer::from_host(out)?;
-        let mut args: Vec<KernelArg> = [dq.ptr, dk.ptr, dv.ptr, dqo.ptr, di.ptr, dx.ptr, dl.ptr]
+        let mut args: Vec<KernelArg> = [dq.ptr, kv.k, kv.v, dqo.ptr, di.ptr, dx.ptr, dl.ptr]
             .into_iter()
             .map(KernelArg::Ptr)
             .collect();
@@ -376,12 +467,77 @@ impl HipDevice {
         k: &mut [T],
         v: &mut [T],
     ) -> Result<(), RuntimeError> {
-        let tokens =
-            crate::cpu::validate_append(layout, scales.as_ref(), k_new, v_new, slots, k, v)?;
+        let tokens = crate::cpu::validate_append::<S, T>(
+            layout,
+            scales.as_ref(),
+            k_new,
+            v_new,
+            slots,
+            (k.len(), v.len()),
+        )?;
         if tokens == 0 {
             return Ok(());
         }
+        self.make_current()?;
+        let (dk, dv) = (DeviceBuffer::from_host(k)?, DeviceBuffer::from_host(v)?);
+        self.append_core(
+            layout,
+            registry,
+            scales,
+            k_new,
+            v_new,
+            slots,
+            dk.kv(&dv),
+            tokens,
+        )?;
+        dk.to_host(k)?;
+        dv.to_host(v)?;
+        Ok(())
+    }
+
+    /// Append into a layer of a resident arena ([`HipArena::layer`]), in
+    /// place.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_resident<S: Element, T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        registry: Option<&HipKernels>,
+        scales: Option<KvScales<'_>>,
+        k_new: &[S],
+        v_new: &[S],
+        slots: &[i64],
+        kv: DeviceKv<T>,
+    ) -> Result<(), RuntimeError> {
+        let tokens = crate::cpu::validate_append::<S, T>(
+            layout,
+            scales.as_ref(),
+            k_new,
+            v_new,
+            slots,
+            (kv.len, kv.len),
+        )?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        self.append_core(layout, registry, scales, k_new, v_new, slots, kv, tokens)
+    }
+
+    /// Append once validated, into K/V already in device memory.
+    #[allow(clippy::too_many_arguments)]
+    fn append_core<S: Element, T: Element>(
+        &self,
+        layout: &KvLayoutSpec,
+        registry: Option<&HipKernels>,
+        scales: Option<KvScales<'_>>,
+        k_new: &[S],
+        v_new: &[S],
+        slots: &[i64],
+        kv: DeviceKv<T>,
+        tokens: u32,
+    ) -> Result<(), RuntimeError> {
+        self.make_current()?;
         let ks = KernelSpec::Append(*layout);
+        self.make_current()?;
         let module = Module::load(&self.code_object(&ks, registry)?)?;
         let block = generate(&ks, self.arch.target())?.block_dim();
         let (dkn, dvn) = (
@@ -389,9 +545,8 @@ impl HipDevice {
             DeviceBuffer::from_host(v_new)?,
         );
         let ds = DeviceBuffer::from_host(slots)?;
-        let (dk, dv) = (DeviceBuffer::from_host(k)?, DeviceBuffer::from_host(v)?);
         let dsc = scale_buffers(scales)?;
-        let mut ptrs: Vec<*mut c_void> = [dkn.ptr, dvn.ptr, ds.ptr, dk.ptr, dv.ptr]
+        let mut ptrs: Vec<*mut c_void> = [dkn.ptr, dvn.ptr, ds.ptr, kv.k, kv.v]
             .into_iter()
             .chain(dsc.iter().map(|b| b.ptr))
             .collect();
@@ -410,8 +565,146 @@ impl HipDevice {
                 &mut args,
             )?
         };
-        dk.to_host(k)?;
-        dv.to_host(v)?;
         Ok(())
+    }
+}
+
+/// One layer of K and V in device memory: the two base pointers and the
+/// elements each holds (what launches validate page tables against).
+#[derive(Debug)]
+pub struct DeviceKv<T> {
+    k: *mut c_void,
+    v: *mut c_void,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T> Clone for DeviceKv<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for DeviceKv<T> {}
+
+impl<T: Pod> DeviceBuffer<T> {
+    /// A zeroed device allocation of `len` elements.
+    pub fn zeroed(len: usize) -> Result<DeviceBuffer<T>, HipError> {
+        let bytes = len * std::mem::size_of::<T>();
+        let mut ptr = std::ptr::null_mut();
+        // SAFETY: `ptr` is a valid out-pointer.
+        check(unsafe { sys::hipMalloc(&mut ptr, bytes.max(1)) }).map_err(hip("hipMalloc"))?;
+        let buf = DeviceBuffer {
+            ptr,
+            len,
+            _t: PhantomData,
+        };
+        // SAFETY: the allocation holds `bytes` bytes.
+        check(unsafe { sys::hipMemset(buf.ptr, 0, bytes) }).map_err(hip("hipMemset"))?;
+        Ok(buf)
+    }
+
+    /// This buffer as K and `v` as V, whole.
+    fn kv(&self, v: &DeviceBuffer<T>) -> DeviceKv<T> {
+        DeviceKv {
+            k: self.ptr,
+            v: v.ptr,
+            len: self.len.min(v.len),
+            _t: PhantomData,
+        }
+    }
+
+    /// A pointer `elems` elements into the buffer (`elems` ≤ len).
+    fn offset(&self, elems: usize) -> *mut c_void {
+        debug_assert!(elems <= self.len);
+        // SAFETY: within the allocation (callers check `elems` ≤ len).
+        unsafe { self.ptr.cast::<u8>().add(elems * std::mem::size_of::<T>()) }.cast()
+    }
+}
+
+/// A [`crate::KvCache`]'s K and V in GPU memory: launches through the
+/// cache read and write them in place (see [`crate::device::Device`]).
+pub struct HipArena<T> {
+    k: DeviceBuffer<T>,
+    v: DeviceBuffer<T>,
+}
+
+impl<T> std::fmt::Debug for HipArena<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HipArena")
+            .field("elems", &self.k.len)
+            .finish()
+    }
+}
+
+impl<T: Pod> HipArena<T> {
+    /// Two zeroed arenas of `len` elements each on the current device.
+    pub fn zeroed(len: usize) -> Result<HipArena<T>, HipError> {
+        Ok(HipArena {
+            k: DeviceBuffer::zeroed(len)?,
+            v: DeviceBuffer::zeroed(len)?,
+        })
+    }
+
+    /// Elements `range` of K and V, for a launch.
+    pub fn layer(&self, range: std::ops::Range<usize>) -> Result<DeviceKv<T>, CacheError> {
+        if range.start > range.end || range.end > self.k.len {
+            return Err(CacheError::Arena(format!(
+                "elements {range:?} of an arena of {}",
+                self.k.len
+            )));
+        }
+        Ok(DeviceKv {
+            k: self.k.offset(range.start),
+            v: self.v.offset(range.start),
+            len: range.len(),
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<T: Pod> Arena<T> for HipArena<T> {
+    fn len(&self) -> usize {
+        self.k.len
+    }
+
+    fn copy_within(&mut self, src: usize, dst: usize, n: usize) -> Result<(), String> {
+        if src.max(dst) + n > self.k.len {
+            return Err(format!(
+                "copy of {n} elements from {src} to {dst} past {}",
+                self.k.len
+            ));
+        }
+        let bytes = n * std::mem::size_of::<T>();
+        for b in [&self.k, &self.v] {
+            // SAFETY: both ranges lie within the allocation (checked above)
+            // and are whole, distinct pages.
+            check(unsafe { sys::hipMemcpyDtoD(b.offset(dst), b.offset(src), bytes) })
+                .map_err(|s| format!("hipMemcpyDtoD: {s}"))?;
+        }
+        Ok(())
+    }
+
+    fn to_host(&self, range: std::ops::Range<usize>) -> Result<(Vec<T>, Vec<T>), String> {
+        let kv = self.layer(range.clone()).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for p in [kv.k, kv.v] {
+            let mut host: Vec<T> = Vec::with_capacity(range.len());
+            // SAFETY: `p` has `range.len()` elements of T (checked by
+            // `layer`); the host vector's capacity holds as many, and every
+            // bit pattern is a valid T (Pod).
+            unsafe {
+                check(sys::hipMemcpyDtoH(
+                    host.as_mut_ptr().cast(),
+                    p,
+                    range.len() * std::mem::size_of::<T>(),
+                ))
+                .map_err(|s| format!("hipMemcpyDtoH: {s}"))?;
+                host.set_len(range.len());
+            }
+            out.push(host);
+        }
+        let v = out.pop().unwrap_or_default();
+        let k = out.pop().unwrap_or_default();
+        Ok((k, v))
     }
 }

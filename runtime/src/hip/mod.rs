@@ -126,4 +126,4 @@ impl HipDevice {
 #[cfg(feature = "hip")]
 mod launch;
 #[cfg(feature = "hip")]
-pub use launch::{DeviceBuffer, Module};
+pub use launch::{DeviceBuffer, DeviceKv, HipArena, Module};

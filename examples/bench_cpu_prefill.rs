@@ -9,13 +9,15 @@
 //! 2. Decode of one 16384-token sequence (8 blocks of work for 2 cores and
 //!    more): the plain kernel against split-K with the planner's split and
 //!    with a fixed split.
+//! 3. The same decode over an fp8 e4m3 cache with per-head scales (f16
+//!    queries): half the K/V bytes.
 
 use std::time::{Duration, Instant};
 
 use attnforge::kernels::specs::Llama3;
 use attnforge::runtime::cpu::{CpuDevice, Mode};
-use attnforge::runtime::{plan_decode, PageTable, Params, Split};
-use attnforge::{Arch, Attention, KvLayoutSpec};
+use attnforge::runtime::{plan_decode, KvScales, PageTable, Params, Split};
+use attnforge::{Arch, Attention, AttentionSpec, DType, KvLayoutSpec, KvScale, F8E4M3};
 use half::f16;
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -151,4 +153,50 @@ fn main() {
             bytes as f64 / t.as_secs_f64() / 1e9
         );
     }
+
+    // 3. The same decode over an fp8 cache (the f16 values, quantized).
+    let fp8 = AttentionSpec {
+        kv: KvLayoutSpec {
+            dtype: DType::F8E4M3,
+            scale: KvScale::PerHead,
+            ..l
+        },
+        q_dtype: Some(DType::F16),
+        ..spec
+    };
+    let scale = vec![1.0f32 / 64.0; l.kv_heads as usize];
+    let quantize = |x: &[f16]| -> Vec<F8E4M3> {
+        x.iter()
+            .map(|e| F8E4M3::from_f32(e.to_f32() * 64.0))
+            .collect()
+    };
+    let (k8, v8) = (quantize(&k), quantize(&v));
+    let params = Params {
+        split: Split::Off,
+        kv_scales: Some(KvScales {
+            k: &scale,
+            v: &scale,
+        }),
+        ..Params::default()
+    };
+    let t = time(5, || {
+        device
+            .decode_ext(
+                &fp8,
+                target,
+                Mode::Fast,
+                &params,
+                &q,
+                &k8,
+                &v8,
+                &table,
+                &mut out,
+            )
+            .unwrap()
+    });
+    println!(
+        "plain decode, fp8 e4m3 cache (per-head scales), {n} tokens: {:.2} ms, {:.2} GB/s of K/V",
+        t.as_secs_f64() * 1e3,
+        (k8.len() + v8.len()) as f64 / t.as_secs_f64() / 1e9
+    );
 }

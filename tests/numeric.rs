@@ -920,3 +920,60 @@ fn fp8_kv_with_per_tensor_and_per_head_scales() {
         check(&device, &name, &KernelSpec::Append(kv), seed);
     }
 }
+
+/// Every head dim the spec allows from 32 to 256 (each multiple of 8), in
+/// decode and prefill, fast and checked: the KV dtype (fp8 with per-head
+/// scales among them), page size, group size and order rotate, and wave64
+/// and wave32 alternate.
+#[test]
+fn every_head_dim_from_32_to_256_in_decode_and_prefill() {
+    let seed = seed();
+    let device = CpuDevice::new();
+    // (kv dtype, q dtype, scale)
+    let dtypes = [
+        (DType::F16, DType::F16, KvScale::Unscaled),
+        (DType::BF16, DType::BF16, KvScale::Unscaled),
+        (DType::F32, DType::F32, KvScale::Unscaled),
+        (DType::F8E4M3, DType::F16, KvScale::PerHead),
+    ];
+    let pages = [1, 8, 16, 32, 64, 128];
+    // (kv_heads, q_heads): MHA, GQA 2/4/7/8, MQA
+    let groups = [(2, 2), (1, 2), (2, 8), (1, 7), (1, 8), (1, 4)];
+    let specs: Vec<(AttentionSpec, Arch)> = (32..=256)
+        .step_by(8)
+        .enumerate()
+        .map(|(i, head_dim)| {
+            let (dtype, q_dtype, scale) = dtypes[i % dtypes.len()];
+            let (kv_heads, q_heads) = groups[i % groups.len()];
+            let kv = KvLayoutSpec {
+                page_size: pages[i % pages.len()],
+                kv_heads,
+                head_dim,
+                dtype,
+                order: [Order::Nhd, Order::Hnd][(i / 2) % 2],
+                scale,
+            };
+            let spec = AttentionSpec {
+                causal: true,
+                q_dtype: Some(q_dtype),
+                ..AttentionSpec::new(kv, q_heads)
+            };
+            (spec, [Arch::Gfx90a, Arch::Gfx1030][i % 2])
+        })
+        .collect();
+    assert_eq!(specs.len(), 29);
+    let cases: &[&[usize]] = &[&[13], &[1, 40, 7]];
+    let (device, specs) = (&device, &specs);
+    std::thread::scope(|scope| {
+        for part in 0..2 {
+            scope.spawn(move || {
+                for (spec, arch) in specs.iter().skip(part).step_by(2) {
+                    let name = format!("{spec:?}");
+                    for kernel in [KernelSpec::Decode(*spec), KernelSpec::Prefill(*spec)] {
+                        check_on(device, &name, &kernel, seed, &[*arch], cases);
+                    }
+                }
+            });
+        }
+    });
+}

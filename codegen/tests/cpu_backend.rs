@@ -426,7 +426,7 @@ fn fp8_casts_match_the_host_conversion_on_every_code_and_a_sweep() {
     let all: Vec<F8E4M3> = (0..=255u8).map(F8E4M3).collect();
     let mut xs: Vec<f32> = (0..40_000)
         .map(|j| {
-            let e = (j % 26) as i32 - 15;
+            let e = j % 26 - 15;
             (j as f32 * 0.618_034).sin() * 2f32.powi(e)
         })
         .collect();

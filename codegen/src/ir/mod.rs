@@ -99,12 +99,12 @@ impl fmt::Display for Scalar {
     }
 }
 
-/// A value type: a scalar or a vector of 2, 4 or 8 lanes.
+/// A value type: a scalar or a vector of 2, 4, 8 or 16 lanes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Ty {
     /// The element type.
     pub scalar: Scalar,
-    /// 1 for a scalar; 2, 4 or 8 for a vector.
+    /// 1 for a scalar; 2, 4, 8 or 16 for a vector.
     pub lanes: u8,
 }
 
@@ -368,7 +368,7 @@ pub enum Expr {
         buf: BufId,
         /// Element index (any integer type).
         index: Box<Expr>,
-        /// Lanes to load: 1, 2, 4 or 8.
+        /// Lanes to load: 1, 2, 4, 8 or 16 (at most 16 bytes).
         lanes: u8,
     },
     /// One lane of a vector.

@@ -81,6 +81,10 @@ impl<T: Pod> DeviceBuffer<T> {
     }
 }
 
+// SAFETY: a device allocation is not tied to the thread that made it (HIP
+// is thread-safe); the buffer owns it and frees it once, on drop.
+unsafe impl<T: Send> Send for DeviceBuffer<T> {}
+
 impl<T> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
         // SAFETY: allocated by hipMalloc in from_host, freed once here.

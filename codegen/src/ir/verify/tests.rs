@@ -153,7 +153,7 @@ fn type_errors_are_all_reported_together() {
         .any(|m| m.contains("storing f32 into a buffer of f16")));
     assert!(m.iter().any(|m| m.contains("if condition must be bool")));
     assert!(m.iter().any(|m| m.contains("Mul is not defined on f16")));
-    assert!(m.iter().any(|m| m.contains("16 lanes")));
+    assert!(m.iter().any(|m| m.contains("f16x16 is 32 bytes")), "{m:#?}");
 }
 
 #[test]
@@ -162,9 +162,15 @@ fn vector_accesses_are_at_most_16_bytes() {
     let x = b.global("x", Scalar::F32, Access::Read);
     b.let_("ok", Expr::load(x, Expr::i32(0), 4));
     b.let_("wide", Expr::load(x, Expr::i32(0), 8));
+    // 16 one-byte lanes are one 16-byte access (fp8 rows); 3 lanes are no
+    // vector at all.
+    let f8 = b.global("f8", Scalar::F8E4M3, Access::Read);
+    b.let_("fp8_row", Expr::load(f8, Expr::i32(0), 16));
+    b.let_("three", Expr::load(f8, Expr::i32(0), 3));
     let m = messages(&b.finish());
-    assert_eq!(m.len(), 1);
+    assert_eq!(m.len(), 2, "{m:#?}");
     assert!(m[0].contains("32 bytes"), "{m:?}");
+    assert!(m[1].contains("3 lanes"), "{m:?}");
 }
 
 #[test]

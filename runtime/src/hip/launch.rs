@@ -252,7 +252,7 @@ impl HipDevice {
     /// Decode over a layer of a resident arena ([`HipArena::layer`]): only
     /// the queries, the table and the output move.
     #[allow(clippy::too_many_arguments)]
-    pub fn decode_resident<Q: Element, T: Element>(
+    pub(crate) fn decode_resident<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
         registry: Option<&HipKernels>,
@@ -369,7 +369,7 @@ impl HipDevice {
 
     /// Prefill over a layer of a resident arena ([`HipArena::layer`]).
     #[allow(clippy::too_many_arguments)]
-    pub fn prefill_resident<Q: Element, T: Element>(
+    pub(crate) fn prefill_resident<Q: Element, T: Element>(
         &self,
         spec: &AttentionSpec,
         registry: Option<&HipKernels>,
@@ -502,7 +502,7 @@ impl HipDevice {
     /// Append into a layer of a resident arena ([`HipArena::layer`]), in
     /// place.
     #[allow(clippy::too_many_arguments)]
-    pub fn append_resident<S: Element, T: Element>(
+    pub(crate) fn append_resident<S: Element, T: Element>(
         &self,
         layout: &KvLayoutSpec,
         registry: Option<&HipKernels>,
@@ -593,7 +593,12 @@ impl<T> Copy for DeviceKv<T> {}
 impl<T: Pod> DeviceBuffer<T> {
     /// A zeroed device allocation of `len` elements.
     pub fn zeroed(len: usize) -> Result<DeviceBuffer<T>, HipError> {
-        let bytes = len * std::mem::size_of::<T>();
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| HipError::Hip {
+                call: "hipMalloc",
+                status: format!("{len} elements overflow usize bytes"),
+            })?;
         let mut ptr = std::ptr::null_mut();
         // SAFETY: `ptr` is a valid out-pointer.
         check(unsafe { sys::hipMalloc(&mut ptr, bytes.max(1)) }).map_err(hip("hipMalloc"))?;
@@ -650,7 +655,7 @@ impl<T: Pod> HipArena<T> {
     }
 
     /// Elements `range` of K and V, for a launch.
-    pub fn layer(&self, range: std::ops::Range<usize>) -> Result<DeviceKv<T>, CacheError> {
+    pub(crate) fn layer(&self, range: std::ops::Range<usize>) -> Result<DeviceKv<T>, CacheError> {
         if range.start > range.end || range.end > self.k.len {
             return Err(CacheError::Arena(format!(
                 "elements {range:?} of an arena of {}",

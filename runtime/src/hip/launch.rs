@@ -197,7 +197,7 @@ impl HipDevice {
         grid: [u32; 3],
         mut args: Vec<KernelArg>,
     ) -> Result<(), RuntimeError> {
-        self.make_current()?;
+        // The caller (a launch core) made this device current.
         let module = Module::load(&self.code_object(spec, registry)?)?;
         let block = generate(spec, self.arch.target())?.block_dim();
         let mut ptrs: Vec<*mut c_void> = args
@@ -541,7 +541,6 @@ impl HipDevice {
     ) -> Result<(), RuntimeError> {
         self.make_current()?;
         let ks = KernelSpec::Append(*layout);
-        self.make_current()?;
         let module = Module::load(&self.code_object(&ks, registry)?)?;
         let block = generate(&ks, self.arch.target())?.block_dim();
         let (dkn, dvn) = (

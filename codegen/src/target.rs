@@ -78,6 +78,19 @@ pub struct Target {
     pub shared_mem_bytes: u32,
 }
 
+impl Target {
+    /// Bytes of local arrays (per-thread registers) one thread may hold:
+    /// 2048 32-bit registers' worth on a GPU (the compiler's unrolled
+    /// code must keep them in VGPRs; the code-object tests check for
+    /// spills), a generous stack frame on the host.
+    pub const fn local_bytes(&self) -> u64 {
+        match self.arch {
+            Arch::Host => 1 << 20,
+            _ => 2048 * 4,
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (wave{})", self.arch, self.warp_size)

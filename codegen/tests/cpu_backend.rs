@@ -470,3 +470,138 @@ fn fp8_casts_match_the_host_conversion_on_every_code_and_a_sweep() {
         );
     }
 }
+
+/// Elementwise vector arithmetic and conversions equal the same operations
+/// done lane by lane on the host (fma, min/max, exp2, + − × ÷, selects,
+/// f16/bf16/fp8 to f32 and f32 to f16/bf16), at the host and a GPU target.
+#[test]
+fn vector_arithmetic_and_conversions_equal_the_scalar_operations() {
+    use half::{bf16, f16};
+    const N: usize = 8;
+    for arch in [Arch::Host, Arch::Gfx1030] {
+        let t = arch.target();
+        let mut b = KernelBuilder::new("vec", t, t.warp_size);
+        let x = b.global("x", Scalar::F32, Access::Read);
+        let h = b.global("h", Scalar::F16, Access::Read);
+        let bh = b.global("bh", Scalar::BF16, Access::Read);
+        let f8 = b.global("f8", Scalar::F8E4M3, Access::Read);
+        let out = b.global("out", Scalar::F32, Access::ReadWrite);
+        let oh = b.global("oh", Scalar::F16, Access::ReadWrite);
+        let ob = b.global("ob", Scalar::BF16, Access::ReadWrite);
+        let row = b.let_("row", tid() * Expr::i32(N as i32));
+        let ld = |at: Expr| {
+            let lo = Expr::load(x, at.clone(), 4);
+            let hi = Expr::load(x, at + Expr::i32(4), 4);
+            Expr::Vector(
+                (0..N as u8)
+                    .map(|e| {
+                        if e < 4 {
+                            lo.clone().lane(e)
+                        } else {
+                            hi.clone().lane(e - 4)
+                        }
+                    })
+                    .collect(),
+            )
+        };
+        let a = b.let_("a", ld(row.clone()));
+        let c = b.let_("c", ld(row.clone() + Expr::i32(4096)));
+        let results = [
+            a.clone().fma(c.clone(), a.clone()),
+            a.clone().max(c.clone()) - a.clone().min(c.clone()),
+            (a.clone() * Expr::Vector(vec![Expr::f32(0.125); N])).exp2(),
+            (a.clone() + c.clone()) / c.clone(),
+            tid().lt(Expr::i32(7)).select(a.clone(), c.clone()),
+            Expr::load(h, row.clone(), 8).cast(Scalar::F32),
+            Expr::load(bh, row.clone(), 8).cast(Scalar::F32),
+            Expr::load(f8, row.clone(), 8).cast(Scalar::F32),
+        ];
+        // A local array of vectors, read back through another region
+        // (a shuffle between them) at the GPU target.
+        let keep = b.local("keep", Scalar::F32, N as u32 * results.len() as u32);
+        for (k, r) in results.iter().enumerate() {
+            b.store(keep, Expr::i32((k * N) as i32), r.clone());
+        }
+        b.shfl_xor("sync", Expr::f32(0.0), 0, 1);
+        b.unroll("k", results.len() as u32, |b, k| {
+            b.unroll("e", N as u32, |b, e| {
+                let at = k.clone() * Expr::i32(N as i32) + e.clone();
+                let dst =
+                    (tid() * Expr::i32(results.len() as i32) + k.clone()) * Expr::i32(N as i32) + e;
+                b.store(out, dst, Expr::load(keep, at, 1));
+            });
+        });
+        b.store(oh, row.clone(), a.clone().cast(Scalar::F16));
+        b.store(ob, row, a.cast(Scalar::BF16));
+        let kernel = jit(b);
+
+        let threads = t.warp_size as usize;
+        let mut xs: Vec<f32> = (0..8192)
+            .map(|i| ((i * 7919) % 2001) as f32 / 250.0 - 4.0)
+            .collect();
+        xs[3] = f32::NAN;
+        xs[4100] = -0.0;
+        let hs: Vec<f16> = (0..threads * N)
+            .map(|i| f16::from_bits((i as u16).wrapping_mul(40503)))
+            .collect();
+        let bs: Vec<bf16> = (0..threads * N)
+            .map(|i| bf16::from_bits((i as u16).wrapping_mul(40503)))
+            .collect();
+        let f8s: Vec<u8> = (0..threads * N).map(|i| (i * 37) as u8).collect();
+        let mut got = vec![0f32; threads * results.len() * N];
+        let (mut gh, mut gb) = (vec![f16::ZERO; threads * N], vec![bf16::ZERO; threads * N]);
+        kernel
+            .launch_checked(
+                [1, 1, 1],
+                &mut [
+                    Arg::input(&xs),
+                    Arg::input(&hs),
+                    Arg::input(&bs),
+                    Arg::input(&f8s),
+                    Arg::output(&mut got),
+                    Arg::output(&mut gh),
+                    Arg::output(&mut gb),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
+        for tdx in 0..threads {
+            for e in 0..N {
+                let i = tdx * N + e;
+                let (a, c) = (xs[i], xs[i + 4096]);
+                let want = [
+                    a.mul_add(c, a),
+                    a.max(c) - a.min(c),
+                    (a * 0.125).exp2(),
+                    (a + c) / c,
+                    if tdx < 7 { a } else { c },
+                    hs[i].to_f32(),
+                    bs[i].to_f32(),
+                    attnforge_codegen::F8E4M3(f8s[i]).to_f32(),
+                ];
+                for (k, w) in want.iter().enumerate() {
+                    let g = got[(tdx * want.len() + k) * N + e];
+                    let ok = if k == 2 {
+                        same(g, *w) || ((g - w) / w).abs() <= 3e-7
+                    } else {
+                        same(g, *w)
+                    };
+                    assert!(
+                        ok,
+                        "{arch} op {k} lane {e} thread {tdx}: {g} != {w} (a {a}, c {c})"
+                    );
+                }
+                assert_eq!(
+                    gh[i].to_bits(),
+                    f16::from_f32(a).to_bits(),
+                    "{arch} f16 of {a}"
+                );
+                let want_b = bf16::from_f32(a);
+                assert!(
+                    gb[i] == want_b || (a.is_nan() && gb[i].is_nan()),
+                    "{arch} bf16 of {a}"
+                );
+            }
+        }
+    }
+}

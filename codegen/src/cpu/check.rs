@@ -143,7 +143,9 @@ impl<'k> BlockState<'k> {
             .iter()
             .map(|b| match b.space {
                 Space::Shared => vec![Shadow::default(); b.len as usize],
-                Space::Global => Vec::new(),
+                // Local arrays are per thread (no races) and proven in
+                // bounds by the verifier: never checked at run time.
+                Space::Global | Space::Local => Vec::new(),
             })
             .collect();
         BlockState {
@@ -203,7 +205,7 @@ impl<'k> BlockState<'k> {
                         let bytes = self.global_lens.get(buf as usize).copied().unwrap_or(0);
                         bytes / b.elem.size_bytes() as u64
                     }
-                    Space::Shared => b.len as u64,
+                    Space::Shared | Space::Local => b.len as u64,
                 };
                 let name = b.name.clone();
                 let end = index.checked_add(lanes as i64);

@@ -23,12 +23,10 @@ use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::Module;
 use inkwell::types::{BasicTypeEnum, FunctionType};
-use inkwell::values::{
-    BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue,
-};
+use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
-use super::split::{max_batch, var_regions, Level, Node, Splitter};
+use super::split::{buf_regions, max_batch, var_regions, Level, Node, Splitter};
 use crate::ir::verify::{type_of, Analysis};
 use crate::ir::*;
 
@@ -66,20 +64,29 @@ enum Slot<'ctx> {
     Frame(u64),
 }
 
-type R<T> = Result<T, String>;
+/// Where a local array lives: an alloca when one region uses it, else one
+/// copy per thread in the frame (`offset + tid·stride`).
+#[derive(Clone, Copy)]
+enum LocalSlot<'ctx> {
+    Alloca(PointerValue<'ctx>),
+    Frame { offset: u64, stride: u64 },
+}
 
-fn e<T>(r: Result<T, inkwell::builder::BuilderError>) -> R<T> {
+pub(super) type R<T> = Result<T, String>;
+
+pub(super) fn e<T>(r: Result<T, inkwell::builder::BuilderError>) -> R<T> {
     r.map_err(|err| format!("LLVM builder: {err}"))
 }
 
 pub(crate) struct Lowerer<'a, 'ctx> {
-    cx: &'ctx Context,
+    pub(super) cx: &'ctx Context,
     m: &'a Module<'ctx>,
-    b: Builder<'ctx>,
+    pub(super) b: Builder<'ctx>,
     f: FunctionValue<'ctx>,
     k: &'a Kernel,
     checked: bool,
     slots: Vec<Slot<'ctx>>,
+    locals: HashMap<u32, LocalSlot<'ctx>>,
     frame: PointerValue<'ctx>,
     info: PointerValue<'ctx>,
     state: PointerValue<'ctx>,
@@ -136,6 +143,7 @@ pub(crate) fn lower<'ctx>(
         k,
         checked,
         slots: Vec::new(),
+        locals: HashMap::new(),
         frame: p(1).into_pointer_value(),
         info: p(0).into_pointer_value(),
         state: p(2).into_pointer_value(),
@@ -155,7 +163,9 @@ pub(crate) fn lower<'ctx>(
     let nodes = splitter.block(&k.body);
     let (regions, control_var) = var_regions(&nodes, k.vars.len());
     let assigned = assigned_vars(&k.body, k.vars.len());
+    let bregions = buf_regions(&nodes, k.buffers.len());
     l.layout_frame(an, &regions, &control_var, &assigned, max_batch(&nodes))?;
+    l.layout_locals(&bregions)?;
     l.prologue()?;
     l.nodes(&nodes)?;
     e(l.b.build_return(None))?;
@@ -167,7 +177,7 @@ fn assigned_vars(stmts: &[Stmt], n: usize) -> Vec<bool> {
         for s in stmts {
             match s {
                 Stmt::Assign(v, _) => out[v.0 as usize] = true,
-                Stmt::For { var, body, .. } => {
+                Stmt::For { var, body, .. } | Stmt::Unroll { var, body, .. } => {
                     out[var.0 as usize] = true;
                     walk(body, out);
                 }
@@ -204,7 +214,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         self.cx.i64_type().const_int(v as u64, true)
     }
 
-    fn ty(&self, t: Ty) -> BasicTypeEnum<'ctx> {
+    pub(super) fn ty(&self, t: Ty) -> BasicTypeEnum<'ctx> {
         let s: BasicTypeEnum<'ctx> = match t.scalar {
             Scalar::F32 => self.cx.f32_type().into(),
             Scalar::F16 => self.cx.f16_type().into(),
@@ -274,6 +284,43 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         // Per collective of the largest batch: value, argument, and the two
         // butterfly buffers, one i32 per lane each.
         off += batch.max(1) as u64 * 4 * 4 * self.ws() as u64;
+        self.layout.bytes = align(off, 64);
+        Ok(())
+    }
+
+    /// Local arrays used by one region are allocas; the others get one
+    /// copy per thread at the end of the frame.
+    fn layout_locals(&mut self, regions: &[Vec<usize>]) -> R<()> {
+        let mut off = self.layout.bytes;
+        for (i, buf) in self.k.buffers.iter().enumerate() {
+            if buf.space != Space::Local {
+                continue;
+            }
+            let bytes = buf.len as u64 * buf.elem.size_bytes() as u64;
+            let slot = if regions[i].len() <= 1 {
+                let ty = self.ty(Ty::scalar(buf.elem));
+                let arr = match ty {
+                    BasicTypeEnum::FloatType(t) => t.array_type(buf.len).into(),
+                    BasicTypeEnum::IntType(t) => t.array_type(buf.len).into(),
+                    _ => return Err("local arrays hold scalars".into()),
+                };
+                let p = self.entry_alloca(arr, &buf.name)?;
+                if let Some(inst) = p.as_instruction() {
+                    inst.set_alignment(16).map_err(|x| x.to_string())?;
+                }
+                LocalSlot::Alloca(p)
+            } else {
+                off = align(off, 64);
+                let stride = align(bytes, 16);
+                let slot = LocalSlot::Frame {
+                    offset: off,
+                    stride,
+                };
+                off += stride * self.k.block_dim as u64;
+                slot
+            };
+            self.locals.insert(i as u32, slot);
+        }
         self.layout.bytes = align(off, 64);
         Ok(())
     }
@@ -558,6 +605,15 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 e(self.b.build_unconditional_branch(head))?;
                 self.b.position_at_end(exit);
             }
+            Stmt::Unroll { var, count, .. } => {
+                // Constant bounds: uniform by construction, nothing to check.
+                let (rep, _, _) = self.scope(level)?;
+                let ptr = self.var_ptr(*var, rep)?;
+                self.counted(self.i32c(*count as i64), &mut |l, i| {
+                    e(l.b.build_store(ptr, i))?;
+                    l.nodes(body)
+                })?;
+            }
             Stmt::If { cond, .. } => {
                 let c =
                     self.uniform_cond(level, &|l, tid| Ok(l.expr(cond, tid)?.into_int_value()))?;
@@ -744,13 +800,14 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 let lanes = type_of(self.k, value)?.lanes as u32;
                 let idx = self.index(index, tid)?;
                 let store = |l: &Self| -> R<()> {
-                    let p = l.elem_ptr(*buf, idx)?;
+                    let p = l.elem_ptr(*buf, idx, tid)?;
                     let st = e(l.b.build_store(p, val))?;
                     st.set_alignment(l.k.buffer(*buf).elem.size_bytes())
                         .map_err(|x| x.to_string())?;
                     Ok(())
                 };
-                if self.checked {
+                // Local accesses are proven in bounds by the verifier.
+                if self.checked && self.k.buffer(*buf).space != Space::Local {
                     let code = if self.k.buffer(*buf).space == Space::Shared {
                         op::STORE_SHARED
                     } else {
@@ -834,6 +891,37 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 e(self.b.build_unconditional_branch(head))?;
                 self.b.position_at_end(exit);
             }
+            Stmt::Unroll { var, count, body } => {
+                let ptr = self.var_ptr(*var, tid)?;
+                self.counted(self.i32c(*count as i64), &mut |l, i| {
+                    e(l.b.build_store(ptr, i))?;
+                    for s in body {
+                        l.stmt(s, tid)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            Stmt::Prefetch { buf, index } => {
+                // Unchecked even in checked mode: a prefetch never faults.
+                let idx = self.index(index, tid)?;
+                let p = self.elem_ptr(*buf, idx, tid)?;
+                let i32t = self.cx.i32_type();
+                let f = Intrinsic::find("llvm.prefetch")
+                    .and_then(|i| {
+                        i.get_declaration(
+                            self.m,
+                            &[self.cx.ptr_type(AddressSpace::default()).into()],
+                        )
+                    })
+                    .ok_or("no llvm.prefetch")?;
+                let args = [
+                    p.into(),
+                    i32t.const_int(0, false).into(),
+                    i32t.const_int(3, false).into(),
+                    i32t.const_int(1, false).into(),
+                ];
+                e(self.b.build_call(f, &args, ""))?;
+            }
             Stmt::Comment(_) => {}
             Stmt::Barrier | Stmt::Collective { .. } => {
                 return Err("a barrier or collective inside a thread region (split bug)".into())
@@ -854,11 +942,27 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         }
     }
 
-    fn elem_ptr(&self, buf: BufId, idx: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+    fn elem_ptr(
+        &self,
+        buf: BufId,
+        idx: IntValue<'ctx>,
+        tid: IntValue<'ctx>,
+    ) -> R<PointerValue<'ctx>> {
         let b = self.k.buffer(buf);
         let size = self.i64c(b.elem.size_bytes() as i64);
         let off = e(self.b.build_int_mul(idx, size, "off"))?;
         match b.space {
+            Space::Local => match self.locals.get(&buf.0) {
+                Some(LocalSlot::Alloca(p)) => self.byte_ptr(*p, off),
+                Some(LocalSlot::Frame { offset, stride }) => {
+                    let t64 = e(self.b.build_int_s_extend(tid, self.cx.i64_type(), "t"))?;
+                    let at = e(self.b.build_int_mul(t64, self.i64c(*stride as i64), "o"))?;
+                    let at = e(self.b.build_int_add(at, self.i64c(*offset as i64), "o"))?;
+                    let at = e(self.b.build_int_add(at, off, "o"))?;
+                    self.byte_ptr(self.frame, at)
+                }
+                None => Err("local array without a slot".into()),
+            },
             Space::Global => {
                 let base = *self
                     .bases
@@ -976,15 +1080,15 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 self.math(*f, t.scalar, &vals)?
             }
             Expr::Cast(to, a) => {
-                let from = type_of(self.k, a)?.scalar;
+                let ta = type_of(self.k, a)?;
                 let v = self.expr(a, tid)?;
-                self.cast(from, *to, v)?
+                self.cast(ta.scalar, *to, v, ta.lanes)?
             }
             Expr::Load { buf, index, lanes } => {
                 let idx = self.index(index, tid)?;
                 let lty = self.ty(t);
                 let load = |l: &Self| -> R<BasicValueEnum<'ctx>> {
-                    let p = l.elem_ptr(*buf, idx)?;
+                    let p = l.elem_ptr(*buf, idx, tid)?;
                     let v = e(l.b.build_load(lty, p, "ld"))?;
                     if let Some(inst) = v.as_instruction_value() {
                         inst.set_alignment(l.k.buffer(*buf).elem.size_bytes())
@@ -992,7 +1096,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     }
                     Ok(v)
                 };
-                if self.checked {
+                if self.checked && self.k.buffer(*buf).space != Space::Local {
                     let code = if self.k.buffer(*buf).space == Space::Shared {
                         op::LOAD_SHARED
                     } else {
@@ -1041,6 +1145,16 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         a: BasicValueEnum<'ctx>,
         b: BasicValueEnum<'ctx>,
     ) -> R<BasicValueEnum<'ctx>> {
+        if let (BasicValueEnum::VectorValue(a), BasicValueEnum::VectorValue(b)) = (a, b) {
+            return Ok(match op {
+                BinOp::Add => e(self.b.build_float_add(a, b, "add"))?,
+                BinOp::Sub => e(self.b.build_float_sub(a, b, "sub"))?,
+                BinOp::Mul => e(self.b.build_float_mul(a, b, "mul"))?,
+                BinOp::Div => e(self.b.build_float_div(a, b, "div"))?,
+                _ => return Err(format!("{op:?} on a vector")),
+            }
+            .into());
+        }
         if s == Scalar::F32 {
             let (a, b) = (a.into_float_value(), b.into_float_value());
             return Ok(match op {
@@ -1079,7 +1193,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         .into())
     }
 
-    fn intrinsic(
+    pub(super) fn intrinsic(
         &self,
         name: &str,
         ty: BasicTypeEnum<'ctx>,
@@ -1096,7 +1210,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             .ok_or_else(|| format!("{name} returns a value"))
     }
 
-    fn maxmin(
+    pub(super) fn maxmin(
         &self,
         max: bool,
         s: Scalar,
@@ -1106,7 +1220,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         if s == Scalar::F32 {
             // fmaxf/fminf semantics: llvm.maxnum/minnum.
             let n = if max { "llvm.maxnum" } else { "llvm.minnum" };
-            return self.intrinsic(n, self.cx.f32_type().into(), &[a, b]);
+            return self.intrinsic(n, a.get_type(), &[a, b]);
         }
         let p = match (max, s == Scalar::U32) {
             (true, false) => IntPredicate::SGT,
@@ -1122,10 +1236,16 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
     fn math(&self, f: MathFn, s: Scalar, v: &[BasicValueEnum<'ctx>]) -> R<BasicValueEnum<'ctx>> {
         let f32t: BasicTypeEnum<'ctx> = self.cx.f32_type().into();
         match f {
-            MathFn::Exp2 => self.exp2(v[0].into_float_value()),
+            MathFn::Exp2 => {
+                let lanes = match v[0] {
+                    BasicValueEnum::VectorValue(x) => x.get_type().get_size() as u8,
+                    _ => 1,
+                };
+                self.exp2(v[0], lanes)
+            }
             MathFn::Log2 => self.intrinsic("llvm.log2", f32t, v),
             MathFn::Sqrt => self.intrinsic("llvm.sqrt", f32t, v),
-            MathFn::Fma => self.intrinsic("llvm.fma", f32t, v),
+            MathFn::Fma => self.intrinsic("llvm.fma", v[0].get_type(), v),
             MathFn::Rsqrt => {
                 let r = self.intrinsic("llvm.sqrt", f32t, v)?.into_float_value();
                 let one = self.cx.f32_type().const_float(1.0);
@@ -1157,222 +1277,6 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     .ok_or_else(|| "tanhf returns a value".to_string())
             }
         }
-    }
-
-    /// 2^x inline, so that loops over lanes vectorise: x = n + f with n =
-    /// round(x), |f| ≤ 1/2; 2^f by its Taylor series to degree 6 (relative
-    /// error below 2e-7, about one ulp); 2^n built in the exponent bits.
-    /// exp2(-inf) = 0, exp2(+inf) = inf, NaN stays NaN; results below 2^-126
-    /// flush to zero, as the GPU's v_exp_f32 does with denormals off.
-    fn exp2(&self, x: inkwell::values::FloatValue<'ctx>) -> R<BasicValueEnum<'ctx>> {
-        let f32t = self.cx.f32_type();
-        let i32t = self.cx.i32_type();
-        let c = |v: f64| f32t.const_float(v);
-        let lo = e(self
-            .b
-            .build_float_compare(FloatPredicate::OLT, x, c(-126.0), "lo"))?;
-        let hi = e(self
-            .b
-            .build_float_compare(FloatPredicate::OGT, x, c(128.0), "hi"))?;
-        let xc = self.maxmin(true, Scalar::F32, x.into(), c(-126.0).into())?;
-        let xc = self
-            .maxmin(false, Scalar::F32, xc, c(128.0).into())?
-            .into_float_value();
-        let n = self
-            .intrinsic("llvm.rint", f32t.into(), &[xc.into()])?
-            .into_float_value();
-        let f = e(self.b.build_float_sub(xc, n, "f"))?;
-        // ln2^k / k!
-        let coef = [
-            1.0,
-            std::f64::consts::LN_2,
-            0.240_226_506_959_100_7,
-            0.055_504_108_664_821_58,
-            0.009_618_129_107_628_477,
-            0.001_333_355_814_642_844_3,
-            0.000_154_035_303_933_816_1,
-        ];
-        let mut p = c(coef[6]);
-        for k in (0..6).rev() {
-            p = self
-                .intrinsic(
-                    "llvm.fma",
-                    f32t.into(),
-                    &[p.into(), f.into(), c(coef[k]).into()],
-                )?
-                .into_float_value();
-        }
-        let ni = e(self.b.build_float_to_signed_int(n, i32t, "n"))?;
-        let bits = e(self.b.build_int_add(ni, i32t.const_int(127, false), "b"))?;
-        let bits = e(self
-            .b
-            .build_left_shift(bits, i32t.const_int(23, false), "b"))?;
-        // n = 128 would overflow the exponent: split 2^n = 2^(n-1)·2.
-        let big =
-            e(self
-                .b
-                .build_int_compare(IntPredicate::SGE, ni, i32t.const_int(128, false), "big"))?;
-        let bits = e(self
-            .b
-            .build_select(big, i32t.const_int(254 << 23, false), bits, "b"))?
-        .into_int_value();
-        let scale = e(self.b.build_bit_cast(bits, f32t, "s"))?.into_float_value();
-        let r = e(self.b.build_float_mul(p, scale, "r"))?;
-        let two = e(self.b.build_float_mul(r, c(2.0), "r2"))?;
-        let r = e(self.b.build_select(big, two, r, "r"))?.into_float_value();
-        let r = e(self.b.build_select(lo, c(0.0), r, "r"))?.into_float_value();
-        let r = e(self.b.build_select(hi, c(f64::INFINITY), r, "r"))?.into_float_value();
-        // NaN in, NaN out (the comparisons above are false for NaN).
-        let nan = e(self.b.build_float_compare(FloatPredicate::UNO, x, x, "nan"))?;
-        e(self.b.build_select(nan, x, r, "exp2"))
-    }
-
-    /// FP8 E4M3 ("fn") bits to f32, with integer operations (the same
-    /// steps as `af_to_f32(af_fp8e4m3)` in attnforge.h).
-    fn fp8_to_f32(&self, v: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
-        let (i32t, f32t) = (self.cx.i32_type(), self.cx.f32_type());
-        let c = |n: u64| i32t.const_int(n, false);
-        let b = e(self.b.build_int_z_extend(v, i32t, "f8"))?;
-        let sign = e(self.b.build_and(b, c(0x80), "s"))?;
-        let sign = e(self.b.build_left_shift(sign, c(24), "s"))?;
-        let em = e(self.b.build_and(b, c(0x7f), "em"))?;
-        let normal = e(self.b.build_int_add(em, c(120 << 3), "n"))?;
-        let normal = e(self.b.build_left_shift(normal, c(20), "n"))?;
-        let sub = e(self.b.build_unsigned_int_to_float(em, f32t, "sub"))?;
-        let sub = e(self
-            .b
-            .build_float_mul(sub, f32t.const_float(1.0 / 512.0), "sub"))?;
-        let sub = e(self.b.build_bit_cast(sub, i32t, "sub"))?.into_int_value();
-        let is_normal = e(self.b.build_int_compare(IntPredicate::UGE, em, c(8), "isn"))?;
-        let mag = e(self.b.build_select(is_normal, normal, sub, "mag"))?.into_int_value();
-        let is_nan = e(self
-            .b
-            .build_int_compare(IntPredicate::EQ, em, c(0x7f), "nan"))?;
-        let mag = e(self.b.build_select(is_nan, c(0x7fc0_0000), mag, "mag"))?.into_int_value();
-        let bits = e(self.b.build_or(mag, sign, "bits"))?;
-        Ok(e(self.b.build_bit_cast(bits, f32t, "f"))?.into_float_value())
-    }
-
-    /// f32 to FP8 E4M3 ("fn") bits: round to nearest even, saturate to
-    /// ±448, NaN to NaN (the same steps as `af_f32_to_fp8e4m3`).
-    fn f32_to_fp8(&self, x: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
-        let (i32t, f32t) = (self.cx.i32_type(), self.cx.f32_type());
-        let c = |n: u64| i32t.const_int(n, false);
-        let u = e(self.b.build_bit_cast(x, i32t, "u"))?.into_int_value();
-        let sign = e(self.b.build_right_shift(u, c(24), false, "s"))?;
-        let sign = e(self.b.build_and(sign, c(0x80), "s"))?;
-        let a = e(self.b.build_and(u, c(0x7fff_ffff), "a"))?;
-        // Normal: round the mantissa to 3 bits, then rebias (127 -> 7).
-        let lsb = e(self.b.build_right_shift(a, c(20), false, "l"))?;
-        let lsb = e(self.b.build_and(lsb, c(1), "l"))?;
-        let n = e(self.b.build_int_add(a, c(0x7ffff), "n"))?;
-        let n = e(self.b.build_int_add(n, lsb, "n"))?;
-        let n = e(self.b.build_right_shift(n, c(20), false, "n"))?;
-        let n = e(self.b.build_int_sub(n, c(120 << 3), "n"))?;
-        // Subnormal: m·2^-9 with m rounded to even by adding 2^23.
-        let af = e(self.b.build_bit_cast(a, f32t, "af"))?.into_float_value();
-        let y = e(self.b.build_float_mul(af, f32t.const_float(512.0), "y"))?;
-        let y = e(self
-            .b
-            .build_float_add(y, f32t.const_float(8_388_608.0), "y"))?;
-        let y = e(self.b.build_bit_cast(y, i32t, "y"))?.into_int_value();
-        let sub = e(self.b.build_int_sub(y, c(0x4b00_0000), "sub"))?;
-        let small = e(self
-            .b
-            .build_int_compare(IntPredicate::ULT, a, c(0x3c80_0000), "small"))?;
-        let r = e(self.b.build_select(small, sub, n, "r"))?.into_int_value();
-        let big = e(self
-            .b
-            .build_int_compare(IntPredicate::UGE, a, c(0x43e0_0000), "big"))?;
-        let r = e(self.b.build_select(big, c(0x7e), r, "r"))?.into_int_value();
-        let nan = e(self
-            .b
-            .build_int_compare(IntPredicate::UGT, a, c(0x7f80_0000), "nan"))?;
-        let r = e(self.b.build_select(nan, c(0x7f), r, "r"))?.into_int_value();
-        let r = e(self.b.build_or(r, sign, "r"))?;
-        e(self.b.build_int_truncate(r, self.cx.i8_type(), "f8"))
-    }
-
-    fn cast(&self, from: Scalar, to: Scalar, v: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
-        use Scalar::*;
-        if from == to {
-            return Ok(v);
-        }
-        let f32t = self.cx.f32_type();
-        let i16t = self.cx.i16_type();
-        let i32t = self.cx.i32_type();
-        // Through f32 for the storage floats.
-        let as_f32 = |v: BasicValueEnum<'ctx>| -> R<BasicValueEnum<'ctx>> {
-            Ok(match from {
-                F32 => v,
-                F16 => e(self.b.build_float_ext(v.into_float_value(), f32t, "ext"))?.into(),
-                BF16 => {
-                    let w = e(self.b.build_int_z_extend(v.into_int_value(), i32t, "w"))?;
-                    let w = e(self.b.build_left_shift(w, i32t.const_int(16, false), "w"))?;
-                    e(self.b.build_bit_cast(w, f32t, "bf"))?
-                }
-                F8E4M3 => self.fp8_to_f32(v.into_int_value())?.into(),
-                I32 | I64 => e(self
-                    .b
-                    .build_signed_int_to_float(v.into_int_value(), f32t, "f"))?
-                .into(),
-                U32 | Bool => e(self
-                    .b
-                    .build_unsigned_int_to_float(v.into_int_value(), f32t, "f"))?
-                .into(),
-            })
-        };
-        Ok(match to {
-            F32 => as_f32(v)?,
-            F16 => {
-                let x = as_f32(v)?.into_float_value();
-                e(self.b.build_float_trunc(x, self.cx.f16_type(), "h"))?.into()
-            }
-            BF16 => {
-                // Round to nearest even; NaN stays a quiet NaN with its sign.
-                let x = as_f32(v)?;
-                let u = e(self.b.build_bit_cast(x, i32t, "u"))?.into_int_value();
-                let c = |n: u64| i32t.const_int(n, false);
-                let abs = e(self.b.build_and(u, c(0x7fff_ffff), "abs"))?;
-                let nan =
-                    e(self
-                        .b
-                        .build_int_compare(IntPredicate::UGT, abs, c(0x7f80_0000), "nan"))?;
-                let lsb = e(self.b.build_right_shift(u, c(16), false, "l"))?;
-                let lsb = e(self.b.build_and(lsb, c(1), "l"))?;
-                let r = e(self.b.build_int_add(u, c(0x7fff), "r"))?;
-                let r = e(self.b.build_int_add(r, lsb, "r"))?;
-                let r = e(self.b.build_right_shift(r, c(16), false, "r"))?;
-                let q = e(self.b.build_right_shift(u, c(16), false, "q"))?;
-                let q = e(self.b.build_or(q, c(0x40), "q"))?;
-                let bits = e(self.b.build_select(nan, q, r, "b"))?.into_int_value();
-                e(self.b.build_int_truncate(bits, i16t, "bf16"))?.into()
-            }
-            F8E4M3 => {
-                let x = as_f32(v)?.into_float_value();
-                self.f32_to_fp8(x)?.into()
-            }
-            I32 | U32 | I64 | Bool => {
-                let it = self.ty(Ty::scalar(to)).into_int_type();
-                match from {
-                    F32 | F16 | BF16 | F8E4M3 => {
-                        let x = as_f32(v)?.into_float_value();
-                        if to == U32 {
-                            e(self.b.build_float_to_unsigned_int(x, it, "i"))?.into()
-                        } else {
-                            e(self.b.build_float_to_signed_int(x, it, "i"))?.into()
-                        }
-                    }
-                    _ => {
-                        let signed = matches!(from, I32 | I64);
-                        e(self
-                            .b
-                            .build_int_cast_sign_flag(v.into_int_value(), it, signed, "i"))?
-                        .into()
-                    }
-                }
-            }
-        })
     }
 }
 

@@ -36,6 +36,7 @@
 //! ```
 
 mod check;
+mod convert;
 mod lower;
 mod split;
 
@@ -219,6 +220,13 @@ fn init() -> Result<(), String> {
     }
 }
 
+/// LLVM's pass pipeline for every kernel. The kernels are already laid out
+/// for the machine (the host schedules in explicit vectors, the GPU
+/// schedules as the GPU runs them), so O1's clean-up is what they need:
+/// O2/O3's loop vectorisers and unrollers cost more compile time than they
+/// win (BENCHMARKS.md, "JIT compile time").
+const PIPELINE: &str = "default<O1>";
+
 /// Lowers a verified kernel to LLVM, optimises it and JIT-compiles it.
 pub fn compile(
     kernel: &Kernel,
@@ -266,10 +274,12 @@ pub fn compile(
         .verify()
         .map_err(|e| fail(format!("invalid LLVM IR: {e}")))?;
     module
-        .run_passes("default<O3>", &machine, PassBuilderOptions::create())
+        .run_passes(PIPELINE, &machine, PassBuilderOptions::create())
         .map_err(|e| fail(e.to_string()))?;
     let engine = module
-        .create_jit_execution_engine(OptimizationLevel::Aggressive)
+        // Instruction selection at O1: as fast as the code O3 gives for
+        // these kernels, in about half the time.
+        .create_jit_execution_engine(OptimizationLevel::Less)
         .map_err(|e| fail(e.to_string()))?;
     let addr = engine
         .get_function_address("block")

@@ -12,7 +12,7 @@
 //! collectives, so running them one after another is a legal schedule. The
 //! verifier guarantees the uniformity this relies on.
 
-use crate::ir::{Stmt, VarId};
+use crate::ir::{BufId, Expr, Stmt, VarId};
 
 /// Level at which a control statement's condition is evaluated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +48,9 @@ pub(crate) enum Node<'k> {
 pub(crate) fn has_barrier(s: &Stmt) -> bool {
     match s {
         Stmt::Barrier => true,
-        Stmt::For { body, .. } | Stmt::While { body, .. } => body.iter().any(has_barrier),
+        Stmt::For { body, .. } | Stmt::While { body, .. } | Stmt::Unroll { body, .. } => {
+            body.iter().any(has_barrier)
+        }
         Stmt::If {
             then, otherwise, ..
         } => then.iter().chain(otherwise).any(has_barrier),
@@ -59,7 +61,9 @@ pub(crate) fn has_barrier(s: &Stmt) -> bool {
 pub(crate) fn has_collective(s: &Stmt) -> bool {
     match s {
         Stmt::Collective { .. } => true,
-        Stmt::For { body, .. } | Stmt::While { body, .. } => body.iter().any(has_collective),
+        Stmt::For { body, .. } | Stmt::While { body, .. } | Stmt::Unroll { body, .. } => {
+            body.iter().any(has_collective)
+        }
         Stmt::If {
             then, otherwise, ..
         } => then.iter().chain(otherwise).any(has_collective),
@@ -144,13 +148,15 @@ impl Splitter {
                 region,
                 stmts: vec![s],
             },
-            Stmt::For { body, .. } | Stmt::While { body, .. } => Node::Control {
-                region,
-                level,
-                stmt: s,
-                body: self.nested(body, level),
-                otherwise: Vec::new(),
-            },
+            Stmt::For { body, .. } | Stmt::While { body, .. } | Stmt::Unroll { body, .. } => {
+                Node::Control {
+                    region,
+                    level,
+                    stmt: s,
+                    body: self.nested(body, level),
+                    otherwise: Vec::new(),
+                }
+            }
             Stmt::If {
                 then, otherwise, ..
             } => Node::Control {
@@ -198,6 +204,134 @@ pub(crate) fn max_batch(nodes: &[Node<'_>]) -> usize {
         })
         .max()
         .unwrap_or(0)
+}
+
+/// The buffers a statement (and its body) loads or stores.
+fn stmt_bufs(s: &Stmt, f: &mut impl FnMut(BufId)) {
+    fn expr(e: &Expr, f: &mut impl FnMut(BufId)) {
+        match e {
+            Expr::Load { buf, index, .. } => {
+                f(*buf);
+                expr(index, f);
+            }
+            Expr::Lit(_) | Expr::Var(_) | Expr::Special(_) => {}
+            Expr::Unary(_, a) | Expr::Cast(_, a) | Expr::Lane(a, _) => expr(a, f),
+            Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
+                expr(a, f);
+                expr(b, f);
+            }
+            Expr::Select(c, a, b) => {
+                expr(c, f);
+                expr(a, f);
+                expr(b, f);
+            }
+            Expr::Math(_, xs) | Expr::Vector(xs) => xs.iter().for_each(|x| expr(x, f)),
+        }
+    }
+    match s {
+        Stmt::Let(_, x) | Stmt::Assign(_, x) => expr(x, f),
+        Stmt::Store { buf, index, value } => {
+            f(*buf);
+            expr(index, f);
+            expr(value, f);
+        }
+        Stmt::For {
+            start,
+            end,
+            step,
+            body,
+            ..
+        } => {
+            for x in [start, end, step] {
+                expr(x, f);
+            }
+            body.iter().for_each(|s| stmt_bufs(s, f));
+        }
+        Stmt::If {
+            cond,
+            then,
+            otherwise,
+        } => {
+            expr(cond, f);
+            then.iter().chain(otherwise).for_each(|s| stmt_bufs(s, f));
+        }
+        Stmt::While { cond, body } => {
+            expr(cond, f);
+            body.iter().for_each(|s| stmt_bufs(s, f));
+        }
+        Stmt::Unroll { body, .. } => body.iter().for_each(|s| stmt_bufs(s, f)),
+        Stmt::Collective { op, value, .. } => {
+            expr(value, f);
+            if let Some((a, _)) = op.lane_arg() {
+                expr(a, f);
+            }
+        }
+        Stmt::Prefetch { buf, index } => {
+            f(*buf);
+            expr(index, f);
+        }
+        Stmt::Barrier | Stmt::Comment(_) => {}
+    }
+}
+
+/// The regions that mention each buffer (what matters is whether a local
+/// array lives in one region only).
+pub(crate) fn buf_regions(nodes: &[Node<'_>], nbufs: usize) -> Vec<Vec<usize>> {
+    fn mark(out: &mut [Vec<usize>], b: BufId, r: usize) {
+        if let Some(list) = out.get_mut(b.0 as usize) {
+            if !list.contains(&r) {
+                list.push(r);
+            }
+        }
+    }
+    fn walk(nodes: &[Node<'_>], out: &mut [Vec<usize>]) {
+        for n in nodes {
+            match n {
+                Node::Threads { region, stmts } | Node::Collectives { region, stmts } => {
+                    for s in stmts {
+                        stmt_bufs(s, &mut |b| mark(out, b, *region));
+                    }
+                }
+                Node::Warps(inner) => walk(inner, out),
+                Node::Barrier => {}
+                Node::Control {
+                    region,
+                    stmt,
+                    body,
+                    otherwise,
+                    ..
+                } => {
+                    // The control statement's own expressions (not its body).
+                    let own = match stmt {
+                        Stmt::For {
+                            var,
+                            start,
+                            end,
+                            step,
+                            ..
+                        } => Stmt::For {
+                            var: *var,
+                            start: start.clone(),
+                            end: end.clone(),
+                            step: step.clone(),
+                            body: Vec::new(),
+                        },
+                        Stmt::If { cond, .. } | Stmt::While { cond, .. } => Stmt::While {
+                            cond: cond.clone(),
+                            body: Vec::new(),
+                        },
+                        _ => Stmt::Barrier,
+                    };
+                    stmt_bufs(&own, &mut |b| mark(out, b, *region));
+                    walk(body, out);
+                    walk(otherwise, out);
+                }
+            }
+        }
+    }
+    let mut out = vec![Vec::new(); nbufs];
+    walk(nodes, &mut out);
+    out
 }
 
 /// Records, for every variable, the regions that mention it, and which
@@ -251,6 +385,10 @@ pub(crate) fn var_regions(nodes: &[Node<'_>], nvars: usize) -> (Vec<Vec<usize>>,
                         }
                         Stmt::If { cond, .. } | Stmt::While { cond, .. } => {
                             cond.for_each_var(&mut |v| mark(regions, v, *region));
+                        }
+                        Stmt::Unroll { var, .. } => {
+                            control_var[var.0 as usize] = true;
+                            mark(regions, *var, *region);
                         }
                         _ => {}
                     }

@@ -99,6 +99,55 @@ __device__ __forceinline__ void af_store(T* p, long long i, af_vec<T, N> x) {
   *reinterpret_cast<af_vec<T, N>*>(p + i) = x;
 }
 
+// Elementwise arithmetic on f32 vectors (the host schedules use it; GPU
+// kernels may).
+#define AF_VEC_OP(op)                                                          \
+  template <int N>                                                             \
+  __device__ __forceinline__ af_vec<float, N> operator op(af_vec<float, N> a, \
+                                                          af_vec<float, N> b) { \
+    af_vec<float, N> r;                                                        \
+    _Pragma("unroll") for (int i = 0; i < N; ++i) r.v[i] = a.v[i] op b.v[i];  \
+    return r;                                                                  \
+  }
+AF_VEC_OP(+)
+AF_VEC_OP(-)
+AF_VEC_OP(*)
+AF_VEC_OP(/)
+#undef AF_VEC_OP
+
+template <int N>
+__device__ __forceinline__ af_vec<float, N> af_fma(af_vec<float, N> a, af_vec<float, N> b,
+                                                   af_vec<float, N> c) {
+  af_vec<float, N> r;
+#pragma unroll
+  for (int i = 0; i < N; ++i) r.v[i] = fmaf(a.v[i], b.v[i], c.v[i]);
+  return r;
+}
+
+template <int N>
+__device__ __forceinline__ af_vec<float, N> af_exp2(af_vec<float, N> a) {
+  af_vec<float, N> r;
+#pragma unroll
+  for (int i = 0; i < N; ++i) r.v[i] = exp2f(a.v[i]);
+  return r;
+}
+
+// Elementwise conversion through f32 (round to nearest even).
+template <typename T>
+struct af_tag {};
+__device__ __forceinline__ float af_from_f32(float x, af_tag<float>) { return x; }
+__device__ __forceinline__ __half af_from_f32(float x, af_tag<__half>) { return af_f32_to_f16(x); }
+__device__ __forceinline__ af_bf16 af_from_f32(float x, af_tag<af_bf16>) {
+  return af_f32_to_bf16(x);
+}
+template <typename To, typename From, int N>
+__device__ __forceinline__ af_vec<To, N> af_cvt(af_vec<From, N> x) {
+  af_vec<To, N> r;
+#pragma unroll
+  for (int i = 0; i < N; ++i) r.v[i] = af_from_f32(af_to_f32(x.v[i]), af_tag<To>());
+  return r;
+}
+
 // Butterfly reductions over the whole warp; every lane receives the result.
 template <typename T>
 __device__ __forceinline__ T af_warp_sum(T x) {
@@ -115,6 +164,21 @@ __device__ __forceinline__ unsigned af_max(unsigned a, unsigned b) { return a > 
 __device__ __forceinline__ unsigned af_min(unsigned a, unsigned b) { return a < b ? a : b; }
 __device__ __forceinline__ long long af_max(long long a, long long b) { return a > b ? a : b; }
 __device__ __forceinline__ long long af_min(long long a, long long b) { return a < b ? a : b; }
+
+template <int N>
+__device__ __forceinline__ af_vec<float, N> af_max(af_vec<float, N> a, af_vec<float, N> b) {
+  af_vec<float, N> r;
+#pragma unroll
+  for (int i = 0; i < N; ++i) r.v[i] = fmaxf(a.v[i], b.v[i]);
+  return r;
+}
+template <int N>
+__device__ __forceinline__ af_vec<float, N> af_min(af_vec<float, N> a, af_vec<float, N> b) {
+  af_vec<float, N> r;
+#pragma unroll
+  for (int i = 0; i < N; ++i) r.v[i] = fminf(a.v[i], b.v[i]);
+  return r;
+}
 
 template <typename T>
 __device__ __forceinline__ T af_warp_max(T x) {

@@ -30,14 +30,23 @@ pub fn print(kernel: &Kernel, preamble: &[String], out: &mut impl Write) -> fmt:
     p.signature(out)?;
     writeln!(out, " {{")?;
     for b in &kernel.buffers {
-        if b.space == Space::Shared {
-            writeln!(
+        match b.space {
+            Space::Shared => writeln!(
                 out,
                 "  __shared__ {} {}[{}];",
                 scalar(b.elem),
                 b.name,
                 b.len
-            )?;
+            )?,
+            // Registers: every index is a constant once the loops unroll.
+            Space::Local => writeln!(
+                out,
+                "  alignas(16) {} {}[{}];",
+                scalar(b.elem),
+                b.name,
+                b.len
+            )?,
+            Space::Global => {}
         }
     }
     p.block(&kernel.body, 1, out)?;
@@ -184,6 +193,13 @@ impl Printer<'_> {
                 self.block(body, depth + 1, out)?;
                 writeln!(out, "{ind}}}")
             }
+            Stmt::Unroll { var, count, body } => {
+                let v = self.var(*var);
+                writeln!(out, "{ind}#pragma unroll")?;
+                writeln!(out, "{ind}for (int {v} = 0; {v} < {count}; ++{v}) {{")?;
+                self.block(body, depth + 1, out)?;
+                writeln!(out, "{ind}}}")
+            }
             Stmt::If {
                 cond,
                 then,
@@ -228,6 +244,8 @@ impl Printer<'_> {
                     self.var(*dst)
                 )
             }
+            // A CPU hint; GPUs prefetch on their own.
+            Stmt::Prefetch { .. } => Ok(()),
             Stmt::Comment(c) => {
                 for line in c.lines() {
                     writeln!(out, "{ind}// {line}")?;
@@ -299,7 +317,10 @@ impl Printer<'_> {
             Expr::Math(f, args) => {
                 let a: Vec<String> = args.iter().map(|a| self.expr(a)).collect();
                 let float = matches!(type_of(self.k, &args[0]), Ok(t) if t.scalar == Scalar::F32);
+                let vector = matches!(type_of(self.k, &args[0]), Ok(t) if t.lanes > 1);
                 let name = match f {
+                    MathFn::Fma if vector => "af_fma",
+                    MathFn::Exp2 if vector => "af_exp2",
                     MathFn::Exp2 => "exp2f",
                     MathFn::Log2 => "log2f",
                     MathFn::Max => "af_max",
@@ -316,6 +337,9 @@ impl Printer<'_> {
             Expr::Cast(to, a) => {
                 let from = type_of(self.k, a).map(|t| t.scalar).unwrap_or(Scalar::F32);
                 let x = self.expr(a);
+                if matches!(type_of(self.k, a), Ok(t) if t.lanes > 1) {
+                    return format!("af_cvt<{}>({x})", scalar(*to));
+                }
                 let as_f32 = if from == Scalar::F32 || !from.is_float() {
                     x.clone()
                 } else {

@@ -76,6 +76,25 @@ impl KernelBuilder {
         })
     }
 
+    /// Declares a per-thread array of `len` elements (registers on a GPU),
+    /// indexed by constants and [`KernelBuilder::unroll`] variables.
+    pub fn local(&mut self, name: &str, elem: Scalar, len: u32) -> BufId {
+        self.add_buffer(Buffer {
+            name: name.to_string(),
+            elem,
+            space: Space::Local,
+            access: Access::ReadWrite,
+            len,
+        })
+    }
+
+    /// A per-thread array of `len` elements, each set to `init`.
+    pub fn local_filled(&mut self, name: &str, elem: Scalar, len: u32, init: Expr) -> BufId {
+        let buf = self.local(name, elem, len);
+        self.unroll(&format!("{name}_i"), len, |b, i| b.store(buf, i, init));
+        buf
+    }
+
     fn add_buffer(&mut self, b: Buffer) -> BufId {
         self.kernel.buffers.push(b);
         BufId(self.kernel.buffers.len() as u32 - 1)
@@ -159,6 +178,14 @@ impl KernelBuilder {
         });
     }
 
+    /// `for (i = 0; i < count; i++) body(i)`, unrolled on a GPU; `i` is an
+    /// `i32` that may index local arrays.
+    pub fn unroll(&mut self, name: &str, count: u32, body: impl FnOnce(&mut Self, Expr)) {
+        let var = self.new_var(name, Ty::scalar(Scalar::I32));
+        let body = self.nested(|b| body(b, Expr::Var(var)));
+        self.push(Stmt::Unroll { var, count, body });
+    }
+
     /// `if (cond) then`
     pub fn if_(&mut self, cond: Expr, then: impl FnOnce(&mut Self)) {
         self.if_else(cond, then, |_| {});
@@ -189,6 +216,11 @@ impl KernelBuilder {
     /// A block-wide barrier.
     pub fn barrier(&mut self) {
         self.push(Stmt::Barrier);
+    }
+
+    /// A prefetch hint for element `index` of global buffer `buf`.
+    pub fn prefetch(&mut self, buf: BufId, index: Expr) {
+        self.push(Stmt::Prefetch { buf, index });
     }
 
     /// A comment in the printed code.

@@ -158,6 +158,12 @@ pub enum Space {
     Global,
     /// Block-local shared memory (LDS) of a fixed length.
     Shared,
+    /// A per-thread array of a fixed length: registers on a GPU. The
+    /// verifier requires every index to be provably in bounds from
+    /// constants and [`Stmt::Unroll`] variables alone, so that a GPU
+    /// compiler can keep every element in a register once the loops are
+    /// unrolled; the CPU backend keeps it in memory and loops over it.
+    Local,
 }
 
 /// Whether a kernel may write a global buffer.
@@ -195,9 +201,9 @@ pub struct Buffer {
     pub elem: Scalar,
     /// Memory space.
     pub space: Space,
-    /// Read or read-write (shared memory is always read-write).
+    /// Read or read-write (shared and local arrays are always read-write).
     pub access: Access,
-    /// Number of elements, for shared memory.
+    /// Number of elements, for shared and local arrays.
     pub len: u32,
 }
 
@@ -447,6 +453,17 @@ pub enum Stmt {
         /// Other branch (may be empty).
         otherwise: Vec<Stmt>,
     },
+    /// `for (var = 0; var < count; var++)` with a constant count, fully
+    /// unrolled on a GPU (`#pragma unroll`); `var` is an `i32` declared by
+    /// the loop, block-uniform, and may index [`Space::Local`] arrays.
+    Unroll {
+        /// Loop variable (`i32`; declared by the loop).
+        var: VarId,
+        /// Trip count.
+        count: u32,
+        /// Body.
+        body: Vec<Stmt>,
+    },
     /// `while (cond) { body }`.
     While {
         /// Condition (bool).
@@ -464,6 +481,14 @@ pub enum Stmt {
         op: Collective,
         /// The contributed value (a 32-bit scalar).
         value: Expr,
+    },
+    /// A hint that element `index` of global buffer `buf` will be read
+    /// soon: a prefetch on the CPU, nothing on a GPU. Never faults.
+    Prefetch {
+        /// The buffer (global).
+        buf: BufId,
+        /// Element index (any integer type).
+        index: Expr,
     },
     /// A comment carried into the printed code.
     Comment(String),
@@ -707,6 +732,10 @@ impl Stmt {
                 cond.for_each_var(f);
                 body.iter().for_each(|s| s.for_each_var(f));
             }
+            Stmt::Unroll { var, body, .. } => {
+                f(*var);
+                body.iter().for_each(|s| s.for_each_var(f));
+            }
             Stmt::Collective { dst, op, value } => {
                 f(*dst);
                 value.for_each_var(f);
@@ -714,6 +743,7 @@ impl Stmt {
                     a.for_each_var(f);
                 }
             }
+            Stmt::Prefetch { index, .. } => index.for_each_var(f),
             Stmt::Barrier | Stmt::Comment(_) => {}
         }
     }

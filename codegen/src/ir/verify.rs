@@ -6,7 +6,7 @@
 //! backend relies on exactly these guarantees to split a kernel at barriers
 //! and collectives. All problems of a kernel are reported together.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use super::*;
@@ -103,6 +103,13 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
             if ta != tb {
                 return Err(format!("{op:?} on mismatched types {ta} and {tb}"));
             }
+            // f32 vectors: elementwise + - * /.
+            if ta.lanes > 1 && ta.scalar == F32 {
+                return match op {
+                    BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => Ok(ta),
+                    _ => Err(format!("{op:?} is not defined on {ta}")),
+                };
+            }
             let t = scalar(ta, "arithmetic")?;
             let ok = match op {
                 BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => t.is_arith(),
@@ -152,6 +159,13 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
                     return Err(format!("{f:?} on mismatched types {t0} and {t}"));
                 }
             }
+            // f32 vectors: elementwise fma, max, min and exp2.
+            if t0.lanes > 1 && t0.scalar == F32 {
+                return match f {
+                    MathFn::Fma | MathFn::Max | MathFn::Min | MathFn::Exp2 => Ok(t0),
+                    _ => Err(format!("{f:?} is not defined on {t0}")),
+                };
+            }
             let t = scalar(t0, "a math intrinsic")?;
             let ok = match f {
                 MathFn::Max | MathFn::Min | MathFn::Abs => t.is_arith(),
@@ -163,7 +177,20 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
             Ty::scalar(t)
         }
         Expr::Cast(to, a) => {
-            let t = scalar(type_of(k, a)?, "a conversion")?;
+            let ta = type_of(k, a)?;
+            // Float vectors convert elementwise: storage floats to f32, and
+            // f32 to f16 or bf16.
+            if ta.lanes > 1 {
+                let ok = matches!(
+                    (ta.scalar, *to),
+                    (F16 | BF16 | F8E4M3 | F32, F32) | (F32, F16 | BF16)
+                );
+                if !ok {
+                    return Err(format!("cannot convert {ta} to {to} elementwise"));
+                }
+                return Ok(Ty::vector(*to, ta.lanes));
+            }
+            let t = scalar(ta, "a conversion")?;
             if *to == Bool && t != Bool {
                 return Err(format!("cannot convert {t} to bool; compare instead"));
             }
@@ -178,7 +205,7 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
             if ti.lanes != 1 || !ti.scalar.is_int() {
                 return Err(format!("load index must be an integer, got {ti}"));
             }
-            check_lanes(*lanes, b.elem)?;
+            check_lanes(*lanes, b.elem, b.space)?;
             Ty::vector(b.elem, *lanes)
         }
         Expr::Lane(v, i) => {
@@ -201,15 +228,21 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
             if n < 2 {
                 return Err("a vector has 2, 4, 8 or 16 lanes".into());
             }
-            check_lanes(n, s)?;
+            check_lanes(n, s, Space::Local)?;
             Ty::vector(s, n)
         }
     })
 }
 
-fn check_lanes(lanes: u8, elem: Scalar) -> Result<(), String> {
+/// A vector has 2, 4, 8 or 16 lanes; one that goes to or from global or
+/// shared memory is at most 16 bytes (one GPU vector access), a value or a
+/// local array access at most 64.
+fn check_lanes(lanes: u8, elem: Scalar, space: Space) -> Result<(), String> {
     if !matches!(lanes, 1 | 2 | 4 | 8 | 16) {
         return Err(format!("{lanes} lanes: vectors have 2, 4, 8 or 16 lanes"));
+    }
+    if space == Space::Local {
+        return Ok(());
     }
     if lanes > 1 && elem.size_bytes() * lanes as u32 > 16 {
         return Err(format!(
@@ -220,6 +253,30 @@ fn check_lanes(lanes: u8, elem: Scalar) -> Result<(), String> {
     Ok(())
 }
 
+/// The most iterations an unrolled loop may have.
+pub const MAX_UNROLL: u32 = 4096;
+
+fn collect_loads<'e>(e: &'e Expr, out: &mut Vec<(BufId, &'e Expr, u8)>) {
+    match e {
+        Expr::Load { buf, index, lanes } => {
+            out.push((*buf, index, *lanes));
+            collect_loads(index, out);
+        }
+        Expr::Lit(_) | Expr::Var(_) | Expr::Special(_) => {}
+        Expr::Unary(_, a) | Expr::Cast(_, a) | Expr::Lane(a, _) => collect_loads(a, out),
+        Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
+            collect_loads(a, out);
+            collect_loads(b, out);
+        }
+        Expr::Select(c, a, b) => {
+            collect_loads(c, out);
+            collect_loads(a, out);
+            collect_loads(b, out);
+        }
+        Expr::Math(_, xs) | Expr::Vector(xs) => xs.iter().for_each(|x| collect_loads(x, out)),
+    }
+}
+
 /// Checks a kernel; on success returns the uniformity of its variables.
 pub fn verify(k: &Kernel) -> Result<Analysis, VerifyErrors> {
     let mut cx = Checker {
@@ -227,6 +284,8 @@ pub fn verify(k: &Kernel) -> Result<Analysis, VerifyErrors> {
         errors: Vec::new(),
         declared: HashSet::new(),
         scopes: vec![HashSet::new()],
+        bounds: HashMap::new(),
+        assigned: assigned_vars(&k.body),
     };
     cx.kernel_limits();
     for p in &k.params {
@@ -257,6 +316,141 @@ struct Checker<'a> {
     errors: Vec<VerifyError>,
     declared: HashSet<VarId>,
     scopes: Vec<HashSet<VarId>>,
+    /// What is known of variables that may index local arrays: unroll
+    /// variables, and never-reassigned variables computed from them.
+    bounds: HashMap<VarId, Bound>,
+    assigned: HashSet<VarId>,
+}
+
+/// A static bound on an integer expression: every value lies in
+/// `lo..=hi` and is a multiple of `mult`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bound {
+    pub lo: i64,
+    pub hi: i64,
+    pub mult: i64,
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a.abs()
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The bound of an integer expression built from literals and bounded
+/// variables with `+ - * / %`, `min`, `max` and integer casts; `None` when
+/// it is not provable that way (or overflows).
+pub(crate) fn bound_of(e: &Expr, vars: &HashMap<VarId, Bound>) -> Option<Bound> {
+    let lit = |v: i64| {
+        Some(Bound {
+            lo: v,
+            hi: v,
+            mult: if v == 0 { 0 } else { v.abs() },
+        })
+    };
+    let mult = |a: Bound, b: Bound| gcd(a.mult, b.mult);
+    match e {
+        Expr::Lit(Lit::I32(v)) => lit(*v as i64),
+        Expr::Lit(Lit::U32(v)) => lit(*v as i64),
+        Expr::Lit(Lit::I64(v)) => lit(*v),
+        Expr::Var(v) => vars.get(v).copied(),
+        Expr::Cast(to, a) if to.is_int() => {
+            let b = bound_of(a, vars)?;
+            let (min, max) = match to {
+                Scalar::I32 => (i32::MIN as i64, i32::MAX as i64),
+                Scalar::U32 => (0, u32::MAX as i64),
+                _ => (i64::MIN, i64::MAX),
+            };
+            (b.lo >= min && b.hi <= max).then_some(b)
+        }
+        Expr::Binary(op, a, b) => {
+            let (x, y) = (bound_of(a, vars)?, bound_of(b, vars)?);
+            match op {
+                BinOp::Add => Some(Bound {
+                    lo: x.lo.checked_add(y.lo)?,
+                    hi: x.hi.checked_add(y.hi)?,
+                    mult: mult(x, y),
+                }),
+                BinOp::Sub => Some(Bound {
+                    lo: x.lo.checked_sub(y.hi)?,
+                    hi: x.hi.checked_sub(y.lo)?,
+                    mult: mult(x, y),
+                }),
+                BinOp::Mul => {
+                    let c = [
+                        x.lo.checked_mul(y.lo)?,
+                        x.lo.checked_mul(y.hi)?,
+                        x.hi.checked_mul(y.lo)?,
+                        x.hi.checked_mul(y.hi)?,
+                    ];
+                    Some(Bound {
+                        lo: *c.iter().min()?,
+                        hi: *c.iter().max()?,
+                        mult: x.mult.checked_mul(y.mult)?,
+                    })
+                }
+                // Only by a positive constant, of a value never negative.
+                BinOp::Div if y.lo == y.hi && y.lo > 0 && x.lo >= 0 => Some(Bound {
+                    lo: x.lo / y.lo,
+                    hi: x.hi / y.lo,
+                    mult: 1,
+                }),
+                BinOp::Rem if y.lo == y.hi && y.lo > 0 && x.lo >= 0 => Some(Bound {
+                    lo: 0,
+                    hi: x.hi.min(y.lo - 1),
+                    mult: 1,
+                }),
+                _ => None,
+            }
+        }
+        Expr::Math(f @ (MathFn::Min | MathFn::Max), args) => {
+            let (x, y) = (bound_of(&args[0], vars)?, bound_of(&args[1], vars)?);
+            let pick = |a: i64, b: i64| {
+                if *f == MathFn::Min {
+                    a.min(b)
+                } else {
+                    a.max(b)
+                }
+            };
+            Some(Bound {
+                lo: pick(x.lo, y.lo),
+                hi: pick(x.hi, y.hi),
+                mult: mult(x, y),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Every variable assigned after its declaration (loop variables of `for`
+/// included).
+fn assigned_vars(stmts: &[Stmt]) -> HashSet<VarId> {
+    fn walk(stmts: &[Stmt], out: &mut HashSet<VarId>) {
+        for s in stmts {
+            match s {
+                Stmt::Assign(v, _) => {
+                    out.insert(*v);
+                }
+                Stmt::For { var, body, .. } => {
+                    out.insert(*var);
+                    walk(body, out);
+                }
+                Stmt::While { body, .. } | Stmt::Unroll { body, .. } => walk(body, out),
+                Stmt::If {
+                    then, otherwise, ..
+                } => {
+                    walk(then, out);
+                    walk(otherwise, out);
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = HashSet::new();
+    walk(stmts, &mut out);
+    out
 }
 
 impl Checker<'_> {
@@ -291,9 +485,27 @@ impl Checker<'_> {
             );
         }
         for b in &self.k.buffers {
-            if b.space == Space::Shared && b.len == 0 {
-                self.err("kernel", format!("shared array `{}` has length 0", b.name));
+            if b.space != Space::Global && b.len == 0 {
+                self.err("kernel", format!("array `{}` has length 0", b.name));
             }
+        }
+        let local: u64 = self
+            .k
+            .buffers
+            .iter()
+            .filter(|b| b.space == Space::Local)
+            .map(|b| b.len as u64 * b.elem.size_bytes() as u64)
+            .sum();
+        if local > t.local_bytes() {
+            self.err(
+                "kernel",
+                format!(
+                    "local arrays of {local} bytes per thread exceed the {} bytes {} gives a \
+                     thread",
+                    t.local_bytes(),
+                    t.arch
+                ),
+            );
         }
     }
 
@@ -324,8 +536,54 @@ impl Checker<'_> {
         }
     }
 
+    /// Every local-array access in `e` must be provably in bounds.
+    fn local_loads(&mut self, e: &Expr, at: &str) {
+        let mut loads = Vec::new();
+        collect_loads(e, &mut loads);
+        for (buf, index, lanes) in loads {
+            self.local_access(buf, index, lanes, at);
+        }
+    }
+
+    fn local_access(&mut self, buf: BufId, index: &Expr, lanes: u8, at: &str) {
+        let Some(b) = self.k.buffers.get(buf.0 as usize) else {
+            return;
+        };
+        if b.space != Space::Local {
+            return;
+        }
+        let (name, len) = (b.name.clone(), b.len as i64);
+        match bound_of(index, &self.bounds) {
+            None => self.err(
+                at,
+                format!(
+                    "local array `{name}` is indexed by an expression the verifier cannot \
+                     bound: index local arrays with constants and unroll variables only"
+                ),
+            ),
+            Some(r) if r.lo < 0 || r.hi + lanes as i64 > len => self.err(
+                at,
+                format!(
+                    "local array `{name}` of {len} elements is accessed at {}..={} \
+                     ({lanes} lane(s))",
+                    r.lo,
+                    r.hi + lanes as i64 - 1
+                ),
+            ),
+            Some(r) if lanes > 1 && r.mult % lanes as i64 != 0 => self.err(
+                at,
+                format!(
+                    "a {lanes}-lane access of local array `{name}` at an index that is not \
+                     provably a multiple of {lanes}"
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+
     fn expr(&mut self, e: &Expr, at: &str) -> Option<Ty> {
         self.uses(e, at);
+        self.local_loads(e, at);
         match type_of(self.k, e) {
             Ok(t) => Some(t),
             Err(m) => {
@@ -363,6 +621,11 @@ impl Checker<'_> {
                     }
                 }
                 self.declare(*v, at);
+                if !self.assigned.contains(v) {
+                    if let Some(r) = bound_of(e, &self.bounds) {
+                        self.bounds.insert(*v, r);
+                    }
+                }
             }
             Stmt::Assign(v, e) => {
                 if !self.in_scope(*v) {
@@ -391,11 +654,13 @@ impl Checker<'_> {
                     }
                 }
                 let elem = b.elem;
+                let lanes = type_of(self.k, value).map_or(1, |t| t.lanes);
+                self.local_access(*buf, index, lanes, at);
                 if let Some(tv) = self.expr(value, at) {
                     if tv.scalar != elem {
                         let msg = format!("storing {tv} into a buffer of {elem}");
                         self.err(at, msg);
-                    } else if let Err(m) = check_lanes(tv.lanes, elem) {
+                    } else if let Err(m) = check_lanes(tv.lanes, elem, b.space) {
                         self.err(at, m);
                     }
                 }
@@ -435,7 +700,39 @@ impl Checker<'_> {
                 self.expect(cond, Ty::scalar(Scalar::Bool), "a while condition", at);
                 self.block(body, &format!("{at}.while.body"));
             }
+            Stmt::Unroll { var, count, body } => {
+                let Some(vt) = self.k.vars.get(var.0 as usize).map(|v| v.ty) else {
+                    self.err(at, format!("variable #{} does not exist", var.0));
+                    return;
+                };
+                if vt != Ty::scalar(Scalar::I32) {
+                    self.err(at, format!("an unroll variable is i32, got {vt}"));
+                }
+                if *count == 0 || *count > MAX_UNROLL {
+                    self.err(
+                        at,
+                        format!("an unrolled loop runs 1 to {MAX_UNROLL} times, not {count}"),
+                    );
+                }
+                self.scopes.push(HashSet::new());
+                self.declare(*var, at);
+                let hi = (*count as i64 - 1).max(0);
+                self.bounds.insert(*var, Bound { lo: 0, hi, mult: 1 });
+                self.block(body, &format!("{at}.unroll.body"));
+                self.scopes.pop();
+            }
             Stmt::Barrier | Stmt::Comment(_) => {}
+            Stmt::Prefetch { buf, index } => {
+                match self.k.buffers.get(buf.0 as usize) {
+                    Some(b) if b.space == Space::Global => {}
+                    _ => self.err(at, "a prefetch reads a global buffer"),
+                }
+                if let Some(ti) = self.expr(index, at) {
+                    if ti.lanes != 1 || !ti.scalar.is_int() {
+                        self.err(at, format!("prefetch index must be an integer, got {ti}"));
+                    }
+                }
+            }
             Stmt::Collective { dst, op, value } => {
                 let ws = self.k.target.warp_size;
                 let i32t = Ty::scalar(Scalar::I32);
@@ -476,10 +773,10 @@ impl Checker<'_> {
 }
 
 /// Uniformity of an expression given the uniformity of every variable.
-pub fn expr_uniformity(e: &Expr, vars: &[Uniformity]) -> Uniformity {
+pub fn expr_uniformity(k: &Kernel, e: &Expr, vars: &[Uniformity]) -> Uniformity {
     let j = |es: &[&Expr]| {
         es.iter()
-            .map(|e| expr_uniformity(e, vars))
+            .map(|e| expr_uniformity(k, e, vars))
             .max()
             .unwrap_or(Uniformity::Block)
     };
@@ -497,13 +794,19 @@ pub fn expr_uniformity(e: &Expr, vars: &[Uniformity]) -> Uniformity {
             }
         },
         Expr::Unary(_, a) | Expr::Cast(_, a) | Expr::Lane(a, _) => j(&[a]),
+        // Every thread has its own local array.
+        Expr::Load { buf, .. }
+            if k.buffers.get(buf.0 as usize).map(|b| b.space) == Some(Space::Local) =>
+        {
+            Uniformity::Thread
+        }
         // A load at a uniform index reads one address: the same value for all.
         Expr::Load { index, .. } => j(&[index]),
         Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => j(&[a, b]),
         Expr::Select(c, a, b) => j(&[c, a, b]),
         Expr::Math(_, args) | Expr::Vector(args) => args
             .iter()
-            .map(|a| expr_uniformity(a, vars))
+            .map(|a| expr_uniformity(k, a, vars))
             .max()
             .unwrap_or(Uniformity::Block),
     }
@@ -515,7 +818,7 @@ fn uniformity(k: &Kernel) -> Vec<Uniformity> {
     let mut u = vec![Uniformity::Block; k.vars.len()];
     loop {
         let mut changed = false;
-        flow(&k.body, Uniformity::Block, &mut u, &mut changed);
+        flow(k, &k.body, Uniformity::Block, &mut u, &mut changed);
         if !changed {
             return u;
         }
@@ -531,11 +834,12 @@ fn raise(u: &mut [Uniformity], v: VarId, level: Uniformity, changed: &mut bool) 
     }
 }
 
-fn flow(stmts: &[Stmt], cu: Uniformity, u: &mut Vec<Uniformity>, changed: &mut bool) {
+fn flow(k: &Kernel, stmts: &[Stmt], cu: Uniformity, u: &mut Vec<Uniformity>, changed: &mut bool) {
+    let eu = |e: &Expr, u: &[Uniformity]| expr_uniformity(k, e, u);
     for s in stmts {
         match s {
             Stmt::Let(v, e) | Stmt::Assign(v, e) => {
-                let level = expr_uniformity(e, u).max(cu);
+                let level = eu(e, u).max(cu);
                 raise(u, *v, level, changed);
             }
             Stmt::For {
@@ -545,28 +849,30 @@ fn flow(stmts: &[Stmt], cu: Uniformity, u: &mut Vec<Uniformity>, changed: &mut b
                 step,
                 body,
             } => {
-                let lv = expr_uniformity(start, u)
-                    .max(expr_uniformity(step, u))
-                    .max(cu);
+                let lv = eu(start, u).max(eu(step, u)).max(cu);
                 raise(u, *var, lv, changed);
-                let cond = u[var.0 as usize].max(expr_uniformity(end, u));
-                flow(body, cu.max(cond), u, changed);
+                let cond = u[var.0 as usize].max(eu(end, u));
+                flow(k, body, cu.max(cond), u, changed);
             }
             Stmt::If {
                 cond,
                 then,
                 otherwise,
             } => {
-                let c = cu.max(expr_uniformity(cond, u));
-                flow(then, c, u, changed);
-                flow(otherwise, c, u, changed);
+                let c = cu.max(eu(cond, u));
+                flow(k, then, c, u, changed);
+                flow(k, otherwise, c, u, changed);
             }
             Stmt::While { cond, body } => {
-                let c = cu.max(expr_uniformity(cond, u));
-                flow(body, c, u, changed);
+                let c = cu.max(eu(cond, u));
+                flow(k, body, c, u, changed);
+            }
+            Stmt::Unroll { var, body, .. } => {
+                raise(u, *var, cu, changed);
+                flow(k, body, cu, u, changed);
             }
             Stmt::Collective { dst, op, value } => {
-                let vu = expr_uniformity(value, u);
+                let vu = eu(value, u);
                 let level = match op {
                     // Every lane reduces the same warp: warp-uniform, or
                     // block-uniform when every lane contributed the same value.
@@ -579,7 +885,7 @@ fn flow(stmts: &[Stmt], cu: Uniformity, u: &mut Vec<Uniformity>, changed: &mut b
                 };
                 raise(u, *dst, level.max(cu), changed);
             }
-            Stmt::Store { .. } | Stmt::Barrier | Stmt::Comment(_) => {}
+            Stmt::Store { .. } | Stmt::Prefetch { .. } | Stmt::Barrier | Stmt::Comment(_) => {}
         }
     }
 }
@@ -615,7 +921,7 @@ impl UniformityCheck<'_> {
                 Stmt::For { var, end, body, .. } => {
                     let c = cu
                         .max(self.u[var.0 as usize])
-                        .max(expr_uniformity(end, self.u));
+                        .max(expr_uniformity(self.k, end, self.u));
                     self.block(body, c, &format!("{at}.for.body"));
                 }
                 Stmt::If {
@@ -623,13 +929,16 @@ impl UniformityCheck<'_> {
                     then,
                     otherwise,
                 } => {
-                    let c = cu.max(expr_uniformity(cond, self.u));
+                    let c = cu.max(expr_uniformity(self.k, cond, self.u));
                     self.block(then, c, &format!("{at}.then"));
                     self.block(otherwise, c, &format!("{at}.else"));
                 }
                 Stmt::While { cond, body } => {
-                    let c = cu.max(expr_uniformity(cond, self.u));
+                    let c = cu.max(expr_uniformity(self.k, cond, self.u));
                     self.block(body, c, &format!("{at}.while.body"));
+                }
+                Stmt::Unroll { body, .. } => {
+                    self.block(body, cu, &format!("{at}.unroll.body"));
                 }
                 _ => {}
             }

@@ -192,3 +192,92 @@ fn block_size_must_be_whole_warps() {
     let k = KernelBuilder::new("t", Arch::Gfx1030.target(), 96).finish();
     assert!(verify(&k).is_ok());
 }
+
+#[test]
+fn local_arrays_indexed_by_unroll_variables_are_accepted() {
+    let mut b = builder(Arch::Gfx90a);
+    let acc = b.local("acc", Scalar::F32, 16);
+    b.unroll("i", 4, |b, i| {
+        b.unroll("j", 4, |b, j| {
+            let at = b.let_("at", i.clone() * Expr::i32(4) + j);
+            b.store(acc, at, Expr::f32(1.0));
+        });
+        // A 4-lane access at a multiple of 4.
+        let v = Expr::load(acc, i * Expr::i32(4), 4);
+        b.store(acc, Expr::i32(0), v.lane(3));
+    });
+    assert_eq!(messages(&b.finish()), Vec::<String>::new());
+}
+
+#[test]
+fn local_arrays_out_of_bounds_unprovable_or_misaligned_are_rejected() {
+    let mut b = builder(Arch::Gfx90a);
+    let acc = b.local("acc", Scalar::F32, 8);
+    b.unroll("i", 9, |b, i| b.store(acc, i, Expr::f32(0.0)));
+    b.store(acc, tid(), Expr::f32(0.0));
+    b.unroll("i", 2, |b, i| {
+        let v = Expr::load(acc, i + Expr::i32(1), 4);
+        b.store(acc, Expr::i32(0), v.lane(0));
+    });
+    let m = messages(&b.finish());
+    assert_eq!(m.len(), 3, "{m:?}");
+    assert!(m[0].contains("accessed at 0..=8"), "{m:?}");
+    assert!(m[1].contains("cannot bound"), "{m:?}");
+    assert!(m[2].contains("not provably a multiple of 4"), "{m:?}");
+}
+
+#[test]
+fn local_loads_are_thread_varying_and_unroll_loops_are_uniform() {
+    // A collective inside an unrolled loop is fine (its variable is
+    // block-uniform); a branch on a local's value is thread-varying.
+    let mut b = builder(Arch::Gfx90a);
+    let x = b.local_filled("x", Scalar::F32, 2, Expr::f32(1.0));
+    b.unroll("i", 2, |b, i| {
+        b.shfl_xor("s", Expr::load(x, i, 1), 1, 64);
+    });
+    b.if_(Expr::load(x, Expr::i32(0), 1).gt(Expr::f32(0.0)), |b| {
+        b.barrier()
+    });
+    let m = messages(&b.finish());
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(m[0].contains("barrier under thread-varying"), "{m:?}");
+}
+
+#[test]
+fn local_arrays_beyond_a_gpu_threads_registers_are_rejected() {
+    let mut b = builder(Arch::Gfx1030);
+    b.local("big", Scalar::F32, 4096);
+    let m = messages(&b.finish());
+    assert!(
+        m[0].contains("exceed the 8192 bytes gfx1030 gives a thread"),
+        "{m:?}"
+    );
+    let mut b = KernelBuilder::new("t", Arch::Host.target(), 1);
+    b.local("big", Scalar::F32, 4096);
+    assert_eq!(messages(&b.finish()), Vec::<String>::new());
+}
+
+#[test]
+fn vector_arithmetic_is_f32_and_elementwise() {
+    let mut b = builder(Arch::Gfx90a);
+    let v = b.let_("v", Expr::Vector(vec![Expr::f32(1.0); 8]));
+    b.let_(
+        "w",
+        v.clone().fma(v.clone(), v.clone()).max(v.clone()).exp2() * v.clone(),
+    );
+    let h = b.global("h", Scalar::F16, Access::Read);
+    b.let_(
+        "x",
+        Expr::load(h, Expr::i32(0), 8).cast(Scalar::F32) + v.clone(),
+    );
+    assert_eq!(messages(&b.finish()), Vec::<String>::new());
+    let mut b = builder(Arch::Gfx90a);
+    let iv = b.let_("iv", Expr::Vector(vec![Expr::i32(1); 4]));
+    b.let_("y", iv.clone() + iv);
+    let v = b.let_("v", Expr::Vector(vec![Expr::f32(1.0); 4]));
+    b.let_("z", v.tanh());
+    let m = messages(&b.finish());
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert!(m[0].contains("scalar operands, got i32x4"), "{m:?}");
+    assert!(m[1].contains("Tanh is not defined on f32x4"), "{m:?}");
+}

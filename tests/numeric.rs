@@ -412,10 +412,6 @@ fn check_on(
         }
         KernelSpec::Decode(a) => (a, Run::Decode(Split::Off)),
         KernelSpec::DecodeSplit(a) | KernelSpec::DecodeMerge(a) => {
-            // Split-K at a GPU's warp sizes; the host kernel's code is the
-            // plain decode's, checked there, and its JIT time is large.
-            let gpu: Vec<Arch> = archs.iter().copied().filter(|a| *a != Arch::Host).collect();
-            let archs = &gpu[..];
             for lens in cases {
                 let run = Run::Decode(fixed_split(lens));
                 dispatch(device, name, a, run, seed, archs, &[lens]);
@@ -677,7 +673,7 @@ fn decode_over_head_dims_page_sizes_and_group_sizes() {
             &name,
             &KernelSpec::Decode(spec),
             seed,
-            &[Arch::Gfx90a, Arch::Gfx1030],
+            &[Arch::Gfx90a, Arch::Gfx1030, Arch::Host],
             small,
         );
         check(&device, &name, &KernelSpec::Append(spec.kv), seed);
@@ -738,7 +734,8 @@ fn every_variant_combination_in_decode_split_k_and_prefill() {
                             ..AttentionSpec::new(kv, q_heads)
                         };
                         // Wave64 and wave32 alternate: every variant value
-                        // meets both, and the JIT time stays in bounds.
+                        // meets both, and the JIT time stays in bounds;
+                        // the host schedule runs every combination.
                         specs.push((spec, [Arch::Gfx90a, Arch::Gfx1030][i % 2]));
                     }
                 }
@@ -754,7 +751,7 @@ fn every_variant_combination_in_decode_split_k_and_prefill() {
                     let name = format!("{spec:?}");
                     for kernel in attention_kernels(spec) {
                         if !matches!(kernel, KernelSpec::DecodeMerge(_)) {
-                            check_on(device, &name, &kernel, seed, &[*arch], cases);
+                            check_on(device, &name, &kernel, seed, &[*arch, Arch::Host], cases);
                         }
                     }
                 }
@@ -800,7 +797,7 @@ fn prefill_over_head_dims_page_sizes_and_group_sizes() {
             &name,
             &KernelSpec::Prefill(spec),
             seed,
-            &[Arch::Gfx90a, Arch::Gfx1030],
+            &[Arch::Gfx90a, Arch::Gfx1030, Arch::Host],
             cases,
         );
     }
@@ -914,7 +911,7 @@ fn fp8_kv_with_per_tensor_and_per_head_scales() {
             format!("fp8 {scale:?} d{head_dim} p{page_size} {q_heads}/{kv_heads} q{q_dtype}");
         for kernel in attention_kernels(&spec) {
             if !matches!(kernel, KernelSpec::DecodeMerge(_)) {
-                check_on(&device, &name, &kernel, seed, &[arch], cases);
+                check_on(&device, &name, &kernel, seed, &[arch, Arch::Host], cases);
             }
         }
         check(&device, &name, &KernelSpec::Append(kv), seed);
@@ -970,7 +967,7 @@ fn every_head_dim_from_32_to_256_in_decode_and_prefill() {
                 for (spec, arch) in specs.iter().skip(part).step_by(2) {
                     let name = format!("{spec:?}");
                     for kernel in [KernelSpec::Decode(*spec), KernelSpec::Prefill(*spec)] {
-                        check_on(device, &name, &kernel, seed, &[*arch], cases);
+                        check_on(device, &name, &kernel, seed, &[*arch, Arch::Host], cases);
                     }
                 }
             });

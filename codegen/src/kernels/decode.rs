@@ -30,9 +30,9 @@
 //! and leaves the sinks to the merge kernel.
 
 use crate::ir::builder::KernelBuilder;
-use crate::ir::{Access, BufId, Dim, Expr, Kernel, Scalar, Special, VarId};
+use crate::ir::{Access, BufId, Dim, Expr, Kernel, Scalar, Special};
 use crate::spec::AttentionSpec;
-use crate::target::Target;
+use crate::target::{Arch, Target};
 
 use super::{
     alibi_slope, kv_offset, kv_scale_params, kv_scale_values, kv_vector_lanes, logit2, seq_pages,
@@ -50,7 +50,6 @@ const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// output and `(max, sum)` in f32, for [`super::merge`] to combine.
 pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: bool) -> Kernel {
     let kv = spec.kv;
-    let elem = Scalar::of_dtype(kv.dtype);
     let q_elem = Scalar::of_dtype(spec.query_dtype());
     let ws = target.warp_size;
     let d = kv.head_dim;
@@ -65,25 +64,20 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     let i64 = |e: Expr| e.cast(Scalar::I64);
     let ninf = Expr::f32(f32::NEG_INFINITY);
 
+    if target.arch == Arch::Host {
+        return super::host::decode::build(spec, target, name, split);
+    }
     let mut b = KernelBuilder::new(name, target, DECODE_WARPS * ws);
-    let q = b.global("q", q_elem, Access::Read);
-    let k_cache = b.global("k_cache", elem, Access::Read);
-    let v_cache = b.global("v_cache", elem, Access::Read);
-    let indptr = b.global("kv_indptr", Scalar::I32, Access::Read);
-    let indices = b.global("kv_indices", Scalar::I32, Access::Read);
-    let last_len = b.global("kv_last_page_len", Scalar::I32, Access::Read);
-    // Split-K leaves the sinks to the merge: they join the denominator once.
-    let (sinks, slopes) = variant_params(&mut b, spec, !split);
-    let scale_bufs = kv_scale_params(&mut b, &kv);
-    let out = if split {
-        Output::Partial {
-            out: b.global("part_out", Scalar::F32, Access::ReadWrite),
-            ml: b.global("part_ml", Scalar::F32, Access::ReadWrite),
-            chunk: b.scalar_param("chunk_tokens", Scalar::I32),
-        }
-    } else {
-        Output::Final(b.global("out", q_elem, Access::ReadWrite))
-    };
+    let io = declare(&mut b, spec, split);
+    let (q, k_cache, v_cache, indptr, indices, last_len) = (
+        io.q,
+        io.k_cache,
+        io.v_cache,
+        io.indptr,
+        io.indices,
+        io.last_len,
+    );
+    let (sinks, slopes, scale_bufs, out) = (io.sinks, io.slopes, io.scales, io.out);
     let sm_m = b.shared("sm_m", Scalar::F32, DECODE_WARPS * g);
     let sm_l = b.shared("sm_l", Scalar::F32, DECODE_WARPS * g);
     let sm_acc = b.shared("sm_acc", Scalar::F32, DECODE_WARPS * g * d);
@@ -104,111 +98,87 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     let (page_begin, kv_len) = seq_pages(&mut b, &kv, indptr, last_len, &seq);
     // fp8: K's scale multiplies the dot product, V's the output.
     let scales = kv_scale_values(&mut b, &kv, scale_bufs, &head);
-    let start = match spec.sliding_window {
-        Some(w) => b.let_("start", (kv_len.clone() - i32(w)).max(Expr::i32(0))),
-        None => Expr::i32(0),
-    };
-    // The tokens this block walks: all of them, or its split's chunk.
-    let (start, end) = match &out {
-        Output::Final(_) => (start, kv_len.clone()),
-        Output::Partial { chunk, .. } => {
-            let z = Expr::special(Special::BlockIdx(Dim::Z));
-            let lo = b.let_("chunk_start", start + z * chunk.clone());
-            let hi = b.let_(
-                "chunk_end",
-                (lo.clone() + chunk.clone()).min(kv_len.clone()),
-            );
-            (lo, hi)
+    let (start, end) = walk(&mut b, spec, &out, &kv_len);
+
+    // Chunk c of this lane is r + c·R, clamped to the last real chunk (its
+    // contribution is masked when it is padding, which only the last chunk
+    // of a lane can be).
+    let padded = chunks_per_lane * lanes_per_row > chunks;
+    let chunk_of = |c: Expr| {
+        let ci = r.clone() + c * i32(lanes_per_row);
+        match padded {
+            true => ci.min(i32(chunks - 1)),
+            false => ci,
         }
     };
+    let chunk_ok = |c: Expr| (r.clone() + c * i32(lanes_per_row)).lt(i32(chunks));
 
-    // The chunks this lane reads: chunk c of the lane is r + c·R, clamped to
-    // the last real chunk (its contribution is masked when it is padding).
-    let mut chunk_idx = Vec::new();
-    let mut chunk_ok = Vec::new();
-    for c in 0..chunks_per_lane {
-        let ci = r.clone() + i32(c * lanes_per_row);
-        if (c + 1) * lanes_per_row <= chunks {
-            chunk_idx.push(b.let_(&format!("chunk{c}"), ci));
-            chunk_ok.push(None);
-        } else {
-            let ok = b.let_(&format!("chunk{c}_ok"), ci.clone().lt(i32(chunks)));
-            chunk_idx.push(b.let_(&format!("chunk{c}"), ci.min(i32(chunks - 1))));
-            chunk_ok.push(Some(ok));
-        }
-    }
-
-    // Query heads of the group, in f32 registers: q[gi][c·vec + e].
-    let mut qv: Vec<Vec<Expr>> = Vec::new();
-    for gi in 0..g {
-        let qhead = head.clone() * i32(g) + i32(gi);
+    // Per lane: `n` elements of a row (chunk c's element e at c·vec + e),
+    // per query head of the group, in registers.
+    let n = chunks_per_lane * vec;
+    let qf = b.local("qf", Scalar::F32, g * n);
+    let qvec = vec.min(vector_lanes(spec.query_dtype()));
+    b.unroll("gi", g, |b, gi| {
+        let qhead = head.clone() * i32(g) + gi.clone();
         let base = b.let_(
-            &format!("q_base{gi}"),
+            "q_base",
             (i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead)) * Expr::i64(d as i64),
         );
-        let mut regs = Vec::new();
-        for (c, ci) in chunk_idx.iter().enumerate() {
+        b.unroll("c", chunks_per_lane, |b, c| {
+            let ok = padded.then(|| b.let_("ok", chunk_ok(c.clone())));
+            let ci = b.let_("ci", chunk_of(c.clone()));
             // A query chunk is as many elements as a K/V chunk, read in
             // 16-byte pieces (two when the query is wider than the cache).
-            let off = base.clone() + i64(ci.clone()) * Expr::i64(vec as i64);
-            let qvec = vec.min(vector_lanes(spec.query_dtype()));
+            let off = b.let_("q_off", base.clone() + i64(ci) * Expr::i64(vec as i64));
             let raws: Vec<Expr> = (0..vec / qvec)
                 .map(|p| {
-                    let name = if vec == qvec {
-                        format!("q{gi}_{c}")
-                    } else {
-                        format!("q{gi}_{c}_{p}")
-                    };
                     let o = match p {
                         0 => off.clone(),
                         _ => off.clone() + Expr::i64((p * qvec) as i64),
                     };
-                    b.let_(&name, Expr::load(q, o, qvec as u8))
+                    b.let_(&format!("q{p}"), Expr::load(q, o, qvec as u8))
                 })
                 .collect();
             for e in 0..vec {
-                let raw = &raws[(e / qvec) as usize];
-                let x = raw.clone().lane((e % qvec) as u8).cast(Scalar::F32);
-                let x = match &chunk_ok[c] {
+                let x = raws[(e / qvec) as usize]
+                    .clone()
+                    .lane((e % qvec) as u8)
+                    .cast(Scalar::F32);
+                let x = match &ok {
                     Some(ok) => ok.clone().select(x, Expr::f32(0.0)),
                     None => x,
                 };
-                regs.push(b.let_(&format!("qf{gi}_{c}_{e}"), x));
+                let at = gi.clone() * i32(n) + c.clone() * i32(vec) + i32(e);
+                b.store(qf, at, x);
             }
-        }
-        qv.push(regs);
-    }
+        });
+    });
 
     // Online softmax state per query head, base 2.
-    let m: Vec<VarId> = (0..g)
-        .map(|gi| b.var(&format!("m{gi}"), ninf.clone()))
-        .collect();
-    let l: Vec<VarId> = (0..g)
-        .map(|gi| b.var(&format!("l{gi}"), Expr::f32(0.0)))
-        .collect();
-    let acc: Vec<Vec<VarId>> = (0..g)
-        .map(|gi| {
-            (0..chunks_per_lane * vec)
-                .map(|j| b.var(&format!("acc{gi}_{j}"), Expr::f32(0.0)))
-                .collect()
-        })
-        .collect();
+    let m = b.local_filled("m", Scalar::F32, g, ninf.clone());
+    let l = b.local_filled("l", Scalar::F32, g, Expr::f32(0.0));
+    let acc = b.local_filled("acc", Scalar::F32, g * n, Expr::f32(0.0));
+    let kf = b.local("kf", Scalar::F32, n);
+    let vf = b.local("vf", Scalar::F32, n);
+    let dots = b.local("dots", Scalar::F32, g);
     // ALiBi's slope per query head, times log2(e): the bias of token t is
     // slope·(t − (kv_len − 1)) in the base-2 domain.
-    let slope2: Vec<Option<Expr>> = (0..g)
-        .map(|gi| {
-            let qhead = head.clone() * i32(g) + i32(gi);
-            alibi_slope(spec, qhead, slopes)
-                .map(|s| b.let_(&format!("slope{gi}"), s * Expr::f32(LOG2_E)))
-        })
-        .collect();
+    let slope2 = spec.alibi.is_some().then(|| {
+        let buf = b.local("slope2", Scalar::F32, g);
+        b.unroll("gi", g, |b, gi| {
+            let qhead = head.clone() * i32(g) + gi.clone();
+            let s = alibi_slope(spec, qhead, slopes).expect("the spec has ALiBi");
+            b.store(buf, gi, s * Expr::f32(LOG2_E));
+        });
+        buf
+    });
 
     b.comment("Walk the tokens: each row group takes one token per step.");
     b.for_("t0", start, end.clone(), i32(rows), |b, t0| {
         let t = b.let_("t", t0 + row.clone());
         let valid = b.let_("valid", t.clone().lt(end.clone()));
         let tc = b.let_("tc", t.clone().min(end.clone() - Expr::i32(1)));
-        let dist = slope2.iter().any(Option::is_some).then(|| {
+        let dist = slope2.map(|_| {
             b.let_(
                 "dist",
                 (t.clone() - kv_len.clone() + Expr::i32(1)).cast(Scalar::F32),
@@ -221,169 +191,139 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
             "row_base",
             kv_offset(&kv, i64(page), i64(slot), i64(head.clone())),
         );
-        let mut kf = Vec::new();
-        let mut vf = Vec::new();
-        for (c, ci) in chunk_idx.iter().enumerate() {
-            let off = b.let_(
-                &format!("off{c}"),
-                row_base.clone() + i64(ci.clone()) * Expr::i64(vec as i64),
-            );
-            let kraw = b.let_(
-                &format!("k{c}"),
-                Expr::load(k_cache, off.clone(), vec as u8),
-            );
-            let vraw = b.let_(&format!("v{c}"), Expr::load(v_cache, off, vec as u8));
-            for e in 0..vec as u8 {
-                kf.push(b.let_(
-                    &format!("kf{c}_{e}"),
-                    kraw.clone().lane(e).cast(Scalar::F32),
-                ));
-                vf.push(b.let_(
-                    &format!("vf{c}_{e}"),
-                    vraw.clone().lane(e).cast(Scalar::F32),
-                ));
+        b.unroll("c", chunks_per_lane, |b, c| {
+            let ci = b.let_("ci", chunk_of(c.clone()));
+            let off = b.let_("off", row_base.clone() + i64(ci) * Expr::i64(vec as i64));
+            let kraw = b.let_("k", Expr::load(k_cache, off.clone(), vec as u8));
+            let vraw = b.let_("v", Expr::load(v_cache, off, vec as u8));
+            for e in 0..vec {
+                let at = c.clone() * i32(vec) + i32(e);
+                b.store(kf, at.clone(), kraw.clone().lane(e as u8).cast(Scalar::F32));
+                b.store(vf, at, vraw.clone().lane(e as u8).cast(Scalar::F32));
             }
-        }
+        });
         // Partial dots of every query head, then one butterfly over the row
         // group for all of them (the shuffles of a step are independent).
-        // A statement per 16-byte chunk keeps every expression shallow,
-        // however many chunks a lane reads.
-        let mut dots: Vec<Expr> = (0..g as usize)
-            .map(|gi| {
-                let dot = b.var(&format!("dot{gi}"), Expr::f32(0.0));
-                for (qc, kc) in qv[gi].chunks(vec as usize).zip(kf.chunks(vec as usize)) {
-                    let mut sum = Expr::Var(dot);
-                    for (qx, kx) in qc.iter().zip(kc) {
-                        sum = qx.clone().fma(kx.clone(), sum);
-                    }
-                    b.set(dot, sum);
-                }
-                Expr::Var(dot)
-            })
-            .collect();
+        b.unroll("gi", g, |b, gi| {
+            let dot = b.var("dot", Expr::f32(0.0));
+            b.unroll("j", n, |b, j| {
+                let qx = Expr::load(qf, gi.clone() * i32(n) + j.clone(), 1);
+                let kx = Expr::load(kf, j, 1);
+                b.set(dot, qx.fma(kx, Expr::Var(dot)));
+            });
+            b.store(dots, gi, Expr::Var(dot));
+        });
         let mut mask = lanes_per_row / 2;
         while mask > 0 {
-            let others: Vec<Expr> = dots
-                .iter()
-                .enumerate()
-                .map(|(gi, d)| b.shfl_xor(&format!("dot{gi}_x{mask}"), d.clone(), mask as i32, ws))
+            let others: Vec<Expr> = (0..g)
+                .map(|gi| {
+                    let d = Expr::load(dots, i32(gi), 1);
+                    b.shfl_xor(&format!("dot{gi}_x{mask}"), d, mask as i32, ws)
+                })
                 .collect();
-            dots = dots
-                .into_iter()
-                .zip(others)
-                .enumerate()
-                .map(|(gi, (d, o))| b.let_(&format!("dot{gi}_r{mask}"), d + o))
-                .collect();
+            for (gi, o) in others.into_iter().enumerate() {
+                let d = Expr::load(dots, i32(gi as u32), 1);
+                b.store(dots, i32(gi as u32), d + o);
+            }
             mask /= 2;
         }
-        for (gi, dot) in dots.into_iter().enumerate() {
-            let bias = match (&slope2[gi], &dist) {
-                (Some(s), Some(d)) => Some(d.clone() * s.clone()),
+        b.unroll("gi", g, |b, gi| {
+            let bias = match (&slope2, &dist) {
+                (Some(s), Some(d)) => Some(d.clone() * Expr::load(*s, gi.clone(), 1)),
                 _ => None,
             };
+            let dot = Expr::load(dots, gi.clone(), 1);
             let dot = match &scales {
                 Some((ks, _)) => dot * ks.clone(),
                 None => dot,
             };
             let s = logit2(spec, dot, bias);
-            let s = b.let_(&format!("s{gi}"), valid.clone().select(s, ninf.clone()));
-            let m_old = Expr::Var(m[gi]);
-            let m_new = b.let_(&format!("m_new{gi}"), m_old.clone().max(s.clone()));
+            let s = b.let_("s", valid.clone().select(s, ninf.clone()));
+            let m_old = b.let_("m_old", Expr::load(m, gi.clone(), 1));
+            let m_new = b.let_("m_new", m_old.clone().max(s.clone()));
             let alpha = b.let_(
-                &format!("alpha{gi}"),
+                "alpha",
                 m_new
                     .clone()
                     .eq_(ninf.clone())
                     .select(Expr::f32(1.0), (m_old - m_new.clone()).exp2()),
             );
             let p = b.let_(
-                &format!("p{gi}"),
+                "p",
                 valid
                     .clone()
                     .select((s - m_new.clone()).exp2(), Expr::f32(0.0)),
             );
-            b.set(l[gi], Expr::Var(l[gi]).fma(alpha.clone(), p.clone()));
-            for (a, v) in acc[gi].iter().zip(&vf) {
-                let scaled = Expr::Var(*a) * alpha.clone();
-                b.set(*a, p.clone().fma(v.clone(), scaled));
-            }
-            b.set(m[gi], m_new);
-        }
+            let l_old = Expr::load(l, gi.clone(), 1);
+            b.store(l, gi.clone(), l_old.fma(alpha.clone(), p.clone()));
+            b.unroll("j", n, |b, j| {
+                let at = gi.clone() * i32(n) + j.clone();
+                let scaled = Expr::load(acc, at.clone(), 1) * alpha.clone();
+                b.store(acc, at, p.clone().fma(Expr::load(vf, j, 1), scaled));
+            });
+            b.store(m, gi, m_new);
+        });
     });
 
     b.comment("Merge the row groups of each warp.");
     let mut off = lanes_per_row;
     while off < ws {
-        // Every shuffle of the step first (they read the states as they are),
-        // then the merges.
-        let mut other = Vec::new();
-        for gi in 0..g as usize {
-            let name = |s: &str| format!("{s}{gi}_o{off}");
-            let m_o = b.shfl_xor(&name("m"), Expr::Var(m[gi]), off as i32, ws);
-            let l_o = b.shfl_xor(&name("l"), Expr::Var(l[gi]), off as i32, ws);
-            let acc_o: Vec<Expr> = acc[gi]
-                .iter()
-                .enumerate()
-                .map(|(j, a)| {
-                    b.shfl_xor(
-                        &format!("acc{gi}_{j}_o{off}"),
-                        Expr::Var(*a),
-                        off as i32,
-                        ws,
-                    )
-                })
-                .collect();
-            other.push((m_o, l_o, acc_o));
-        }
-        for (gi, (m_o, l_o, acc_o)) in other.into_iter().enumerate() {
-            let name = |s: &str| format!("{s}{gi}_o{off}");
-            let m_new = b.let_(&name("mm"), Expr::Var(m[gi]).max(m_o.clone()));
+        b.unroll("gi", g, |b, gi| {
+            let m_me = b.let_("m_me", Expr::load(m, gi.clone(), 1));
+            let l_me = b.let_("l_me", Expr::load(l, gi.clone(), 1));
+            let m_o = b.shfl_xor(&format!("m_o{off}"), m_me.clone(), off as i32, ws);
+            let l_o = b.shfl_xor(&format!("l_o{off}"), l_me.clone(), off as i32, ws);
+            let m_new = b.let_("mm", m_me.clone().max(m_o.clone()));
             let is_empty = m_new.clone().eq_(ninf.clone());
             let fa = b.let_(
-                &name("fa"),
+                "fa",
                 is_empty
                     .clone()
-                    .select(Expr::f32(0.0), (Expr::Var(m[gi]) - m_new.clone()).exp2()),
+                    .select(Expr::f32(0.0), (m_me - m_new.clone()).exp2()),
             );
             let fb = b.let_(
-                &name("fb"),
+                "fb",
                 is_empty.select(Expr::f32(0.0), (m_o - m_new.clone()).exp2()),
             );
-            b.set(l[gi], Expr::Var(l[gi]) * fa.clone() + l_o * fb.clone());
-            for (a, a_o) in acc[gi].iter().zip(acc_o) {
-                b.set(*a, Expr::Var(*a) * fa.clone() + a_o * fb.clone());
-            }
-            b.set(m[gi], m_new);
-        }
+            b.store(l, gi.clone(), l_me * fa.clone() + l_o * fb.clone());
+            b.unroll("j", n, |b, j| {
+                let at = gi.clone() * i32(n) + j;
+                let a = b.let_("a", Expr::load(acc, at.clone(), 1));
+                let a_o = b.shfl_xor(&format!("acc_o{off}"), a.clone(), off as i32, ws);
+                b.store(acc, at, a * fa.clone() + a_o * fb.clone());
+            });
+            b.store(m, gi, m_new);
+        });
         off *= 2;
     }
 
     b.comment("The first row group of each warp hands its state to shared memory:");
     b.comment("lane 0 the running max and sum, every lane of the group its chunks.");
     b.if_(lane.clone().eq_(Expr::i32(0)), |b| {
-        for gi in 0..g {
-            let slot = warp.clone() * i32(g) + i32(gi);
-            b.store(sm_m, slot.clone(), Expr::Var(m[gi as usize]));
-            b.store(sm_l, slot, Expr::Var(l[gi as usize]));
-        }
+        b.unroll("gi", g, |b, gi| {
+            let slot = warp.clone() * i32(g) + gi.clone();
+            b.store(sm_m, slot.clone(), Expr::load(m, gi.clone(), 1));
+            b.store(sm_l, slot, Expr::load(l, gi, 1));
+        });
     });
     b.if_(lane.clone().lt(i32(lanes_per_row)), |b| {
-        for gi in 0..g {
-            let slot = warp.clone() * i32(g) + i32(gi);
-            for (c, ci) in chunk_idx.iter().enumerate() {
+        b.unroll("gi", g, |b, gi| {
+            let slot = b.let_("slot", warp.clone() * i32(g) + gi.clone());
+            b.unroll("c", chunks_per_lane, |b, c| {
+                let ci = chunk_of(c.clone());
                 let store = |b: &mut KernelBuilder| {
-                    for e in 0..vec {
-                        let idx = slot.clone() * i32(d) + ci.clone() * i32(vec) + i32(e);
-                        let a = acc[gi as usize][c * vec as usize + e as usize];
-                        b.store(sm_acc, idx, Expr::Var(a));
-                    }
+                    b.unroll("e", vec, |b, e| {
+                        let idx = slot.clone() * i32(d) + ci.clone() * i32(vec) + e.clone();
+                        let at = gi.clone() * i32(n) + c.clone() * i32(vec) + e;
+                        b.store(sm_acc, idx, Expr::load(acc, at, 1));
+                    });
                 };
-                match &chunk_ok[c] {
-                    Some(ok) => b.if_(ok.clone(), store),
-                    None => store(b),
+                match padded {
+                    true => b.if_(chunk_ok(c.clone()), store),
+                    false => store(b),
                 }
-            }
-        }
+            });
+        });
     });
     b.barrier();
 
@@ -472,8 +412,89 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     b.finish()
 }
 
+/// A decode kernel's buffers and scalar parameters, declared in the
+/// order every decode kernel (GPU or host schedule) shares.
+pub(super) struct DecodeIo {
+    pub q: BufId,
+    pub k_cache: BufId,
+    pub v_cache: BufId,
+    pub indptr: BufId,
+    pub indices: BufId,
+    pub last_len: BufId,
+    pub sinks: Option<BufId>,
+    pub slopes: Option<BufId>,
+    pub scales: Option<(BufId, BufId)>,
+    pub out: Output,
+}
+
+/// Declares the parameters of a decode (or, with `split`, split-K decode)
+/// kernel.
+pub(super) fn declare(b: &mut KernelBuilder, spec: &AttentionSpec, split: bool) -> DecodeIo {
+    let elem = Scalar::of_dtype(spec.kv.dtype);
+    let q_elem = Scalar::of_dtype(spec.query_dtype());
+    let q = b.global("q", q_elem, Access::Read);
+    let k_cache = b.global("k_cache", elem, Access::Read);
+    let v_cache = b.global("v_cache", elem, Access::Read);
+    let indptr = b.global("kv_indptr", Scalar::I32, Access::Read);
+    let indices = b.global("kv_indices", Scalar::I32, Access::Read);
+    let last_len = b.global("kv_last_page_len", Scalar::I32, Access::Read);
+    // Split-K leaves the sinks to the merge: they join the denominator once.
+    let (sinks, slopes) = variant_params(b, spec, !split);
+    let scales = kv_scale_params(b, &spec.kv);
+    let out = if split {
+        Output::Partial {
+            out: b.global("part_out", Scalar::F32, Access::ReadWrite),
+            ml: b.global("part_ml", Scalar::F32, Access::ReadWrite),
+            chunk: b.scalar_param("chunk_tokens", Scalar::I32),
+        }
+    } else {
+        Output::Final(b.global("out", q_elem, Access::ReadWrite))
+    };
+    DecodeIo {
+        q,
+        k_cache,
+        v_cache,
+        indptr,
+        indices,
+        last_len,
+        sinks,
+        slopes,
+        scales,
+        out,
+    }
+}
+
+/// The tokens a decode block walks, `start..end`: from the window's first
+/// token (or 0) to the end, or its split's chunk of that range.
+pub(super) fn walk(
+    b: &mut KernelBuilder,
+    spec: &AttentionSpec,
+    out: &Output,
+    kv_len: &Expr,
+) -> (Expr, Expr) {
+    let start = match spec.sliding_window {
+        Some(w) => b.let_(
+            "start",
+            (kv_len.clone() - Expr::i32(w as i32)).max(Expr::i32(0)),
+        ),
+        None => Expr::i32(0),
+    };
+    match out {
+        Output::Final(_) => (start, kv_len.clone()),
+        Output::Partial { chunk, .. } => {
+            let z = Expr::special(Special::BlockIdx(Dim::Z));
+            let lo = b.let_("chunk_start", start + z * chunk.clone());
+            let hi = b.let_(
+                "chunk_end",
+                (lo.clone() + chunk.clone()).min(kv_len.clone()),
+            );
+            (lo, hi)
+        }
+    }
+}
+
 /// Where a decode kernel's result goes.
-enum Output {
+pub(super) enum Output {
     /// The normalised output, in the query dtype.
     Final(BufId),
     /// Split-K: the chunk's normalised output and its (max, sum), in f32.

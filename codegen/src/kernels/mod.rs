@@ -6,6 +6,7 @@
 
 mod append;
 mod decode;
+mod host;
 mod merge;
 mod prefill;
 

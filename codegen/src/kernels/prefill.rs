@@ -30,9 +30,9 @@
 //! free pages never reaches an output.
 
 use crate::ir::builder::KernelBuilder;
-use crate::ir::{Access, Dim, Expr, Kernel, Scalar, Special, VarId};
+use crate::ir::{Access, BufId, Dim, Expr, Kernel, Scalar, Special, VarId};
 use crate::spec::AttentionSpec;
-use crate::target::Target;
+use crate::target::{Arch, Target};
 
 use super::{
     alibi_slope, kv_offset, kv_scale_params, kv_scale_values, kv_vector_lanes, logit2, seq_pages,
@@ -65,7 +65,6 @@ pub fn prefill_kv_tile(head_dim: u32) -> u32 {
 
 pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel {
     let kv = spec.kv;
-    let elem = Scalar::of_dtype(kv.dtype);
     let q_elem = Scalar::of_dtype(spec.query_dtype());
     let d = kv.head_dim;
     let g = spec.group_size();
@@ -86,17 +85,21 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     let i64 = |e: Expr| e.cast(Scalar::I64);
     let ninf = Expr::f32(f32::NEG_INFINITY);
 
+    if target.arch == Arch::Host {
+        return super::host::prefill::build(spec, target, name);
+    }
     let mut b = KernelBuilder::new(name, target, threads);
-    let q = b.global("q", q_elem, Access::Read);
-    let k_cache = b.global("k_cache", elem, Access::Read);
-    let v_cache = b.global("v_cache", elem, Access::Read);
-    let qo_indptr = b.global("qo_indptr", Scalar::I32, Access::Read);
-    let indptr = b.global("kv_indptr", Scalar::I32, Access::Read);
-    let indices = b.global("kv_indices", Scalar::I32, Access::Read);
-    let last_len = b.global("kv_last_page_len", Scalar::I32, Access::Read);
-    let (sinks, slopes) = variant_params(&mut b, spec, true);
-    let scale_bufs = kv_scale_params(&mut b, &kv);
-    let out = b.global("out", q_elem, Access::ReadWrite);
+    let io = declare(&mut b, spec);
+    let (q, k_cache, v_cache, qo_indptr, indptr, indices, last_len) = (
+        io.q,
+        io.k_cache,
+        io.v_cache,
+        io.qo_indptr,
+        io.indptr,
+        io.indices,
+        io.last_len,
+    );
+    let (sinks, slopes, scale_bufs, out) = (io.sinks, io.slopes, io.scales, io.out);
     let sm_q = b.shared("sm_q", Scalar::F32, rows * d);
     let sm_k = b.shared("sm_k", Scalar::F32, tk * d);
     let sm_v = b.shared("sm_v", Scalar::F32, tk * d);
@@ -426,5 +429,50 @@ fn store_f32(b: &mut KernelBuilder, sm: crate::ir::BufId, at: Expr, raw: &Expr, 
         };
         b.store(sm, idx, value);
         e += width;
+    }
+}
+
+/// A prefill kernel's buffers, declared in the order every prefill kernel
+/// (GPU or host schedule) shares.
+pub(super) struct PrefillIo {
+    pub q: BufId,
+    pub k_cache: BufId,
+    pub v_cache: BufId,
+    pub qo_indptr: BufId,
+    pub indptr: BufId,
+    pub indices: BufId,
+    pub last_len: BufId,
+    pub sinks: Option<BufId>,
+    pub slopes: Option<BufId>,
+    pub scales: Option<(BufId, BufId)>,
+    pub out: BufId,
+}
+
+/// Declares the parameters of a prefill kernel.
+pub(super) fn declare(b: &mut KernelBuilder, spec: &AttentionSpec) -> PrefillIo {
+    let elem = Scalar::of_dtype(spec.kv.dtype);
+    let q_elem = Scalar::of_dtype(spec.query_dtype());
+    let q = b.global("q", q_elem, Access::Read);
+    let k_cache = b.global("k_cache", elem, Access::Read);
+    let v_cache = b.global("v_cache", elem, Access::Read);
+    let qo_indptr = b.global("qo_indptr", Scalar::I32, Access::Read);
+    let indptr = b.global("kv_indptr", Scalar::I32, Access::Read);
+    let indices = b.global("kv_indices", Scalar::I32, Access::Read);
+    let last_len = b.global("kv_last_page_len", Scalar::I32, Access::Read);
+    let (sinks, slopes) = variant_params(b, spec, true);
+    let scales = kv_scale_params(b, &spec.kv);
+    let out = b.global("out", q_elem, Access::ReadWrite);
+    PrefillIo {
+        q,
+        k_cache,
+        v_cache,
+        qo_indptr,
+        indptr,
+        indices,
+        last_len,
+        sinks,
+        slopes,
+        scales,
+        out,
     }
 }

@@ -1,0 +1,114 @@
+//! CPU schedules for the host target (`Arch::Host`, a warp of one thread).
+//!
+//! The GPU schedules spread a K/V row over the lanes of a warp and merge
+//! them with shuffles; on the host a block is one thread, so the same
+//! kernels (same symbol, parameters, grid and results) are laid out for a
+//! CPU core instead: tokens in tiles of [`TILE`], each K/V row converted to
+//! f32 once and used by every query head of the group, the softmax rescaled
+//! once per tile, and every inner loop a loop over a row's elements that
+//! LLVM vectorises. They are never printed for a GPU.
+
+pub(crate) mod decode;
+pub(crate) mod prefill;
+mod tile;
+
+use crate::ir::builder::KernelBuilder;
+use crate::ir::{BufId, Expr};
+
+/// Tokens per tile of the host schedules.
+pub const TILE: u32 = 16;
+
+/// Lanes of the host schedules' vectors: one 256-bit register of f32.
+pub(crate) const W: u32 = 8;
+
+/// `x` in every lane of an f32 vector of W lanes.
+pub(crate) fn splat(x: Expr) -> Expr {
+    Expr::Vector(vec![x; W as usize])
+}
+
+/// The W lanes of `v` combined in a fixed order: the upper half onto the
+/// lower half, then neighbours pairwise (`_mm256_extractf128` and two
+/// `hadd`s, as ggml reduces on AVX).
+pub(crate) fn lanes_fold(v: Expr, f: impl Fn(Expr, Expr) -> Expr) -> Expr {
+    let half = W as usize / 2;
+    let mut lanes: Vec<Expr> = (0..half)
+        .map(|i| f(v.clone().lane(i as u8), v.clone().lane((i + half) as u8)))
+        .collect();
+    while lanes.len() > 1 {
+        lanes = lanes
+            .chunks(2)
+            .map(|p| f(p[0].clone(), p[1].clone()))
+            .collect();
+    }
+    lanes.pop().unwrap_or_else(|| Expr::f32(0.0))
+}
+
+/// A softmax row's normaliser: from its running max `mx` and sum `lsum`
+/// (base 2), with the query head's sink (when the spec has sinks) in the
+/// denominator and V's fp8 scale, the factor that turns its accumulator
+/// into the output (0 for a row that saw nothing), and the final sum.
+pub(crate) fn finish_row(
+    b: &mut KernelBuilder,
+    sinks: Option<BufId>,
+    qhead: &Expr,
+    mx: &Expr,
+    lsum: Expr,
+    vscale: Option<&Expr>,
+) -> (Expr, Expr) {
+    let ninf = Expr::f32(f32::NEG_INFINITY);
+    // The factor the accumulator still needs, and the denominator.
+    let (factor, lsum) = match sinks {
+        Some(buf) => {
+            let sink = b.let_(
+                "sink",
+                Expr::load(buf, qhead.clone(), 1) * Expr::f32(std::f32::consts::LOG2_E),
+            );
+            let mf = b.let_("m_final", mx.clone().max(sink.clone()));
+            let keep = b.let_(
+                "keep",
+                mx.clone()
+                    .eq_(ninf)
+                    .select(Expr::f32(0.0), (mx.clone() - mf.clone()).exp2()),
+            );
+            let lf = b.let_("l_final", lsum.fma(keep.clone(), (sink - mf).exp2()));
+            (keep, lf)
+        }
+        None => (Expr::f32(1.0), b.let_("lsum", lsum)),
+    };
+    let factor = match vscale {
+        Some(vs) => factor * vs.clone(),
+        None => factor,
+    };
+    let inv = b.let_(
+        "inv",
+        lsum.clone()
+            .gt(Expr::f32(0.0))
+            .select(factor / lsum.clone(), Expr::f32(0.0)),
+    );
+    (inv, lsum)
+}
+
+/// [`super::logit2`] over a vector of W dots: scaled, soft-capped, plus a
+/// bias vector already in base 2. The soft-cap's tanh is taken lane by lane
+/// (the IR's tanh is scalar).
+pub(crate) fn vector_logit2(
+    spec: &crate::spec::AttentionSpec,
+    dots: Expr,
+    bias: Option<Expr>,
+) -> Expr {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    let scale = spec.effective_scale();
+    let (x, factor) = match spec.logits_soft_cap {
+        None => (dots, scale * LOG2_E),
+        Some(cap) => {
+            let lanes = (0..W as u8)
+                .map(|e| Expr::f32(cap) * (dots.clone().lane(e) * Expr::f32(scale / cap)).tanh())
+                .collect();
+            (Expr::Vector(lanes), LOG2_E)
+        }
+    };
+    match bias {
+        Some(b) => x.fma(splat(Expr::f32(factor)), b),
+        None => x * splat(Expr::f32(factor)),
+    }
+}

@@ -1,0 +1,197 @@
+//! Prefill on the host target: one thread per block serves a tile of
+//! [`PREFILL_ROWS`] packed query rows (token × query head of the KV head's
+//! group, as in the GPU kernel) of one KV head of one sequence, against the
+//! KV tiles its rows can see, TILE tokens at a time (see [`super::tile`]):
+//! each K and V row is read once for all of the tile's rows.
+//!
+//! Parameters, grid and results are those of the GPU prefill kernel (see
+//! [`crate::kernels::prefill`]).
+
+use crate::ir::builder::KernelBuilder;
+use crate::ir::{Dim, Expr, Kernel, Scalar, Special};
+use crate::spec::AttentionSpec;
+use crate::target::Target;
+
+use super::super::prefill::{declare, PREFILL_ROWS};
+use super::super::{alibi_slope, kv_scale_values, seq_pages, vector_lanes};
+use super::tile::{masked_logit, Rows, Tile};
+use super::{finish_row, splat, vector_logit2, TILE, W};
+
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+
+pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel {
+    let kv = spec.kv;
+    let q_elem = Scalar::of_dtype(spec.query_dtype());
+    let d = kv.head_dim;
+    let g = spec.group_size();
+    let rows = PREFILL_ROWS;
+    let i32 = |v: u32| Expr::i32(v as i32);
+    let i64 = |e: Expr| e.cast(Scalar::I64);
+
+    let mut b = KernelBuilder::new(name, target, 1);
+    let io = declare(&mut b, spec);
+    b.comment(format!(
+        "host schedule: {rows} query rows ({g} heads per KV head) x tiles of {TILE} KV tokens"
+    ));
+    let qtile = b.let_("tile", Expr::special(Special::BlockIdx(Dim::X)));
+    let head = b.let_("kv_head", Expr::special(Special::BlockIdx(Dim::Y)));
+    let seq = b.let_("seq", Expr::special(Special::BlockIdx(Dim::Z)));
+    let qo_begin = b.let_("qo_begin", Expr::load(io.qo_indptr, seq.clone(), 1));
+    let q_len = b.let_(
+        "q_len",
+        Expr::load(io.qo_indptr, seq.clone() + Expr::i32(1), 1) - qo_begin.clone(),
+    );
+    let (page_begin, kv_len) = seq_pages(&mut b, &kv, io.indptr, io.last_len, &seq);
+    let scales = kv_scale_values(&mut b, &kv, io.scales, &head);
+    let packed = b.let_("packed_rows", q_len.clone() * i32(g));
+    let row0 = b.let_("row0", qtile * i32(rows));
+
+    b.if_(row0.clone().lt(packed.clone()), |b| {
+        // Each row's query token, query head, position and whether it is a
+        // real row (rows past the sequence's last are padding).
+        let tok = b.local("tok", Scalar::I32, rows);
+        let qhead = b.local("qhead", Scalar::I32, rows);
+        let pos = b.local("pos", Scalar::I32, rows);
+        let real = b.local("real", Scalar::I32, rows);
+        b.unroll("r", rows, |b, r| {
+            let prow = b.let_("prow", row0.clone() + r.clone());
+            let pc = b.let_("pc", prow.clone().min(packed.clone() - Expr::i32(1)));
+            let qi = b.let_("qi", pc.clone() / i32(g));
+            b.store(tok, r.clone(), qo_begin.clone() + qi.clone());
+            b.store(qhead, r.clone(), head.clone() * i32(g) + pc % i32(g));
+            b.store(pos, r.clone(), kv_len.clone() - q_len.clone() + qi);
+            let ok = prow.lt(packed.clone());
+            b.store(real, r, ok.select(Expr::i32(1), Expr::i32(0)));
+        });
+
+        // The KV range the tile's rows can see.
+        let first_tok = row0.clone() / i32(g);
+        let last_tok = ((row0.clone() + i32(rows - 1)) / i32(g)).min(q_len.clone() - Expr::i32(1));
+        let kv_hi = match spec.causal {
+            true => b.let_(
+                "kv_hi",
+                kv_len.clone() - q_len.clone() + last_tok + Expr::i32(1),
+            ),
+            false => kv_len.clone(),
+        };
+        let kv_lo = match spec.sliding_window {
+            Some(win) => b.let_(
+                "kv_lo",
+                (kv_len.clone() - q_len.clone() + first_tok - i32(win) + Expr::i32(1))
+                    .max(Expr::i32(0)),
+            ),
+            None => Expr::i32(0),
+        };
+
+        let tile = Tile::by_tokens(b, rows, d);
+        // The rows' queries in f32 (padding rows as zeros).
+        let qvec = vector_lanes(spec.query_dtype());
+        b.unroll("r", rows, |b, r| {
+            let t = Expr::load(tok, r.clone(), 1);
+            let h = Expr::load(qhead, r.clone(), 1);
+            let base = b.let_(
+                "q_base",
+                (i64(t) * Expr::i64(spec.q_heads as i64) + i64(h)) * Expr::i64(d as i64),
+            );
+            let ok = b.let_("ok", Expr::load(real, r.clone(), 1).ne_(Expr::i32(0)));
+            let zero = Expr::Vector(vec![Expr::f32(0.0); qvec as usize]);
+            b.unroll("c", d / qvec, |b, c| {
+                let raw = Expr::load(io.q, base.clone() + i64(c.clone() * i32(qvec)), qvec as u8);
+                let x = ok.clone().select(raw.cast(Scalar::F32), zero.clone());
+                b.store(tile.qf, r.clone() * i32(d) + c * i32(qvec), x);
+            });
+        });
+        let slope2 = spec.alibi.is_some().then(|| {
+            let buf = b.local("slope2", Scalar::F32, rows);
+            b.unroll("r", rows, |b, r| {
+                let h = Expr::load(qhead, r.clone(), 1);
+                let s = alibi_slope(spec, h, io.slopes).expect("the spec has ALiBi");
+                b.store(buf, r, s * Expr::f32(LOG2_E));
+            });
+            buf
+        });
+
+        let at = Rows {
+            kv: &kv,
+            indices: io.indices,
+            page_begin: &page_begin,
+            head: &head,
+            last: &kv_hi,
+        };
+        b.comment("Walk the visible KV tiles.");
+        b.for_("kv0", kv_lo, kv_hi.clone(), i32(TILE), |b, kv0| {
+            let logit = |b: &mut KernelBuilder, r: &Expr, i: &Expr, dot: Expr| {
+                let t = b.let_("kt", kv0.clone() + i.clone());
+                let p = b.let_("row_pos", Expr::load(pos, r.clone(), 1));
+                let mut ok = Expr::load(real, r.clone(), 1)
+                    .ne_(Expr::i32(0))
+                    .and_then(t.clone().lt(kv_hi.clone()));
+                if spec.causal {
+                    ok = ok.and_then(t.clone().le(p.clone()));
+                }
+                if let Some(win) = spec.sliding_window {
+                    ok = ok.and_then(t.clone().ge(p.clone() - i32(win) + Expr::i32(1)));
+                }
+                let bias =
+                    slope2.map(|sl| (t - p).cast(Scalar::F32) * Expr::load(sl, r.clone(), 1));
+                masked_logit(spec, dot, scales.as_ref().map(|s| &s.0), bias, ok)
+            };
+            // Every row sees every token of the tile: all rows real, the tile
+            // inside the visible range, before the first row's position
+            // (causal) and inside the last row's window.
+            let mut full = (row0.clone() + i32(rows))
+                .le(packed.clone())
+                .and_then((kv0.clone() + i32(TILE)).le(kv_hi.clone()));
+            if spec.causal {
+                let p0 = Expr::load(pos, Expr::i32(0), 1);
+                full = full.and_then((kv0.clone() + i32(TILE - 1)).le(p0));
+            }
+            if let Some(win) = spec.sliding_window {
+                let p1 = Expr::load(pos, i32(rows - 1), 1);
+                full = full.and_then(kv0.clone().ge(p1 - i32(win) + Expr::i32(1)));
+            }
+            let full = b.let_("full", full);
+            let vlogit = |b: &mut KernelBuilder, r: &Expr, lane0: u32, dots: Expr| {
+                let dots = match &scales {
+                    Some((ks, _)) => dots * splat(ks.clone()),
+                    None => dots,
+                };
+                // ALiBi: slope·(t − pos) = slope·(kv0 + lane0 − pos) + slope·lane.
+                let bias = slope2.map(|sl| {
+                    let slope = b.let_("slope", Expr::load(sl, r.clone(), 1));
+                    let p = Expr::load(pos, r.clone(), 1);
+                    let at0 = (kv0.clone() + i32(lane0) - p).cast(Scalar::F32) * slope.clone();
+                    let iota = Expr::Vector((0..W).map(|e| Expr::f32(e as f32)).collect());
+                    iota.fma(splat(slope), splat(at0))
+                });
+                vector_logit2(spec, dots, bias)
+            };
+            tile.logits_by_tokens(b, spec, &at, io.k_cache, &kv0, &full, &vlogit, &logit);
+            tile.softmax(b);
+            tile.accumulate(b, &kv, &at, io.v_cache, &kv0);
+        });
+
+        b.comment("Normalise (with the sink in the denominator) and write the real rows.");
+        b.unroll("r", rows, |b, r| {
+            let h = b.let_("h", Expr::load(qhead, r.clone(), 1));
+            let mx = b.let_("mx", Expr::load(tile.m, r.clone(), 1));
+            let lsum = Expr::load(tile.l, r.clone(), 1);
+            let vscale = scales.as_ref().map(|(_, vs)| vs);
+            let (inv, _) = finish_row(b, io.sinks, &h, &mx, lsum, vscale);
+            let ok = Expr::load(real, r.clone(), 1).ne_(Expr::i32(0));
+            b.if_(ok, |b| {
+                let t = Expr::load(tok, r.clone(), 1);
+                let base = b.let_(
+                    "out_base",
+                    (i64(t) * Expr::i64(spec.q_heads as i64) + i64(h.clone()))
+                        * Expr::i64(d as i64),
+                );
+                b.unroll("j", d, |b, j| {
+                    let o = Expr::load(tile.acc, r.clone() * i32(d) + j.clone(), 1) * inv.clone();
+                    b.store(io.out, base.clone() + i64(j), o.cast(q_elem));
+                });
+            });
+        });
+    });
+    b.finish()
+}

@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo run --release --example bench_cpu_decode` (BENCHMARKS.md).
 //! Shape: Llama-3-8B (32 query / 8 KV heads, head_dim 128, f16), 16
-//! sequences of 2048 tokens, pages of 16 scattered over the arena.
+//! sequences of 2048 tokens, pages of 16 scattered over the arena
+//! (`AF_SEQS` and `AF_LEN` change the count and the length).
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() {
     let spec = Llama3::SPEC;
     let l = spec.kv;
-    let (seqs, len) = (16usize, 2048usize);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (seqs, len) = (env("AF_SEQS", 16), env("AF_LEN", 2048));
     let pages_per_seq = len / l.page_size as usize;
     let max_pages = seqs * pages_per_seq;
     // Scatter pages: a fixed permutation (multiplicative hash) of 0..max_pages.

@@ -41,6 +41,7 @@ pub struct Build {
     out_dir: Option<PathBuf>,
     hipcc: Option<PathBuf>,
     jobs: Option<usize>,
+    shared_cache: Option<PathBuf>,
 }
 
 /// A problem in a source file, with its location.
@@ -211,6 +212,18 @@ impl Build {
     /// `/opt/rocm/bin/hipcc`).
     pub fn hipcc(&mut self, path: impl AsRef<Path>) -> &mut Build {
         self.hipcc = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// A code-object cache shared between builds (cargo profiles, target
+    /// directories, crates): an object whose source, arch, flags and hipcc
+    /// version are unchanged is copied from it instead of compiled, and every
+    /// object compiled is added to it. Entries are keyed by a SHA-256 of all
+    /// of that, written atomically, and one that is not an ELF file is
+    /// ignored and rebuilt. Off by default; [`user_cache_dir`] is the usual
+    /// place.
+    pub fn shared_cache(&mut self, dir: impl Into<PathBuf>) -> &mut Build {
+        self.shared_cache = Some(dir.into());
         self
     }
 
@@ -429,7 +442,13 @@ impl Build {
                     let Some((kind, symbol, arch, source)) = sources.get(i) else {
                         break;
                     };
-                    let r = compile_one(hipcc, version, dir, *kind, symbol, *arch, source);
+                    let job = Job {
+                        hipcc,
+                        version,
+                        dir,
+                        shared: self.shared_cache.as_deref(),
+                    };
+                    let r = job.compile(*kind, symbol, *arch, source);
                     results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
                 });
             }
@@ -495,82 +514,133 @@ fn hipcc_args(arch: Arch, src: &Path, out: &Path) -> Vec<String> {
     ]
 }
 
-fn compile_one(
-    hipcc: &Path,
-    version: &str,
-    dir: &Path,
-    kind: KernelKind,
-    symbol: &str,
-    arch: Arch,
-    source: &str,
-) -> Result<BuiltObject, BuildError> {
-    let mut h = Sha256::new();
-    for part in [
-        source,
-        arch.name(),
-        version,
-        &hipcc_args(arch, Path::new(""), Path::new("")).join(" "),
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    let hash: String = h.finalize().iter().take(8).fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    });
-    let stem = format!("{symbol}.{}.{hash}", arch.name());
-    let object = dir.join(format!("{stem}.co"));
-    if object.is_file() {
-        return Ok(BuiltObject {
+/// attnforge's cache directory for the user: `$ATTNFORGE_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/attnforge`, else `$HOME/.cache/attnforge` (`None`
+/// without any of them). The SmolLM2 model is fetched beside it.
+pub fn user_cache_dir() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("ATTNFORGE_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("attnforge")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("attnforge")))
+}
+
+/// What every hipcc job of a build shares.
+struct Job<'a> {
+    hipcc: &'a Path,
+    version: &'a str,
+    dir: &'a Path,
+    shared: Option<&'a Path>,
+}
+
+/// Whether `path` holds what looks like a code object (an ELF file).
+fn is_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
+/// Copies `from` to `to` through a temporary file beside `to`, so that
+/// `to` is either absent or whole.
+fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
+    let tmp = to.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::copy(from, &tmp)?;
+    std::fs::rename(&tmp, to).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+impl Job<'_> {
+    fn compile(
+        &self,
+        kind: KernelKind,
+        symbol: &str,
+        arch: Arch,
+        source: &str,
+    ) -> Result<BuiltObject, BuildError> {
+        let (hipcc, dir) = (self.hipcc, self.dir);
+        let mut h = Sha256::new();
+        for part in [
+            source,
+            arch.name(),
+            self.version,
+            &hipcc_args(arch, Path::new(""), Path::new("")).join(" "),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        let hash: String = h.finalize().iter().take(8).fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        });
+        let stem = format!("{symbol}.{}.{hash}", arch.name());
+        let object = dir.join(format!("{stem}.co"));
+        let built = |compiled| BuiltObject {
             kind,
             symbol: symbol.into(),
             arch,
-            path: object,
-            compiled: false,
-        });
-    }
-    let src = dir.join(format!("{stem}.hip"));
-    std::fs::write(&src, source).map_err(|source| BuildError::Io {
-        path: src.clone(),
-        source,
-    })?;
-    // Write beside the final name, then rename: a crash or a parallel build
-    // never leaves a half-written object under the cached name.
-    let tmp = dir.join(format!("{stem}.co.tmp{}", std::process::id()));
-    let args = hipcc_args(arch, &src, &tmp);
-    let command = format!("{} {}", hipcc.display(), args.join(" "));
-    let out = Command::new(hipcc)
-        .args(&args)
-        .output()
-        .map_err(|source| BuildError::Io {
-            path: hipcc.to_path_buf(),
+            path: object.clone(),
+            compiled,
+        };
+        if object.is_file() {
+            return Ok(built(false));
+        }
+        let shared = self.shared.map(|d| d.join(format!("{stem}.co")));
+        if let Some(cached) = &shared {
+            // A foreign or damaged entry is not trusted: it is rebuilt.
+            if is_elf(cached) && copy_atomic(cached, &object).is_ok() {
+                return Ok(built(false));
+            }
+        }
+        let src = dir.join(format!("{stem}.hip"));
+        std::fs::write(&src, source).map_err(|source| BuildError::Io {
+            path: src.clone(),
             source,
         })?;
-    if !out.status.success() || !tmp.is_file() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(BuildError::Hipcc {
-            symbol: symbol.into(),
-            arch,
-            command,
-            status: out.status.to_string(),
-            log: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        });
+        // Write beside the final name, then rename: a crash or a parallel
+        // build never leaves a half-written object under the cached name.
+        let tmp = dir.join(format!("{stem}.co.tmp{}", std::process::id()));
+        let args = hipcc_args(arch, &src, &tmp);
+        let command = format!("{} {}", hipcc.display(), args.join(" "));
+        let out = Command::new(hipcc)
+            .args(&args)
+            .output()
+            .map_err(|source| BuildError::Io {
+                path: hipcc.to_path_buf(),
+                source,
+            })?;
+        if !out.status.success() || !tmp.is_file() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(BuildError::Hipcc {
+                symbol: symbol.into(),
+                arch,
+                command,
+                status: out.status.to_string(),
+                log: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+        std::fs::rename(&tmp, &object).map_err(|source| BuildError::Io {
+            path: object.clone(),
+            source,
+        })?;
+        // The shared cache is best-effort: a build never fails on it.
+        if let (Some(cached), Some(parent)) = (&shared, self.shared) {
+            if std::fs::create_dir_all(parent).is_ok() {
+                let _ = copy_atomic(&object, cached);
+            }
+        }
+        Ok(built(true))
     }
-    std::fs::rename(&tmp, &object).map_err(|source| BuildError::Io {
-        path: object.clone(),
-        source,
-    })?;
-    Ok(BuiltObject {
-        kind,
-        symbol: symbol.into(),
-        arch,
-        path: object,
-        compiled: true,
-    })
 }
 
 fn code_object_tokens<'a>(objects: impl Iterator<Item = &'a BuiltObject>) -> String {

@@ -186,6 +186,52 @@ fn an_unchanged_rebuild_compiles_nothing() {
 }
 
 #[test]
+fn a_shared_cache_serves_other_builds_and_never_trusts_a_damaged_entry() {
+    if !have_hipcc() {
+        return;
+    }
+    let src = "use attnforge_macros::*;\n\
+        #[kv_layout(page_size = 8, kv_heads = 1, head_dim = 32, dtype = f32)]\n\
+        pub struct TinyKv;\n";
+    let cache = tempfile::tempdir().expect("temp dir");
+    let build = || {
+        let (dir, file) = scratch(src);
+        let report = Build::new()
+            .file(&file)
+            .out_dir(dir.path())
+            .shared_cache(cache.path())
+            .archs(&[Arch::Gfx90a])
+            .compile()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_objects_hold_their_kernels(&report);
+        (dir, report)
+    };
+    let (_a, first) = build();
+    assert_eq!((first.compiled(), first.cached()), (1, 0));
+    // Another build (another out dir, as another profile or checkout has)
+    // copies the object instead of compiling it.
+    let (_b, second) = build();
+    assert_eq!((second.compiled(), second.cached()), (0, 1));
+    // A damaged entry is rebuilt, and the rebuild repairs the cache.
+    let entry = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "co"))
+        .expect("a cached object");
+    std::fs::write(&entry, b"not an object").unwrap();
+    let (_c, third) = build();
+    assert_eq!((third.compiled(), third.cached()), (1, 0));
+    assert!(std::fs::read(&entry).unwrap().starts_with(b"\x7fELF"));
+}
+
+/// The cache the hipcc matrix tests share between runs of the test
+/// command: a warm run copies objects hipcc already accepted (same source,
+/// arch, flags and hipcc), a clean clone compiles them all.
+fn matrix_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("hipcc-cache")
+}
+
+#[test]
 fn hipcc_accepts_every_dtype_order_head_dim_and_variant() {
     if !have_hipcc() {
         return;
@@ -220,6 +266,7 @@ fn hipcc_accepts_every_dtype_order_head_dim_and_variant() {
     let report = Build::new()
         .file(&file)
         .out_dir(dir.path())
+        .shared_cache(matrix_cache())
         .archs(&[Arch::Gfx90a, Arch::Gfx1030])
         .compile()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -249,6 +296,7 @@ fn hipcc_accepts_fp8_kernels_for_every_arch() {
     let report = Build::new()
         .file(&file)
         .out_dir(dir.path())
+        .shared_cache(matrix_cache())
         .archs(&Arch::ALL)
         .compile()
         .unwrap_or_else(|e| panic!("{e}"));

@@ -605,3 +605,96 @@ fn vector_arithmetic_and_conversions_equal_the_scalar_operations() {
         }
     }
 }
+
+/// The kernel the on-disk cache test compiles: `out[i] = x[i] * c`, with a
+/// constant unique to the test run so that no earlier run cached it.
+fn cache_probe(c: f32) -> KernelBuilder {
+    let mut b = KernelBuilder::new("cache_probe", Arch::Host.target(), 1);
+    let x = b.global("x", Scalar::F32, Access::Read);
+    let out = b.global("out", Scalar::F32, Access::ReadWrite);
+    let i = Expr::special(Special::BlockIdx(Dim::X));
+    b.store(out, i.clone(), Expr::load(x, i, 1) * Expr::f32(c));
+    b
+}
+
+/// Run by `machine_code_is_cached_on_disk_and_damaged_entries_are_rebuilt`
+/// in a child process (a fresh JIT): compiles the probe, checks it
+/// computes, and prints where its code came from.
+#[test]
+fn cache_probe_child() {
+    let Ok(c) = std::env::var("AF_CACHE_PROBE") else {
+        return;
+    };
+    let c: f32 = c.parse().unwrap();
+    let k = jit(cache_probe(c));
+    let xs = [1.0f32, 2.0, -3.0];
+    let mut out = [0f32; 3];
+    k.launch_checked([3, 1, 1], &mut [Arg::input(&xs), Arg::output(&mut out)])
+        .unwrap();
+    assert_eq!(out, [c, 2.0 * c, -3.0 * c]);
+    println!("source: {:?}", k.code_source());
+}
+
+#[test]
+fn machine_code_is_cached_on_disk_and_damaged_entries_are_rebuilt() {
+    if std::env::var_os("AF_CACHE_PROBE").is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = 1.0 + (std::process::id() % 1000) as f32 / 1024.0;
+    let run = || {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "cache_probe_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("AF_CACHE_PROBE", c.to_string())
+            .env("ATTNFORGE_JIT_CACHE", dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "child failed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.split("source: ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no source line in:\n{text}"))
+    };
+    let entries = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "o"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(), "Compiled");
+    assert_eq!(entries().len(), 1, "one entry, no temporary file left");
+    assert_eq!(run(), "DiskCache");
+    // A damaged object that still links, but with the constant changed
+    // (it would compute 2·c), is refused by its checksum.
+    let entry = entries().pop().unwrap();
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let at = bytes
+        .windows(4)
+        .rposition(|w| w == c.to_le_bytes())
+        .expect("the constant in the object");
+    bytes[at..at + 4].copy_from_slice(&(2.0 * c).to_le_bytes());
+    std::fs::write(&entry, &bytes).unwrap();
+    assert_eq!(run(), "Compiled");
+    assert_eq!(run(), "DiskCache", "the rebuild replaced the damaged entry");
+    // A foreign entry (whole, but another key's) is refused by its key.
+    let mut bytes = std::fs::read(&entry).unwrap();
+    bytes[8] ^= 1;
+    std::fs::write(&entry, &bytes).unwrap();
+    assert_eq!(run(), "Compiled");
+    // A truncated one too.
+    std::fs::write(&entry, &std::fs::read(&entry).unwrap()[..40]).unwrap();
+    assert_eq!(run(), "Compiled");
+    assert_eq!(entries().len(), 1);
+}

@@ -37,7 +37,9 @@
 
 mod check;
 mod convert;
+mod jit;
 mod lower;
+mod objcache;
 mod split;
 
 use std::ffi::c_void;
@@ -47,10 +49,9 @@ use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use inkwell::context::Context;
-use inkwell::execution_engine::ExecutionEngine;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{
-    CodeModel, InitializationConfig, RelocMode, Target as LlvmTarget, TargetMachine,
+    CodeModel, FileType, InitializationConfig, RelocMode, Target as LlvmTarget, TargetMachine,
 };
 use inkwell::OptimizationLevel;
 
@@ -174,9 +175,6 @@ struct LaunchInfo {
 
 type BlockFn = unsafe extern "C" fn(*const LaunchInfo, *mut u8, *mut c_void, i32, i32, i32);
 
-/// Keeps the JIT's memory alive as long as the kernel.
-struct Engine(#[allow(dead_code)] ExecutionEngine<'static>);
-
 /// A kernel compiled for the host CPU.
 pub struct CpuKernel {
     kernel: Kernel,
@@ -184,12 +182,11 @@ pub struct CpuKernel {
     frame_bytes: u64,
     func: BlockFn,
     compile_time: Duration,
-    _engine: Engine,
+    source: CodeSource,
 }
 
 // SAFETY: the JIT-compiled code is immutable and reentrant (all state comes
-// through its arguments); the engine is never used after compilation except
-// to be dropped, which LLVM allows from any thread.
+// through its arguments) and is never unloaded.
 unsafe impl Send for CpuKernel {}
 // SAFETY: as above; `&CpuKernel` only reads plain data and calls the code.
 unsafe impl Sync for CpuKernel {}
@@ -201,6 +198,7 @@ impl fmt::Debug for CpuKernel {
             .field("checked", &self.checked)
             .field("frame_bytes", &self.frame_bytes)
             .field("compile_time", &self.compile_time)
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -227,7 +225,10 @@ fn init() -> Result<(), String> {
 /// win (BENCHMARKS.md, "JIT compile time").
 const PIPELINE: &str = "default<O1>";
 
-/// Lowers a verified kernel to LLVM, optimises it and JIT-compiles it.
+/// Lowers a verified kernel to LLVM, optimises it and compiles it to
+/// machine code for this CPU, or takes that code from this process's JIT
+/// or the on-disk cache (see `objcache`) when the same kernel was compiled
+/// before for the same CPU, mode, LLVM and lowering.
 pub fn compile(
     kernel: &Kernel,
     analysis: &Analysis,
@@ -239,61 +240,97 @@ pub fn compile(
         message,
     };
     init().map_err(fail)?;
-    // Each kernel gets its own context, leaked: the engine borrows it for
-    // as long as the kernel lives, and a context is small.
-    let cx: &'static Context = Box::leak(Box::new(Context::create()));
-    let module = cx.create_module(&kernel.name);
-    let triple = TargetMachine::get_default_triple();
-    let target = LlvmTarget::from_triple(&triple).map_err(|e| fail(e.to_string()))?;
     let cpu = TargetMachine::get_host_cpu_name().to_string();
     let features = TargetMachine::get_host_cpu_features().to_string();
+    let ir = format!("{kernel:?}");
+    let key = objcache::key(&[
+        ir.as_bytes(),
+        &[opts.checked as u8],
+        cpu.as_bytes(),
+        features.as_bytes(),
+    ]);
+    let jit = jit::jit().map_err(fail)?;
+    let done = |loaded: jit::Loaded, source: CodeSource| {
+        // SAFETY: the code at `addr` was emitted with exactly the BlockFn
+        // signature, and the JIT keeps it for the life of the process.
+        let func: BlockFn = unsafe { std::mem::transmute::<usize, BlockFn>(loaded.addr) };
+        CpuKernel {
+            kernel: kernel.clone(),
+            checked: opts.checked,
+            frame_bytes: loaded.frame_bytes,
+            func,
+            compile_time: start.elapsed(),
+            source,
+        }
+    };
+    if let Some(loaded) = jit.get(&key) {
+        return Ok(done(loaded, CodeSource::Loaded));
+    }
+    let symbol = objcache::symbol(&key);
+    let dir = objcache::dir();
+    if let Some((frame, object)) = dir.as_deref().and_then(|d| objcache::read(d, &key)) {
+        // A genuine entry that does not link falls through to a rebuild.
+        if let Ok(loaded) = jit.load(&key, &object, &symbol, frame) {
+            return Ok(done(loaded, CodeSource::DiskCache));
+        }
+    }
+    let (object, frame) = emit(kernel, analysis, opts, &symbol, (&cpu, &features)).map_err(fail)?;
+    let loaded = jit.load(&key, &object, &symbol, frame).map_err(fail)?;
+    if let Some(d) = dir {
+        objcache::write(&d, &key, frame, &object);
+    }
+    Ok(done(loaded, CodeSource::Compiled))
+}
+
+/// The kernel's object file (defining `symbol`) and its frame size.
+fn emit(
+    kernel: &Kernel,
+    analysis: &Analysis,
+    opts: CpuOptions,
+    symbol: &str,
+    host: (&str, &str),
+) -> Result<(Vec<u8>, u64), String> {
+    let cx = Context::create();
+    let module = cx.create_module(&kernel.name);
+    let triple = TargetMachine::get_default_triple();
+    let target = LlvmTarget::from_triple(&triple).map_err(|e| e.to_string())?;
+    // Instruction selection at O1: as fast as the code O3 gives for these
+    // kernels, in about half the time. Position-independent code with the
+    // small code model: the JIT links calls out of the object through stubs.
     let machine = target
         .create_target_machine(
             &triple,
-            &cpu,
-            &features,
-            OptimizationLevel::Aggressive,
-            RelocMode::Default,
-            CodeModel::JITDefault,
+            host.0,
+            host.1,
+            OptimizationLevel::Less,
+            RelocMode::PIC,
+            CodeModel::Small,
         )
-        .ok_or_else(|| fail("no target machine for the host".into()))?;
+        .ok_or("no target machine for the host")?;
     module.set_triple(&triple);
     module.set_data_layout(&machine.get_target_data().get_data_layout());
-
-    let layout = lower::lower(
-        cx,
-        &module,
-        "block",
-        kernel,
-        analysis,
-        opts.checked,
-        (&cpu, &features),
-    )
-    .map_err(fail)?;
+    let layout = lower::lower(&cx, &module, symbol, kernel, analysis, opts.checked, host)?;
     module
         .verify()
-        .map_err(|e| fail(format!("invalid LLVM IR: {e}")))?;
+        .map_err(|e| format!("invalid LLVM IR: {e}"))?;
     module
         .run_passes(PIPELINE, &machine, PassBuilderOptions::create())
-        .map_err(|e| fail(e.to_string()))?;
-    let engine = module
-        // Instruction selection at O1: as fast as the code O3 gives for
-        // these kernels, in about half the time.
-        .create_jit_execution_engine(OptimizationLevel::Less)
-        .map_err(|e| fail(e.to_string()))?;
-    let addr = engine
-        .get_function_address("block")
-        .map_err(|e| fail(e.to_string()))?;
-    // SAFETY: `block` was emitted with exactly the BlockFn signature.
-    let func: BlockFn = unsafe { std::mem::transmute::<usize, BlockFn>(addr) };
-    Ok(CpuKernel {
-        kernel: kernel.clone(),
-        checked: opts.checked,
-        frame_bytes: layout.bytes,
-        func,
-        compile_time: start.elapsed(),
-        _engine: Engine(engine),
-    })
+        .map_err(|e| e.to_string())?;
+    let buf = machine
+        .write_to_memory_buffer(&module, FileType::Object)
+        .map_err(|e| e.to_string())?;
+    Ok((buf.as_slice().to_vec(), layout.bytes))
+}
+
+/// Where a kernel's machine code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeSource {
+    /// Compiled by this call.
+    Compiled,
+    /// Read from the on-disk cache.
+    DiskCache,
+    /// Already loaded in this process (an earlier compile of the same kernel).
+    Loaded,
 }
 
 /// One worker's frame, 64-byte aligned.
@@ -312,9 +349,15 @@ impl CpuKernel {
         self.checked
     }
 
-    /// Time spent lowering, optimising and JIT-compiling it.
+    /// Time spent obtaining its machine code (lowering, optimising and
+    /// compiling it, or reading it from a cache).
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// Where its machine code came from.
+    pub fn code_source(&self) -> CodeSource {
+        self.source
     }
 
     /// Threads per block.

@@ -23,8 +23,13 @@ fn main() {
     let archs = [Arch::Gfx90a, Arch::Gfx1030, Arch::Host];
     // (kind, arch, checked) -> compile times
     let mut times: BTreeMap<(String, String, bool), Vec<Duration>> = BTreeMap::new();
+    // Items share some kernels (Gemma-2's two attentions share a merge).
+    let mut seen = std::collections::HashSet::new();
     for b in attnforge::kernels::ALL {
         for spec in b.kernels() {
+            if !seen.insert(symbol(&spec)) {
+                continue;
+            }
             for arch in archs {
                 for checked in [false, true] {
                     let start = Instant::now();

@@ -435,10 +435,13 @@ impl Tile {
             let blocks = (self.rows - r0) / nr;
             b.unroll("rb", blocks, |b, rb| {
                 let first = b.let_("r_first", rb * i32(nr) + i32(r0));
-                let mut c0 = 0;
-                while c0 < chunks {
-                    let n = per.min(chunks - c0);
-                    let at = |r: u32, k: u32| (first.clone() + i32(r)) * i32(d) + i32((c0 + k) * W);
+                // Whole groups of `per` chunks in a loop, then the rest.
+                let groups = chunks / per;
+                let rest = chunks % per;
+                let block = |b: &mut KernelBuilder, c0: Expr, n: u32| {
+                    let at = |r: u32, k: u32| {
+                        (first.clone() + i32(r)) * i32(d) + (c0.clone() + i32(k)) * i32(W)
+                    };
                     let regs: Vec<Vec<_>> = (0..nr)
                         .map(|r| {
                             let a = splat(Expr::load(self.alpha, first.clone() + i32(r), 1));
@@ -452,7 +455,7 @@ impl Tile {
                     b.unroll("i", TILE, |b, i| {
                         let v: Vec<Expr> = (0..n)
                             .map(|k| {
-                                let at = i.clone() * i32(d) + i32((c0 + k) * W);
+                                let at = i.clone() * i32(d) + (c0.clone() + i32(k)) * i32(W);
                                 b.let_("vv", Expr::load(self.vrows, at, W as u8))
                             })
                             .collect();
@@ -469,7 +472,10 @@ impl Tile {
                             b.store(self.acc, at(r as u32, k as u32), Expr::Var(*reg));
                         }
                     }
-                    c0 += n;
+                };
+                b.unroll("cg", groups, |b, cg| block(b, cg * i32(per), per));
+                if rest > 0 {
+                    block(b, i32(groups * per), rest);
                 }
             });
             r0 += blocks * nr;

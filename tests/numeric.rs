@@ -974,3 +974,114 @@ fn every_head_dim_from_32_to_256_in_decode_and_prefill() {
         }
     });
 }
+
+/// The host schedules run each prefill row through exactly the arithmetic
+/// of the host decode kernel: without a window, every new token's prefill
+/// output has the bits that decode gives it over the same cache prefix
+/// (ALiBi, sinks and a soft-cap included), so a sequence's results do not
+/// depend on whether its tokens came as one prompt or one at a time.
+#[test]
+fn host_prefill_rows_have_the_bits_of_host_decode() {
+    let seed = seed();
+    let device = CpuDevice::new();
+    let kv = KvLayoutSpec {
+        page_size: 8,
+        kv_heads: 2,
+        head_dim: 64,
+        dtype: DType::F16,
+        order: Order::Nhd,
+        scale: KvScale::Unscaled,
+    };
+    let specs = [
+        AttentionSpec {
+            causal: true,
+            q_dtype: Some(DType::F32),
+            ..AttentionSpec::new(kv, 6)
+        },
+        AttentionSpec {
+            causal: true,
+            logits_soft_cap: Some(30.0),
+            alibi: Some(Alibi::Computed),
+            sinks: true,
+            ..AttentionSpec::new(
+                KvLayoutSpec {
+                    order: Order::Hnd,
+                    ..kv
+                },
+                8,
+            )
+        },
+    ];
+    for spec in specs {
+        dispatch_bits(&device, &spec, seed);
+    }
+}
+
+fn dispatch_bits(device: &CpuDevice, spec: &AttentionSpec, seed: u64) {
+    match spec.query_dtype() {
+        DType::F32 => prefill_vs_decode_bits::<f32>(device, spec, seed),
+        _ => prefill_vs_decode_bits::<f16>(device, spec, seed),
+    }
+}
+
+fn prefill_vs_decode_bits<Q: Element>(device: &CpuDevice, spec: &AttentionSpec, seed: u64) {
+    let mut rng = Rng(seed ^ 0xb175);
+    let (len, new) = (70usize, 37usize);
+    let s = setup::<f16>(&spec.kv, &[len], &mut rng);
+    let row = spec.q_heads as usize * spec.kv.head_dim as usize;
+    let q: Vec<Q> = (0..new * row)
+        .map(|_| Q::from_f64(3.0 * rng.uniform()))
+        .collect();
+    let sinks: Vec<f32> = (0..spec.q_heads).map(|_| rng.uniform() as f32).collect();
+    let params = Params {
+        sinks: spec.sinks.then_some(&sinks[..]),
+        split: Split::Off,
+        ..Params::default()
+    };
+    let t = Arch::Host.target();
+    let mut out = vec![Q::from_f64(f64::NAN); q.len()];
+    let qo = [0, new as i32];
+    device
+        .prefill(
+            spec,
+            t,
+            Mode::Fast,
+            &params,
+            &q,
+            &qo,
+            &s.k,
+            &s.v,
+            &s.table,
+            &mut out,
+        )
+        .unwrap();
+    let pages = &s.table.indices;
+    let p = spec.kv.page_size as usize;
+    for i in 0..new {
+        // Token i of the new ones sits at position len − new + i.
+        let prefix = len - new + i + 1;
+        let table =
+            PageTable::from_sequences(spec.kv.page_size, [(&pages[..prefix.div_ceil(p)], prefix)]);
+        let mut one = vec![Q::from_f64(f64::NAN); row];
+        device
+            .decode_ext(
+                spec,
+                t,
+                Mode::Fast,
+                &params,
+                &q[i * row..(i + 1) * row],
+                &s.k,
+                &s.v,
+                &table,
+                &mut one,
+            )
+            .unwrap();
+        let bits = |x: &[Q]| x.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&out[i * row..(i + 1) * row]),
+            bits(&one),
+            "{spec:?}: new token {i} (position {}) differs from decode",
+            prefix - 1
+        );
+    }
+}

@@ -44,7 +44,7 @@ use attnforge_runtime::cpu::Element;
 use attnforge_runtime::device::Device;
 use attnforge_runtime::{CacheError, KvCache, RuntimeError, SeqId};
 
-pub use model::{Config, Model};
+pub use model::{Config, Model, Rows};
 pub use tokenizer::{TextStream, TokenId, Tokenizer};
 
 /// The file name of the SmolLM2 model the set-up script installs.
@@ -112,6 +112,9 @@ pub enum LlamaError {
     /// A prompt had no tokens.
     #[error("prompt {0} has no tokens")]
     EmptyPrompt(usize),
+    /// A forward step's rows do not fit together.
+    #[error("forward step: {0}")]
+    Shape(String),
     /// The KV cache refused an operation (when full: raise `max_pages`).
     #[error("KV cache: {0} (when it is full, raise max_pages)")]
     Cache(#[from] CacheError),
@@ -245,28 +248,35 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
             if rows.is_empty() {
                 return Ok(());
             }
-            let (mut seqs, mut tokens, mut positions, mut slots, mut want) =
+            // A sequence in its prompt feeds all of it at once (one prefill
+            // per layer); one generating feeds its last token.
+            let (mut seqs, mut q_lens, mut tokens, mut positions, mut slots) =
                 (vec![], vec![], vec![], vec![], vec![]);
+            let (mut want, mut produced) = (vec![], vec![]);
             let mut prompt_only = true;
-            for (r, &i) in rows.iter().enumerate() {
+            for &i in &rows {
                 let l = &live[i];
-                let tok = if l.pos < l.prompt.len() {
-                    out.prompt_tokens += 1;
-                    l.prompt[l.pos]
+                let new: Vec<TokenId> = if l.pos < l.prompt.len() {
+                    out.prompt_tokens += l.prompt.len() - l.pos;
+                    l.prompt[l.pos..].to_vec()
                 } else {
                     prompt_only = false;
                     out.gen_tokens += 1;
-                    *out.tokens[i]
+                    vec![*out.tokens[i]
                         .last()
-                        .expect("past the prompt, a token exists")
+                        .expect("past the prompt, a token exists")]
                 };
-                if l.pos + 1 >= l.prompt.len() {
-                    want.push(r);
+                // Logits of the sequence's last row, once its prompt is in:
+                // its next token.
+                if l.pos + new.len() >= l.prompt.len() {
+                    want.push(tokens.len() + new.len() - 1);
+                    produced.push(i);
                 }
                 seqs.push(l.seq);
-                tokens.push(tok);
-                positions.push(l.pos);
-                slots.extend(self.cache.append_tokens(l.seq, 1)?);
+                q_lens.push(new.len() as u32);
+                positions.extend(l.pos..l.pos + new.len());
+                slots.extend(self.cache.append_tokens(l.seq, new.len())?);
+                tokens.extend(new);
                 self.cache.touch(l.seq)?;
             }
             out.peak_pages = out.peak_pages.max(self.cache.allocator().used_pages());
@@ -275,10 +285,13 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
                 &self.device,
                 &self.spec,
                 &mut self.cache,
-                &seqs,
-                &tokens,
-                &positions,
-                &slots,
+                &Rows {
+                    seqs: &seqs,
+                    q_lens: &q_lens,
+                    tokens: &tokens,
+                    positions: &positions,
+                    slots: &slots,
+                },
                 &want,
             )?;
             let dt = t0.elapsed();
@@ -288,8 +301,7 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
                 out.gen_time += dt;
             }
             let vocab = self.model.tokenizer.vocab_size();
-            for (w, &r) in want.iter().enumerate() {
-                let i = rows[r];
+            for (w, &i) in produced.iter().enumerate() {
                 let row = &logits[w * vocab..(w + 1) * vocab];
                 let next = argmax(row);
                 out.tokens[i].push(next);
@@ -299,8 +311,8 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
                     self.cache.remove(live[i].seq)?;
                 }
             }
-            for &i in &rows {
-                live[i].pos += 1;
+            for (&i, &n) in rows.iter().zip(&q_lens) {
+                live[i].pos += n as usize;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The llama-architecture model: weights from a GGUF file, matrix multiplies
 //! through candle's quantized kernels, everything around attention in plain
-//! f32 Rust, and attention itself (KV append and decode) through attnforge.
+//! f32 Rust, and attention itself (KV append, then prefill for a prompt or
+//! decode for a generated token) through attnforge.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
@@ -9,7 +10,7 @@ use std::path::Path;
 use attnforge_codegen::AttentionSpec;
 use attnforge_runtime::cpu::Element;
 use attnforge_runtime::device::Device;
-use attnforge_runtime::{KvCache, SeqId};
+use attnforge_runtime::{KvCache, Params, SeqId};
 use candle_core::quantized::gguf_file;
 use candle_core::Tensor;
 
@@ -159,6 +160,21 @@ struct Block {
 }
 
 /// A loaded model: configuration, tokenizer and weights.
+/// The rows of one [`Model::forward`] step, grouped by sequence.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    /// The sequences, each once.
+    pub seqs: &'a [SeqId],
+    /// New rows per sequence, in `seqs`' order.
+    pub q_lens: &'a [u32],
+    /// The rows' tokens, sequence by sequence.
+    pub tokens: &'a [u32],
+    /// Their positions in their sequences.
+    pub positions: &'a [usize],
+    /// Their cache slots.
+    pub slots: &'a [i64],
+}
+
 pub struct Model {
     /// Hyper-parameters.
     pub config: Config,
@@ -323,23 +339,46 @@ impl Model {
         }
     }
 
-    /// One step for a batch of rows: row `i` feeds `tokens[i]` at position
-    /// `positions[i]` of sequence `seqs[i]`, whose slot in the cache is
-    /// `slots[i]` (from [`KvCache::append_tokens`]). K/V are appended and
-    /// attention decoded through `device`; returns the logits of the rows
-    /// listed in `want_logits` (in that order), `vocab` values each.
-    #[allow(clippy::too_many_arguments)]
+    /// One step for a batch of sequences: sequence `rows.seqs[s]` feeds
+    /// the next `rows.q_lens[s]` rows of `rows.tokens`, at `rows.positions`,
+    /// into cache slots `rows.slots` (from [`KvCache::append_tokens`]). K/V
+    /// are appended, and attention runs as one decode per layer when every
+    /// sequence feeds one token, else as one ragged prefill per layer
+    /// (causal, over each sequence's cached tokens and its new ones).
+    /// Returns the logits of the rows listed in `want_logits` (in that
+    /// order), `vocab` values each.
     pub fn forward<Q: Element + Default, T: Element + Default, D: Device>(
         &self,
         device: &D,
         spec: &AttentionSpec,
         cache: &mut KvCache<T, D::Arena<T>>,
-        seqs: &[SeqId],
-        tokens: &[u32],
-        positions: &[usize],
-        slots: &[i64],
+        rows: &Rows<'_>,
         want_logits: &[usize],
     ) -> Result<Vec<f32>, LlamaError> {
+        let Rows {
+            seqs,
+            q_lens,
+            tokens,
+            positions,
+            slots,
+        } = *rows;
+        let total: usize = q_lens.iter().map(|&n| n as usize).sum();
+        if seqs.len() != q_lens.len()
+            || [tokens.len(), positions.len(), slots.len()]
+                .iter()
+                .any(|&n| n != total)
+        {
+            return Err(LlamaError::Shape(format!(
+                "{} sequences with {} query lengths ({total} rows), {} tokens, {} positions, \
+                 {} slots",
+                seqs.len(),
+                q_lens.len(),
+                tokens.len(),
+                positions.len(),
+                slots.len()
+            )));
+        }
+        let decode = q_lens.iter().all(|&n| n == 1);
         let c = &self.config;
         let (b, h) = (tokens.len(), c.hidden);
         let (qh, kvh, d) = (c.q_heads as usize, c.kv_heads as usize, c.head_dim as usize);
@@ -382,7 +421,21 @@ impl Model {
             convert(&k, &mut k_t);
             convert(&v, &mut v_t);
             cache.append_with(device, layer, slots, &k_t, &v_t)?;
-            cache.decode_with(device, spec, layer, seqs, &q_t, &mut attn_t)?;
+            if decode {
+                cache.decode_with(device, spec, layer, seqs, &q_t, &mut attn_t)?;
+            } else {
+                let params = Params::default();
+                cache.prefill_with(
+                    device,
+                    spec,
+                    &params,
+                    layer,
+                    seqs,
+                    q_lens,
+                    &q_t,
+                    &mut attn_t,
+                )?;
+            }
             let attn: Vec<f32> = attn_t.iter().map(|v| v.to_f64() as f32).collect();
             let o = blk.wo.matmul(&attn, b)?;
             for (xv, ov) in x.iter_mut().zip(&o) {

@@ -87,28 +87,3 @@ pub(crate) fn finish_row(
     );
     (inv, lsum)
 }
-
-/// [`super::logit2`] over a vector of W dots: scaled, soft-capped, plus a
-/// bias vector already in base 2. The soft-cap's tanh is taken lane by lane
-/// (the IR's tanh is scalar).
-pub(crate) fn vector_logit2(
-    spec: &crate::spec::AttentionSpec,
-    dots: Expr,
-    bias: Option<Expr>,
-) -> Expr {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    let scale = spec.effective_scale();
-    let (x, factor) = match spec.logits_soft_cap {
-        None => (dots, scale * LOG2_E),
-        Some(cap) => {
-            let lanes = (0..W as u8)
-                .map(|e| Expr::f32(cap) * (dots.clone().lane(e) * Expr::f32(scale / cap)).tanh())
-                .collect();
-            (Expr::Vector(lanes), LOG2_E)
-        }
-    };
-    match bias {
-        Some(b) => x.fma(splat(Expr::f32(factor)), b),
-        None => x * splat(Expr::f32(factor)),
-    }
-}

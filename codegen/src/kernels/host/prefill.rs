@@ -4,6 +4,12 @@
 //! KV tiles its rows can see, TILE tokens at a time (see [`super::tile`]):
 //! each K and V row is read once for all of the tile's rows.
 //!
+//! Each row goes through exactly the arithmetic of the host decode kernel
+//! (the same tiles from token 0, dot products, softmax and accumulation,
+//! masked tokens weighing an exact 0), so without a sliding window a
+//! prompt token's output has the bits decode gives it: a sequence's results
+//! do not depend on whether its tokens came in as one prompt or one by one.
+//!
 //! Parameters, grid and results are those of the GPU prefill kernel (see
 //! [`crate::kernels::prefill`]).
 
@@ -15,7 +21,7 @@ use crate::target::Target;
 use super::super::prefill::{declare, PREFILL_ROWS};
 use super::super::{alibi_slope, kv_scale_values, seq_pages, vector_lanes};
 use super::tile::{masked_logit, Rows, Tile};
-use super::{finish_row, splat, vector_logit2, TILE, W};
+use super::{finish_row, TILE};
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
@@ -83,7 +89,7 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             None => Expr::i32(0),
         };
 
-        let tile = Tile::by_tokens(b, rows, d);
+        let tile = Tile::new(b, rows, d);
         // The rows' queries in f32 (padding rows as zeros).
         let qvec = vector_lanes(spec.query_dtype());
         b.unroll("r", rows, |b, r| {
@@ -136,37 +142,7 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                     slope2.map(|sl| (t - p).cast(Scalar::F32) * Expr::load(sl, r.clone(), 1));
                 masked_logit(spec, dot, scales.as_ref().map(|s| &s.0), bias, ok)
             };
-            // Every row sees every token of the tile: all rows real, the tile
-            // inside the visible range, before the first row's position
-            // (causal) and inside the last row's window.
-            let mut full = (row0.clone() + i32(rows))
-                .le(packed.clone())
-                .and_then((kv0.clone() + i32(TILE)).le(kv_hi.clone()));
-            if spec.causal {
-                let p0 = Expr::load(pos, Expr::i32(0), 1);
-                full = full.and_then((kv0.clone() + i32(TILE - 1)).le(p0));
-            }
-            if let Some(win) = spec.sliding_window {
-                let p1 = Expr::load(pos, i32(rows - 1), 1);
-                full = full.and_then(kv0.clone().ge(p1 - i32(win) + Expr::i32(1)));
-            }
-            let full = b.let_("full", full);
-            let vlogit = |b: &mut KernelBuilder, r: &Expr, lane0: u32, dots: Expr| {
-                let dots = match &scales {
-                    Some((ks, _)) => dots * splat(ks.clone()),
-                    None => dots,
-                };
-                // ALiBi: slope·(t − pos) = slope·(kv0 + lane0 − pos) + slope·lane.
-                let bias = slope2.map(|sl| {
-                    let slope = b.let_("slope", Expr::load(sl, r.clone(), 1));
-                    let p = Expr::load(pos, r.clone(), 1);
-                    let at0 = (kv0.clone() + i32(lane0) - p).cast(Scalar::F32) * slope.clone();
-                    let iota = Expr::Vector((0..W).map(|e| Expr::f32(e as f32)).collect());
-                    iota.fma(splat(slope), splat(at0))
-                });
-                vector_logit2(spec, dots, bias)
-            };
-            tile.logits_by_tokens(b, spec, &at, io.k_cache, &kv0, &full, &vlogit, &logit);
+            tile.logits(b, spec, &at, io.k_cache, &kv0, &logit);
             tile.softmax(b);
             tile.accumulate(b, &kv, &at, io.v_cache, &kv0);
         });

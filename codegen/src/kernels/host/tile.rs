@@ -94,12 +94,7 @@ pub(crate) struct Tile {
     pub s: BufId,
     alpha: BufId,
     vrows: BufId,
-    kt: Option<BufId>,
-    bases: Option<BufId>,
 }
-
-/// Rows per register block of [`Tile::logits_by_tokens`].
-const RB: u32 = 4;
 
 impl Tile {
     /// Declares the state of `rows` softmax rows of `d` elements.
@@ -114,18 +109,7 @@ impl Tile {
             s: b.local("s", Scalar::F32, rows * TILE),
             alpha: b.local("alpha", Scalar::F32, rows),
             vrows: b.local("vrows", Scalar::F32, TILE * d),
-            kt: None,
-            bases: None,
         }
-    }
-
-    /// As [`Tile::new`], for [`Tile::logits_by_tokens`] (`rows` a multiple
-    /// of RB).
-    pub fn by_tokens(b: &mut KernelBuilder, rows: u32, d: u32) -> Tile {
-        let mut t = Tile::new(b, rows, d);
-        t.kt = Some(b.local("kt", Scalar::F32, d * TILE));
-        t.bases = Some(b.local("kbase", Scalar::I64, TILE));
-        t
     }
 
     /// The logits of the tile's tokens `t0 + i`: row r's raw dot product
@@ -160,129 +144,6 @@ impl Tile {
                 r0 += groups * n;
             }
         });
-    }
-
-    /// The logits of the tile's tokens `t0 + i` with the tokens in the
-    /// vector lanes: the K tile is converted and transposed once
-    /// (`kt[j·TILE + i]`), then every row's logits are RB rows × TILE lanes
-    /// of FMA chains, with no horizontal sums. Where `full` (block-uniform)
-    /// holds, every row sees every token and `vlogit(b, r, lane0, dots)`
-    /// turns a vector of W raw dots (tokens `lane0..lane0 + W`) into logits;
-    /// elsewhere `logit` masks them one by one, as in [`Tile::logits`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn logits_by_tokens(
-        &self,
-        b: &mut KernelBuilder,
-        spec: &AttentionSpec,
-        at: &Rows<'_>,
-        k_cache: BufId,
-        t0: &Expr,
-        full: &Expr,
-        vlogit: &dyn Fn(&mut KernelBuilder, &Expr, u32, Expr) -> Expr,
-        logit: &dyn Fn(&mut KernelBuilder, &Expr, &Expr, Expr) -> Expr,
-    ) {
-        let d = spec.kv.head_dim;
-        let kt = self.kt.expect("a tile made with Tile::by_tokens");
-        let bases = self.bases.expect("a tile made with Tile::by_tokens");
-        b.unroll("i", TILE, |b, i| {
-            let t = t0.clone() + i.clone();
-            let base = at.base(b, t.clone());
-            b.store(bases, i, base);
-            at.prefetch_next(b, k_cache, t);
-        });
-        // W tokens × W elements at a time: W row chunks in, their
-        // transpose out, in registers.
-        let per_load = (16 / spec.kv.dtype.size_bytes()).min(W);
-        b.unroll("ig", TILE / W, |b, ig| {
-            b.unroll("c", d / W, |b, c| {
-                let rows: Vec<Expr> = (0..W)
-                    .map(|k| {
-                        let base = Expr::load(bases, ig.clone() * i32(W) + i32(k), 1);
-                        let parts: Vec<Expr> = (0..W / per_load)
-                            .map(|p| {
-                                let at = base.clone() + i64(c.clone() * i32(W) + i32(p * per_load));
-                                Expr::load(k_cache, at, per_load as u8).cast(Scalar::F32)
-                            })
-                            .collect();
-                        let v = match parts.len() {
-                            1 => parts[0].clone(),
-                            _ => Expr::Vector(
-                                (0..W)
-                                    .map(|e| {
-                                        parts[(e / per_load) as usize]
-                                            .clone()
-                                            .lane((e % per_load) as u8)
-                                    })
-                                    .collect(),
-                            ),
-                        };
-                        b.let_("krow", v)
-                    })
-                    .collect();
-                for e in 0..W {
-                    let col = Expr::Vector(rows.iter().map(|r| r.clone().lane(e as u8)).collect());
-                    let at = (c.clone() * i32(W) + i32(e)) * i32(TILE) + ig.clone() * i32(W);
-                    b.store(kt, at, col);
-                }
-            });
-        });
-        let lanes = TILE / W;
-        b.unroll("rb", self.rows / RB, |b, rb| {
-            let zero = splat(Expr::f32(0.0));
-            let regs: Vec<Vec<_>> = (0..RB)
-                .map(|_| (0..lanes).map(|_| b.var("sv", zero.clone())).collect())
-                .collect();
-            b.unroll("j", d, |b, j| {
-                let kv: Vec<Expr> = (0..lanes)
-                    .map(|h| {
-                        b.let_(
-                            "ktv",
-                            Expr::load(kt, j.clone() * i32(TILE) + i32(h * W), W as u8),
-                        )
-                    })
-                    .collect();
-                for (rr, row) in regs.iter().enumerate() {
-                    let r = rb.clone() * i32(RB) + i32(rr as u32);
-                    let q = b.let_("qb", splat(Expr::load(self.qf, r * i32(d) + j.clone(), 1)));
-                    for (h, reg) in row.iter().enumerate() {
-                        b.set(*reg, q.clone().fma(kv[h].clone(), Expr::Var(*reg)));
-                    }
-                }
-            });
-            for (rr, row) in regs.iter().enumerate() {
-                let r = b.let_("r", rb.clone() * i32(RB) + i32(rr as u32));
-                for (h, reg) in row.iter().enumerate() {
-                    b.store(
-                        self.s,
-                        r.clone() * i32(TILE) + i32(h as u32 * W),
-                        Expr::Var(*reg),
-                    );
-                }
-            }
-        });
-        b.if_else(
-            full.clone(),
-            |b| {
-                b.unroll("r", self.rows, |b, r| {
-                    for h in 0..lanes {
-                        let at = r.clone() * i32(TILE) + i32(h * W);
-                        let dots = Expr::load(self.s, at.clone(), W as u8);
-                        let v = vlogit(b, &r, h * W, dots);
-                        b.store(self.s, at, v);
-                    }
-                });
-            },
-            |b| {
-                b.unroll("r", self.rows, |b, r| {
-                    b.unroll("i", TILE, |b, i| {
-                        let at = r.clone() * i32(TILE) + i.clone();
-                        let dot = Expr::load(self.s, at.clone(), 1);
-                        let v = logit(b, &r, &i, dot);
-                        b.store(self.s, at, v);
-                    });
-                });
-            },
-        );
     }
 
     /// Rows `first..first + n`'s dot products with the K row at `base`.

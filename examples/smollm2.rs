@@ -3,12 +3,14 @@
 //!
 //! The model's attention is declared below with the macros, as model code
 //! would; the GGUF file is checked against it on load. Every token's K/V
-//! goes into a `KvCache` through the append kernel and attention is the
-//! decode kernel, JIT-compiled for this CPU. Matrix multiplies reproduce
-//! llama.cpp's quantized arithmetic (see `attnforge-llama`).
+//! goes into a `KvCache` through the append kernel; a prompt's attention is
+//! one prefill per layer and each generated token's one decode per layer,
+//! JIT-compiled for this CPU. Matrix multiplies reproduce llama.cpp's
+//! quantized arithmetic (see `attnforge-llama`).
 //!
 //! Run: `scripts/run.sh --prompt "The capital of France is"` (it installs the
-//! model first), or `cargo run --example smollm2 -- --help`.
+//! model first and builds in release), or
+//! `cargo run --release --example smollm2 -- --help`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -104,10 +106,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if prompt.is_empty() {
         return Err("the prompt has no tokens".into());
     }
-    // One throw-away step JIT-compiles the append and decode kernels, so the
+    // A throw-away two-token prompt and one generated token JIT-compile (or
+    // load from the cache) the append, prefill and decode kernels, so the
     // timings below are the model's, not LLVM's.
     let t0 = Instant::now();
-    engine.generate(&[vec![prompt[0]]], 1, |_, _| {})?;
+    engine.generate(&[vec![prompt[0]; 2]], 2, |_, _| {})?;
     eprintln!(
         "prompt: {} tokens; kernels JIT-compiled in {:.2?}",
         prompt.len(),
@@ -152,7 +155,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let per_s = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64().max(1e-9);
     eprintln!(
-        "prompt: {} tokens in {:.2?} ({:.1} tokens/s, token by token); \
+        "prompt: {} tokens in {:.2?} ({:.1} tokens/s, one prefill per layer); \
          generation: {} tokens in {:.2?} ({:.1} tokens/s); {} KV pages at most",
         out.prompt_tokens,
         out.prompt_time,

@@ -3,8 +3,8 @@
 # generated kernels (CPU backend), streamed as it is generated. Arguments go
 # to the example: --prompt TEXT, --chat, --max-new-tokens N, --json,
 # --model PATH; --help lists them all. Set-up (system packages, the model)
-# comes first.
+# comes first. It runs in release: a first build takes a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo run --example smollm2 -- "$@"
+exec cargo run --release --example smollm2 -- "$@"

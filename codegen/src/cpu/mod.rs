@@ -476,9 +476,11 @@ impl CpuKernel {
         }
         let shared_info = Shared(&info);
         let lines = self.frame_bytes.div_ceil(64) as usize;
-        std::thread::scope(|s| {
+        // Workers come from rayon's pool: a launch spawns no thread (an
+        // engine launches two kernels per layer per step).
+        rayon::scope(|s| {
             for _ in 0..workers {
-                s.spawn(|| {
+                s.spawn(|_| {
                     let info = shared_info.get();
                     let mut frame = vec![Line([0; 64]); lines.max(1)];
                     let mut state = check::BlockState::new(&self.kernel, &global_lens);

@@ -13,9 +13,9 @@ use attnforge::codegen::cpu::{compile, CpuOptions};
 use attnforge::codegen::kernels::generate;
 use attnforge::kernels::specs::Llama3;
 use attnforge::runtime::cpu::{CpuDevice, Mode};
-use attnforge::runtime::PageTable;
-use attnforge::{Arch, Attention};
-use half::f16;
+use attnforge::runtime::{KvScales, PageTable, Params, Split};
+use attnforge::{Arch, Attention, AttentionSpec, DType, KvLayoutSpec, KvScale, F8E4M3};
+use half::{bf16, f16};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -109,6 +109,89 @@ fn main() {
             100.0 * gbs / memcpy
         );
     }
+
+    // The host kernel over the same values stored as bf16 and as fp8 e4m3
+    // (per-head scales; half the bytes), same run as the memcpy above.
+    let target = Arch::Host.target();
+    let time5 = |f: &mut dyn FnMut()| {
+        f();
+        let mut t = Vec::new();
+        for _ in 0..5 {
+            let s = Instant::now();
+            f();
+            t.push(s.elapsed());
+        }
+        median(t)
+    };
+    let bf = AttentionSpec {
+        kv: KvLayoutSpec {
+            dtype: DType::BF16,
+            ..l
+        },
+        ..spec
+    };
+    let (kb, vb): (Vec<bf16>, Vec<bf16>) = (
+        k.iter().map(|x| bf16::from_f32(x.to_f32())).collect(),
+        v.iter().map(|x| bf16::from_f32(x.to_f32())).collect(),
+    );
+    let qb: Vec<bf16> = q.iter().map(|x| bf16::from_f32(x.to_f32())).collect();
+    let mut outb = vec![bf16::ZERO; qb.len()];
+    let d = time5(&mut || {
+        device
+            .decode(&bf, target, Mode::Fast, &qb, &kb, &vb, &table, &mut outb)
+            .expect("decode")
+    });
+    let gbs = kv_bytes as f64 / d.as_secs_f64() / 1e9;
+    println!(
+        "decode host, bf16 cache: {:.1} ms, {gbs:.2} GB/s of K/V = {:.0}% of {threads}-thread memcpy",
+        d.as_secs_f64() * 1e3,
+        100.0 * gbs / memcpy
+    );
+    let fp8 = AttentionSpec {
+        kv: KvLayoutSpec {
+            dtype: DType::F8E4M3,
+            scale: KvScale::PerHead,
+            ..l
+        },
+        q_dtype: Some(DType::F16),
+        ..spec
+    };
+    let quantize = |x: &[f16]| -> Vec<F8E4M3> {
+        x.iter()
+            .map(|e| F8E4M3::from_f32(e.to_f32() * 64.0))
+            .collect()
+    };
+    let (k8, v8) = (quantize(&k), quantize(&v));
+    let scale = vec![1.0f32 / 64.0; l.kv_heads as usize];
+    let params = Params {
+        split: Split::Off,
+        kv_scales: Some(KvScales {
+            k: &scale,
+            v: &scale,
+        }),
+        ..Params::default()
+    };
+    let d8 = time5(&mut || {
+        device
+            .decode_ext(
+                &fp8,
+                target,
+                Mode::Fast,
+                &params,
+                &q,
+                &k8,
+                &v8,
+                &table,
+                &mut out,
+            )
+            .expect("decode")
+    });
+    println!(
+        "decode host, fp8 e4m3 cache (per-head scales): {:.1} ms, {:.2} GB/s of K/V ({} MiB, half of f16's)",
+        d8.as_secs_f64() * 1e3,
+        (k8.len() + v8.len()) as f64 / d8.as_secs_f64() / 1e9,
+        (k8.len() + v8.len()) >> 20
+    );
 
     println!("\nJIT compile time per kernel (lower + optimise + machine code):");
     for b in attnforge::kernels::ALL {

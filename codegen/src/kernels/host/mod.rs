@@ -8,6 +8,7 @@
 //! once per tile, and every inner loop a loop over a row's elements that
 //! LLVM vectorises. They are never printed for a GPU.
 
+mod by_tokens;
 pub(crate) mod decode;
 pub(crate) mod prefill;
 mod tile;

@@ -20,8 +20,9 @@ use crate::target::Target;
 
 use super::super::prefill::{declare, PREFILL_ROWS};
 use super::super::{alibi_slope, kv_scale_values, seq_pages, vector_lanes};
+use super::by_tokens::{vector_logit, ByTokens};
 use super::tile::{masked_logit, Rows, Tile};
-use super::{finish_row, TILE};
+use super::{finish_row, splat, TILE, W};
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
@@ -90,6 +91,7 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         };
 
         let tile = Tile::new(b, rows, d);
+        let by_tokens = ByTokens::new(b, rows, d);
         // The rows' queries in f32 (padding rows as zeros).
         let qvec = vector_lanes(spec.query_dtype());
         b.unroll("r", rows, |b, r| {
@@ -142,7 +144,35 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                     slope2.map(|sl| (t - p).cast(Scalar::F32) * Expr::load(sl, r.clone(), 1));
                 masked_logit(spec, dot, scales.as_ref().map(|s| &s.0), bias, ok)
             };
-            tile.logits(b, spec, &at, io.k_cache, &kv0, &logit);
+            // Every row sees every token of the tile: all rows real, the tile
+            // inside the visible range, before the first row's position
+            // (causal) and inside the last row's window.
+            let mut full = (row0.clone() + i32(rows))
+                .le(packed.clone())
+                .and_then((kv0.clone() + i32(TILE)).le(kv_hi.clone()));
+            if spec.causal {
+                let p0 = Expr::load(pos, Expr::i32(0), 1);
+                full = full.and_then((kv0.clone() + i32(TILE - 1)).le(p0));
+            }
+            if let Some(win) = spec.sliding_window {
+                let p1 = Expr::load(pos, i32(rows - 1), 1);
+                full = full.and_then(kv0.clone().ge(p1 - i32(win) + Expr::i32(1)));
+            }
+            let full = b.let_("full", full);
+            let vlogit = |b: &mut KernelBuilder, r: &Expr, lane0: u32, dots: Expr| {
+                // ALiBi: slope·(t − pos), t − pos exact in f32 lane by lane.
+                let bias = slope2.map(|sl| {
+                    let p = Expr::load(pos, r.clone(), 1);
+                    let first = (kv0.clone() + i32(lane0) - p).cast(Scalar::F32);
+                    let iota = Expr::Vector((0..W).map(|e| Expr::f32(e as f32)).collect());
+                    let dist = b.let_("dist", splat(first) + iota);
+                    dist * splat(Expr::load(sl, r.clone(), 1))
+                });
+                vector_logit(spec, dots, scales.as_ref().map(|s| &s.0), bias)
+            };
+            by_tokens.logits(
+                b, &tile, spec, &at, io.k_cache, &kv0, &full, &vlogit, &logit,
+            );
             tile.softmax(b);
             tile.accumulate(b, &kv, &at, io.v_cache, &kv0);
         });

@@ -23,7 +23,7 @@ use super::{lanes_fold, splat, TILE, W};
 /// equal to llama.cpp's on the reference prompts (the sums of the other
 /// orders tried, 2, 4 and 8 chains, tip a near-tie in the first prompt at
 /// its 15th token).
-const CHAINS: u32 = 1;
+pub(crate) const CHAINS: u32 = 1;
 
 /// Rows whose logits share each converted K chunk.
 const HEADS: u32 = 4;

@@ -1,0 +1,215 @@
+//! A tile's logits with the tokens in the vector lanes, for prefill's many
+//! rows: the K tile is converted and transposed once (`kt[j·TILE + i]`),
+//! then each row's dot products with W tokens at a time are W vector FMA
+//! chains, one per element lane of [`Tile::logits`]'s chain, folded the
+//! same way. Every lane therefore does exactly the operations of the
+//! row-by-row dot product: the logits, and so prefill's outputs, have the
+//! bits of the decode schedule's (tested), without its per-token
+//! horizontal sums.
+
+use crate::ir::builder::KernelBuilder;
+use crate::ir::{BufId, Expr, Scalar};
+use crate::spec::AttentionSpec;
+
+use super::tile::{Rows, Tile, CHAINS};
+use super::{splat, TILE, W};
+
+/// Rows per register block: RB rows × TILE/W token vectors of chains.
+const RB: u32 = 4;
+
+// The fold below restates Tile::logits's reduction for one chain.
+const _: () = assert!(CHAINS == 1 && W == 8);
+
+fn i32(v: u32) -> Expr {
+    Expr::i32(v as i32)
+}
+
+/// The state [`logits_by_tokens`] needs beside a [`Tile`].
+pub(crate) struct ByTokens {
+    kt: BufId,
+    bases: BufId,
+    parts: BufId,
+}
+
+impl ByTokens {
+    /// Declares it for a tile of `rows` rows (a multiple of RB) of `d`.
+    pub fn new(b: &mut KernelBuilder, rows: u32, d: u32) -> ByTokens {
+        assert!(rows.is_multiple_of(RB), "rows in whole register blocks");
+        ByTokens {
+            kt: b.local("kt", Scalar::F32, d * TILE),
+            bases: b.local("kbase", Scalar::I64, TILE),
+            parts: b.local("parts", Scalar::F32, W * rows * TILE),
+        }
+    }
+
+    /// The logits of the tile's tokens `t0 + i` into `tile.s`. Where `full`
+    /// (block-uniform) holds, every row sees every token, and `vlogit(b, r,
+    /// lane0, dots)` turns W raw dots (tokens `lane0..lane0 + W`) into
+    /// logits; elsewhere `logit(b, r, i, dot)` masks them one by one, as
+    /// for [`Tile::logits`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn logits(
+        &self,
+        b: &mut KernelBuilder,
+        tile: &Tile,
+        spec: &AttentionSpec,
+        at: &Rows<'_>,
+        k_cache: BufId,
+        t0: &Expr,
+        full: &Expr,
+        vlogit: &dyn Fn(&mut KernelBuilder, &Expr, u32, Expr) -> Expr,
+        logit: &dyn Fn(&mut KernelBuilder, &Expr, &Expr, Expr) -> Expr,
+    ) {
+        let d = spec.kv.head_dim;
+        let rows = tile.rows;
+        b.unroll("i", TILE, |b, i| {
+            let t = t0.clone() + i.clone();
+            let base = at.base(b, t.clone());
+            b.store(self.bases, i, base);
+            at.prefetch_next(b, k_cache, t);
+        });
+        // W tokens × W elements at a time: W row chunks in, their transpose
+        // out, in registers.
+        let per_load = (16 / spec.kv.dtype.size_bytes()).min(W);
+        b.unroll("ig", TILE / W, |b, ig| {
+            b.unroll("c", d / W, |b, c| {
+                let krows: Vec<Expr> = (0..W)
+                    .map(|k| {
+                        let base = Expr::load(self.bases, ig.clone() * i32(W) + i32(k), 1);
+                        let parts: Vec<Expr> = (0..W / per_load)
+                            .map(|p| {
+                                let at = base.clone()
+                                    + (c.clone() * i32(W) + i32(p * per_load)).cast(Scalar::I64);
+                                Expr::load(k_cache, at, per_load as u8).cast(Scalar::F32)
+                            })
+                            .collect();
+                        let v = match parts.len() {
+                            1 => parts[0].clone(),
+                            _ => Expr::Vector(
+                                (0..W)
+                                    .map(|e| {
+                                        parts[(e / per_load) as usize]
+                                            .clone()
+                                            .lane((e % per_load) as u8)
+                                    })
+                                    .collect(),
+                            ),
+                        };
+                        b.let_("krow", v)
+                    })
+                    .collect();
+                for e in 0..W {
+                    let col = Expr::Vector(krows.iter().map(|r| r.clone().lane(e as u8)).collect());
+                    let at = (c.clone() * i32(W) + i32(e)) * i32(TILE) + ig.clone() * i32(W);
+                    b.store(self.kt, at, col);
+                }
+            });
+        });
+        // parts[(e·rows + r)·TILE + i]: lane e of row r's chain for token i.
+        let vecs = TILE / W;
+        b.unroll("rb", rows / RB, |b, rb| {
+            b.unroll("e", W, |b, e| {
+                let zero = splat(Expr::f32(0.0));
+                let regs: Vec<Vec<_>> = (0..RB)
+                    .map(|_| (0..vecs).map(|_| b.var("pv", zero.clone())).collect())
+                    .collect();
+                b.unroll("c", d / W, |b, c| {
+                    let j = b.let_("j", c * i32(W) + e.clone());
+                    let kv: Vec<Expr> = (0..vecs)
+                        .map(|h| {
+                            let at = j.clone() * i32(TILE) + i32(h * W);
+                            b.let_("ktv", Expr::load(self.kt, at, W as u8))
+                        })
+                        .collect();
+                    for (rr, row) in regs.iter().enumerate() {
+                        let r = rb.clone() * i32(RB) + i32(rr as u32);
+                        let q = b.let_("qb", splat(Expr::load(tile.qf, r * i32(d) + j.clone(), 1)));
+                        for (h, reg) in row.iter().enumerate() {
+                            b.set(*reg, q.clone().fma(kv[h].clone(), Expr::Var(*reg)));
+                        }
+                    }
+                });
+                for (rr, row) in regs.iter().enumerate() {
+                    let r = rb.clone() * i32(RB) + i32(rr as u32);
+                    for (h, reg) in row.iter().enumerate() {
+                        let at =
+                            (e.clone() * i32(rows) + r.clone()) * i32(TILE) + i32(h as u32 * W);
+                        b.store(self.parts, at, Expr::Var(*reg));
+                    }
+                }
+            });
+        });
+        // Fold the lanes of each chain as the row-by-row dot does: lane e
+        // onto lane e + W/2, then neighbours pairwise.
+        b.unroll("r", rows, |b, r| {
+            for h in 0..vecs {
+                let p = |e: u32| {
+                    Expr::load(
+                        self.parts,
+                        (i32(e) * i32(rows) + r.clone()) * i32(TILE) + i32(h * W),
+                        W as u8,
+                    )
+                };
+                let a: Vec<Expr> = (0..W / 2).map(|e| p(e) + p(e + W / 2)).collect();
+                let dots = b.let_(
+                    "dots",
+                    (a[0].clone() + a[1].clone()) + (a[2].clone() + a[3].clone()),
+                );
+                b.store(tile.s, r.clone() * i32(TILE) + i32(h * W), dots);
+            }
+        });
+        b.if_else(
+            full.clone(),
+            |b| {
+                b.unroll("r", rows, |b, r| {
+                    for h in 0..vecs {
+                        let at = r.clone() * i32(TILE) + i32(h * W);
+                        let dots = Expr::load(tile.s, at.clone(), W as u8);
+                        let v = vlogit(b, &r, h * W, dots);
+                        b.store(tile.s, at, v);
+                    }
+                });
+            },
+            |b| {
+                b.unroll("r", rows, |b, r| {
+                    b.unroll("i", TILE, |b, i| {
+                        let at = r.clone() * i32(TILE) + i.clone();
+                        let dot = Expr::load(tile.s, at.clone(), 1);
+                        let v = logit(b, &r, &i, dot);
+                        b.store(tile.s, at, v);
+                    });
+                });
+            },
+        );
+    }
+}
+
+/// [`super::super::logit2`] over W dots, lane by lane exactly as the scalar
+/// form: scaled (times K's fp8 scale first), soft-capped (tanh per lane),
+/// plus a bias vector already in base 2.
+pub(crate) fn vector_logit(
+    spec: &AttentionSpec,
+    dots: Expr,
+    k_scale: Option<&Expr>,
+    bias: Option<Expr>,
+) -> Expr {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    let dots = match k_scale {
+        Some(ks) => dots * splat(ks.clone()),
+        None => dots,
+    };
+    let scale = spec.effective_scale();
+    let (x, factor) = match spec.logits_soft_cap {
+        None => (dots, scale * LOG2_E),
+        Some(cap) => {
+            let lanes = (0..W as u8)
+                .map(|e| Expr::f32(cap) * (dots.clone().lane(e) * Expr::f32(scale / cap)).tanh())
+                .collect();
+            (Expr::Vector(lanes), LOG2_E)
+        }
+    };
+    match bias {
+        Some(bv) => x.fma(splat(Expr::f32(factor)), bv),
+        None => x * splat(Expr::f32(factor)),
+    }
+}

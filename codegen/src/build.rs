@@ -608,13 +608,23 @@ impl Job<'_> {
         let tmp = dir.join(format!("{stem}.co.tmp{}", std::process::id()));
         let args = hipcc_args(arch, &src, &tmp);
         let command = format!("{} {}", hipcc.display(), args.join(" "));
+        // hipcc's clang leaves a directory of intermediates in $TMPDIR for
+        // some invocations; give it a private one and remove it afterwards,
+        // so building never litters the user's temporary directory.
+        let scratch = dir.join(format!("{stem}.tmp{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).map_err(|source| BuildError::Io {
+            path: scratch.clone(),
+            source,
+        })?;
         let out = Command::new(hipcc)
             .args(&args)
-            .output()
-            .map_err(|source| BuildError::Io {
-                path: hipcc.to_path_buf(),
-                source,
-            })?;
+            .env("TMPDIR", &scratch)
+            .output();
+        let _ = std::fs::remove_dir_all(&scratch);
+        let out = out.map_err(|source| BuildError::Io {
+            path: hipcc.to_path_buf(),
+            source,
+        })?;
         if !out.status.success() || !tmp.is_file() {
             let _ = std::fs::remove_file(&tmp);
             return Err(BuildError::Hipcc {

@@ -124,6 +124,7 @@ fn fake_hipcc(dir: &Path) -> PathBuf {
     std::fs::write(
         &path,
         "#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\n\
+         mkdir \"$TMPDIR/kernel-0c5e9b\" && echo \"tmp=$TMPDIR\" >&2\n\
          echo 'kernel.hip:3:1: error: something broke' >&2\nexit 3\n",
     )
     .unwrap();
@@ -148,6 +149,14 @@ fn a_hipcc_failure_shows_its_command_and_whole_log() {
     assert!(text.contains("something broke"), "{text}");
     assert!(text.contains("--offload-arch=gfx1030"), "{text}");
     assert!(text.contains(&hipcc.display().to_string()), "{text}");
+    // hipcc's scratch directory (clang leaves intermediates in $TMPDIR) is
+    // private to the build and removed, never left in the user's /tmp.
+    let tmp = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tmp="))
+        .unwrap_or_else(|| panic!("no TMPDIR in the log: {text}"));
+    assert!(Path::new(tmp).starts_with(dir.path()), "{tmp}");
+    assert!(!Path::new(tmp).exists(), "{tmp} was left behind");
     // Nothing half-written is left under a cached name.
     let objects = std::fs::read_dir(dir.path().join("attnforge/objects")).unwrap();
     assert!(objects

@@ -1,6 +1,6 @@
 //! Bench script: decode attention on the CPU backend, in GB/s of K/V read,
-//! beside this machine's memcpy bandwidth measured in the same run, and the
-//! JIT compile time of every bundled kernel.
+//! beside this machine's memcpy bandwidth measured in the same run (JIT
+//! compile times: `bench_jit`).
 //!
 //! Run: `cargo run --release --example bench_cpu_decode` (BENCHMARKS.md).
 //! Shape: Llama-3-8B (32 query / 8 KV heads, head_dim 128, f16), 16
@@ -9,8 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use attnforge::codegen::cpu::{compile, CpuOptions};
-use attnforge::codegen::kernels::generate;
 use attnforge::kernels::specs::Llama3;
 use attnforge::runtime::cpu::{CpuDevice, Mode};
 use attnforge::runtime::{KvScales, PageTable, Params, Split};
@@ -192,20 +190,4 @@ fn main() {
         (k8.len() + v8.len()) as f64 / d8.as_secs_f64() / 1e9,
         (k8.len() + v8.len()) >> 20
     );
-
-    println!("\nJIT compile time per kernel (lower + optimise + machine code):");
-    for b in attnforge::kernels::ALL {
-        for arch in [Arch::Gfx90a, Arch::Gfx1030, Arch::Host] {
-            let g = generate(&b.kernel, arch.target()).expect("generate");
-            let c =
-                compile(&g.kernel, &g.analysis, CpuOptions { checked: false }).expect("compile");
-            println!(
-                "  {:<18} {:<7} {:<8} {:>7.0} ms",
-                b.name,
-                b.kernel.kind().name(),
-                arch.name(),
-                c.compile_time().as_secs_f64() * 1e3
-            );
-        }
-    }
 }

@@ -4,7 +4,7 @@
 use attnforge::prelude::*;
 use attnforge::runtime::cpu::{CpuDevice, Mode};
 use attnforge::runtime::device::Cpu;
-use attnforge::runtime::{reference, KvCache};
+use attnforge::runtime::{reference, CacheError, KvCache};
 
 #[kv_layout(page_size = 4, kv_heads = 2, head_dim = 16, dtype = f32)]
 pub struct SmallKv;
@@ -171,18 +171,24 @@ fn an_fp8_cache_quantizes_on_append_and_decodes_with_its_scales() {
     assert!(err < 5e-2, "against the f32 rows: {err:e}");
     println!("fp8 (per-head scales) vs the f32 rows: relative L2 {err:.2e}");
 
-    // Missing or misshapen scales and a wrong source dtype are typed errors.
-    let e = Fp8::decode(&cpu, &mut cache, 0, &[seq], &q, &mut out).unwrap_err();
+    // The cache keeps the scales its data was written with: decode without
+    // them uses them, and other scales are refused.
+    let mut again = vec![0f32; out.len()];
+    Fp8::decode(&cpu, &mut cache, 0, &[seq], &q, &mut again).unwrap();
+    assert_eq!(again, out);
+    let swapped = Params {
+        kv_scales: Some(KvScales { k: &vs, v: &ks }),
+        ..Params::default()
+    };
+    let e = Fp8::decode_ext(&cpu, &mut cache, &swapped, 0, &[seq], &q, &mut again).unwrap_err();
     assert!(
         matches!(
             e,
-            RuntimeError::Param {
-                param: "kv_scales",
-                ..
-            }
+            RuntimeError::Cache(CacheError::ScalesMismatch { layer: 0 })
         ),
         "{e}"
     );
+    // Misshapen scales and a wrong source dtype are typed errors.
     let bad = Params {
         kv_scales: Some(KvScales {
             k: &ks[..1],

@@ -55,11 +55,28 @@ impl F8E4M3 {
         F8E4M3(r as u8 | sign)
     }
 
-    /// The nearest value to `x`, through f32 (the f32 rounding first
-    /// cannot change the result except on exact f64 ties, which no test
-    /// value hits).
+    /// The nearest value to `x`: round to nearest even, saturating at ±448,
+    /// rounded once from the f64 (through f32 first, a value just past a
+    /// midpoint could land on it and then round the wrong way).
     pub fn from_f64(x: f64) -> F8E4M3 {
-        F8E4M3::from_f32(x as f32)
+        let u = x.to_bits();
+        let sign = ((u >> 56) & 0x80) as u8;
+        let a = u & 0x7fff_ffff_ffff_ffff;
+        let r = if a > 0x7ff0_0000_0000_0000 {
+            0x7f
+        } else if a >= 448f64.to_bits() {
+            0x7e
+        } else if a < 2f64.powi(-6).to_bits() {
+            // Subnormal (or rounds up to the smallest normal, code 8);
+            // scaling by 512 is exact.
+            (f64::from_bits(a) * 512.0).round_ties_even() as u64
+        } else {
+            // Keep 3 of the 52 mantissa bits, ties to even, then rebias the
+            // exponent from 1023 to 7.
+            let n = a + ((1u64 << 48) - 1) + ((a >> 49) & 1);
+            (n >> 49) - (1016 << 3)
+        };
+        F8E4M3(r as u8 | sign)
     }
 
     /// Whether the value is NaN.
@@ -160,6 +177,27 @@ mod tests {
                 assert!(same, "{x}: got {:#04x}, want {want:#04x}", got.0);
             }
         }
+        // From f64, rounded once: just past a midpoint (closer than f32
+        // can tell) still rounds away from it.
+        for w in pos.windows(2) {
+            let mid = (w[0] + w[1]) / 2.0;
+            for x in [mid, mid * (1.0 + 1e-12), mid * (1.0 - 1e-12), w[0], w[1]] {
+                for x in [x, -x] {
+                    let (got, want) = (F8E4M3::from_f64(x).0, nearest(x));
+                    let same = got == want || (got & 0x7f == 0 && want & 0x7f == 0);
+                    assert!(same, "from_f64({x:e}): got {got:#04x}, want {want:#04x}");
+                }
+            }
+        }
+        for (x, want) in [
+            (1e300, 0x7e),
+            (-448.0, 0xfe),
+            (464.0, 0x7e),
+            (f64::INFINITY, 0x7e),
+        ] {
+            assert_eq!(F8E4M3::from_f64(x).0, want, "{x}");
+        }
+        assert!(F8E4M3::from_f64(f64::NAN).is_nan());
         assert_eq!(F8E4M3::from_f32(f32::INFINITY).0, 0x7e);
         assert_eq!(F8E4M3::from_f32(f32::NEG_INFINITY).0, 0xfe);
         assert!(F8E4M3::from_f32(f32::NAN).is_nan());

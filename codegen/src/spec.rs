@@ -255,9 +255,16 @@ pub mod rules {
         }
     }
 
-    /// `logits_soft_cap`: a positive, finite cap.
+    /// Whether `v`, stored as the f32 a spec keeps, is positive and finite
+    /// (1e-50 is positive, but stored as 0).
+    const fn positive_f32(v: f64) -> bool {
+        let stored = v as f32;
+        stored > 0.0 && stored <= f32::MAX
+    }
+
+    /// `logits_soft_cap`: a positive, finite cap (as stored, in f32).
     pub const fn logits_soft_cap(v: f64) -> Result<(), SpecError> {
-        if v > 0.0 && v <= f32::MAX as f64 {
+        if positive_f32(v) {
             Ok(())
         } else {
             err(
@@ -298,9 +305,9 @@ pub mod rules {
         }
     }
 
-    /// `scale`: a positive, finite softmax scale.
+    /// `scale`: a positive, finite softmax scale (as stored, in f32).
     pub const fn scale(v: f64) -> Result<(), SpecError> {
-        if v > 0.0 && v <= f32::MAX as f64 {
+        if positive_f32(v) {
             Ok(())
         } else {
             err("scale", "scale must be a positive, finite number")

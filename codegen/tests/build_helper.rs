@@ -86,6 +86,42 @@ fn every_spec_error_is_reported_with_file_line_and_column() {
         .contains(&format!("{}:2:25:", file.display())));
 }
 
+/// A float rule judges the value the spec stores (f32): a positive literal
+/// that rounds to 0 is refused at its tokens, not later by `validate`.
+#[test]
+fn a_float_that_rounds_to_zero_is_refused_at_its_tokens() {
+    let (dir, file) = scratch(
+        "use attnforge_macros::*;\n\
+         #[kv_layout(page_size = 16, kv_heads = 2, head_dim = 64, dtype = f16)]\n\
+         pub struct Kv;\n\
+         #[attention(kv = Kv, q_heads = 4, scale = 1e-50)]\n\
+         pub struct A;\n\
+         #[attention(kv = Kv, q_heads = 4, logits_soft_cap = 1e-46)]\n\
+         pub struct B;\n\
+         #[attention(kv = Kv, q_heads = 4, scale = 1e-40, logits_soft_cap = 3.4e38)]\n\
+         pub struct C;\n",
+    );
+    let err = Build::new()
+        .file(&file)
+        .out_dir(dir.path())
+        .hip(false)
+        .compile()
+        .unwrap_err();
+    let BuildError::Source(errors) = &err else {
+        panic!("expected source errors, got {err}");
+    };
+    let found: Vec<(usize, usize, &str)> = errors
+        .iter()
+        .map(|e| (e.line, e.column, e.message.as_str()))
+        .collect();
+    // Only A and B: C's tiny scale is a positive (subnormal) f32.
+    assert_eq!(found.len(), 2, "{err}");
+    assert_eq!((found[0].0, found[0].1), (4, 43), "{err}");
+    assert!(found[0].2.starts_with("scale must be a positive"), "{err}");
+    assert_eq!((found[1].0, found[1].1), (6, 53), "{err}");
+    assert!(found[1].2.starts_with("logits_soft_cap must be"), "{err}");
+}
+
 #[test]
 fn with_hip_off_the_registry_says_why() {
     let (dir, file) = scratch(SPECS);

@@ -106,6 +106,13 @@ pub enum LlamaError {
         /// The element type's dtype.
         given: attnforge_codegen::DType,
     },
+    /// The spec's cache is fp8: the engine writes K/V in the cache's own
+    /// dtype and has no scales to quantize with.
+    #[error(
+        "the spec's KV cache is {0}: the engine supports f32, f16 and bf16 caches (fp8 \
+         needs scales it does not have)"
+    )]
+    Fp8Cache(attnforge_codegen::DType),
     /// Tokenizer data is malformed, or a token is out of range.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -159,7 +166,8 @@ struct Live {
 
 impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T, D> {
     /// An engine whose cache holds `max_pages` pages per layer. Fails if the
-    /// spec does not describe the model or `T` is not the spec's dtype.
+    /// spec does not describe the model, its cache is fp8, or `T` is not
+    /// the spec's dtype.
     pub fn new(
         model: &'m Model,
         spec: AttentionSpec,
@@ -167,6 +175,9 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
         max_pages: u32,
     ) -> Result<Self, LlamaError> {
         model.config.check_spec(&spec)?;
+        if spec.kv.dtype.is_fp8() {
+            return Err(LlamaError::Fp8Cache(spec.kv.dtype));
+        }
         if T::DTYPE != spec.kv.dtype {
             return Err(LlamaError::DType {
                 spec: spec.kv.dtype,

@@ -229,6 +229,14 @@ fn a_spec_that_does_not_describe_the_model_is_refused() {
         .err()
         .unwrap();
     assert!(matches!(e, LlamaError::DType { .. }), "{e}");
+    // An fp8 cache is refused up front, not at the first append.
+    let mut fp8 = spec(9, 64);
+    fp8.kv.dtype = DType::F8E4M3;
+    fp8.kv.scale = KvScale::PerHead;
+    let e = Engine::<f32, attnforge_codegen::F8E4M3, _>::new(model(), fp8, dev(), 16)
+        .err()
+        .unwrap();
+    assert!(matches!(e, LlamaError::Fp8Cache(DType::F8E4M3)), "{e}");
 }
 
 #[test]

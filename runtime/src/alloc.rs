@@ -265,7 +265,7 @@ impl PageAllocator {
         p
     }
 
-    fn exceeded(&self, requested: usize) -> AllocError {
+    pub(crate) fn exceeded(&self, requested: usize) -> AllocError {
         AllocError::CapacityExceeded {
             requested,
             free: self.free.len,

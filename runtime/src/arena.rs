@@ -33,13 +33,27 @@ pub struct HostArena<T> {
 }
 
 impl<T: Copy + Default> HostArena<T> {
-    /// Two zeroed arenas of `len` elements.
-    pub fn zeroed(len: usize) -> HostArena<T> {
-        HostArena {
-            k: vec![T::default(); len],
-            v: vec![T::default(); len],
+    /// Two zeroed arenas of `len` elements, or [`CacheError::OutOfMemory`]
+    /// when the allocator refuses them (never an abort).
+    pub fn zeroed(len: usize) -> Result<HostArena<T>, CacheError> {
+        let oom = || CacheError::OutOfMemory {
+            bytes: 2 * len as u128 * std::mem::size_of::<T>() as u128,
+        };
+        let mut halves = [Vec::new(), Vec::new()];
+        for h in &mut halves {
+            h.try_reserve_exact(len).map_err(|_| oom())?;
+            h.resize(len, T::default());
         }
+        let [k, v] = halves;
+        Ok(HostArena { k, v })
     }
+}
+
+/// `n` elements from `start` as a range of an arena of `len`, if they lie
+/// inside it.
+fn span(start: usize, n: usize, len: usize) -> Option<std::ops::Range<usize>> {
+    let end = start.checked_add(n)?;
+    (end <= len).then_some(start..end)
 }
 
 impl<T> HostArena<T> {
@@ -75,12 +89,19 @@ impl<T: Copy> Arena<T> for HostArena<T> {
     }
 
     fn copy_within(&mut self, src: usize, dst: usize, n: usize) -> Result<(), String> {
-        self.k.copy_within(src..src + n, dst);
-        self.v.copy_within(src..src + n, dst);
+        let len = self.k.len();
+        let (Some(from), Some(_)) = (span(src, n, len), span(dst, n, len)) else {
+            return Err(format!(
+                "copy of {n} elements from {src} to {dst} in an arena of {len}"
+            ));
+        };
+        self.k.copy_within(from.clone(), dst);
+        self.v.copy_within(from, dst);
         Ok(())
     }
 
     fn to_host(&self, range: std::ops::Range<usize>) -> Result<(Vec<T>, Vec<T>), String> {
-        Ok((self.k[range.clone()].to_vec(), self.v[range].to_vec()))
+        let (k, v) = self.slices(range).map_err(|e| e.to_string())?;
+        Ok((k.to_vec(), v.to_vec()))
     }
 }

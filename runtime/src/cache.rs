@@ -18,6 +18,9 @@ use crate::alloc::{AllocError, PageAllocator, PageId};
 use crate::arena::{Arena, HostArena};
 use crate::table::PageTable;
 
+/// A layer's fp8 K and V scales.
+pub(crate) type Scales = (Vec<f32>, Vec<f32>);
+
 /// A sequence's id in a cache.
 pub type SeqId = u64;
 
@@ -35,7 +38,8 @@ pub enum CacheError {
         /// The allocator's error.
         source: AllocError,
     },
-    /// The arena would not fit in memory or in `usize`.
+    /// The arena would not fit in memory or in `usize` (also what an
+    /// [`CacheError::OutOfMemory`] arena becomes in a cache's constructor).
     #[error(
         "an arena of {layers} layer(s) × {max_pages} page(s) × {page_bytes} bytes is too large"
     )]
@@ -54,6 +58,23 @@ pub enum CacheError {
         layer: u32,
         /// Layers in the cache.
         layers: u32,
+    },
+    /// Memory for an arena could not be allocated (host memory: the
+    /// allocator refused; the cache's constructors report it as
+    /// [`CacheError::TooLarge`]).
+    #[error("{bytes} bytes of memory for K and V could not be allocated")]
+    OutOfMemory {
+        /// Bytes asked for, K and V together.
+        bytes: u128,
+    },
+    /// fp8 scales that differ from the ones a layer's data was written with.
+    #[error(
+        "layer {layer}: these K/V scales differ from the ones its fp8 data was written with \
+         (set by KvCache::set_kv_scales or the layer's first append)"
+    )]
+    ScalesMismatch {
+        /// The layer.
+        layer: u32,
     },
     /// The spec is invalid.
     #[error("invalid layout: {0}")]
@@ -96,6 +117,8 @@ pub struct KvCache<T, A = HostArena<T>> {
     layout: KvLayoutSpec,
     layers: u32,
     window: Option<u32>,
+    /// Each fp8 layer's K and V scales, as its data was written.
+    scales: BTreeMap<u32, Scales>,
     alloc: PageAllocator,
     arena: A,
     seqs: BTreeMap<SeqId, Seq>,
@@ -112,9 +135,7 @@ impl<T: Copy + Default> KvCache<T> {
         layers: u32,
         max_pages: u32,
     ) -> Result<KvCache<T>, CacheError> {
-        KvCache::with_arena(layout, layers, max_pages, |elems| {
-            Ok(HostArena::zeroed(elems))
-        })
+        KvCache::with_arena(layout, layers, max_pages, HostArena::zeroed)
     }
 
     /// K and V of one layer: `max_pages` whole pages each.
@@ -156,13 +177,18 @@ impl<T, A: Arena<T>> KvCache<T, A> {
             .checked_mul(max_pages as u64)
             .and_then(|x| x.checked_mul(layout.page_elems()))
             .filter(|&x| x <= (isize::MAX as u64) / (2 * std::mem::size_of::<T>().max(1) as u64))
-            .ok_or(too_large)? as usize;
+            .ok_or(too_large.clone())? as usize;
+        let arena = make(elems).map_err(|e| match e {
+            CacheError::OutOfMemory { .. } => too_large,
+            e => e,
+        })?;
         Ok(KvCache {
             layout,
             layers,
             window: None,
+            scales: BTreeMap::new(),
             alloc: PageAllocator::new(max_pages),
-            arena: make(elems)?,
+            arena,
             seqs: BTreeMap::new(),
             next_id: 0,
             clock: 0,
@@ -187,10 +213,53 @@ impl<T, A: Arena<T>> KvCache<T, A> {
     }
 
     /// Releases pages that fall wholly out of a sliding window of `w` tokens
-    /// (the attention's `sliding_window`) as sequences grow.
-    pub fn with_sliding_window(mut self, w: Option<u32>) -> Self {
+    /// (the attention's `sliding_window`) as sequences grow. A window holds
+    /// at least one token (the spec's rule): `Some(0)` is refused.
+    pub fn with_sliding_window(mut self, w: Option<u32>) -> Result<Self, CacheError> {
+        if let Some(w) = w {
+            attnforge_codegen::spec::rules::sliding_window(u64::from(w))?;
+        }
         self.window = w;
-        self
+        Ok(self)
+    }
+
+    /// A layer's fp8 K and V scales, once set (by
+    /// `KvCache::set_kv_scales` or the layer's first scaled append).
+    pub fn kv_scales(&self, layer: u32) -> Option<(&[f32], &[f32])> {
+        self.scales
+            .get(&layer)
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// The scales to use on `layer` given the caller's: the stored ones
+    /// when the caller gives none, the caller's when none are stored
+    /// (remembered if `store`), and a mismatch error when both exist and
+    /// differ (bit for bit).
+    pub(crate) fn resolve_scales(
+        &mut self,
+        layer: u32,
+        given: Option<(&[f32], &[f32])>,
+        store: bool,
+    ) -> Result<Option<Scales>, CacheError> {
+        self.layer_range(layer)?;
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        match (given, self.scales.get(&layer)) {
+            (Some((k, v)), Some((sk, sv))) => {
+                if bits(k) == bits(sk) && bits(v) == bits(sv) {
+                    Ok(Some((sk.clone(), sv.clone())))
+                } else {
+                    Err(CacheError::ScalesMismatch { layer })
+                }
+            }
+            (Some((k, v)), None) => {
+                let owned = (k.to_vec(), v.to_vec());
+                if store {
+                    self.scales.insert(layer, owned.clone());
+                }
+                Ok(Some(owned))
+            }
+            (None, stored) => Ok(stored.cloned()),
+        }
     }
 
     /// The layout.
@@ -280,10 +349,18 @@ impl<T, A: Arena<T>> KvCache<T, A> {
         let cow = n > 0
             && !held.is_multiple_of(p)
             && last.is_some_and(|pg| self.alloc.ref_count(pg).is_ok_and(|r| r > 1));
-        let new_pages = (held + n).div_ceil(p) - npages;
+        // A request past usize (or past any capacity) asks for more pages
+        // than exist: the allocator refuses it, and nothing changes.
+        let new_pages = held.saturating_add(n).div_ceil(p) - npages;
+        if s.len.checked_add(n).is_none() {
+            return Err(CacheError::Alloc {
+                seq: id,
+                source: self.alloc.exceeded(usize::MAX),
+            });
+        }
         let mut fresh = self
             .alloc
-            .allocate_pages(new_pages + cow as usize)
+            .allocate_pages(new_pages.saturating_add(cow as usize))
             .map_err(|source| CacheError::Alloc { seq: id, source })?;
         if cow {
             let copy = *fresh.last().expect("allocated above");
@@ -409,11 +486,12 @@ impl<T, A: Arena<T>> KvCache<T, A> {
 
     /// Records an access (appends and tables record their own).
     pub fn touch(&mut self, id: SeqId) -> Result<(), CacheError> {
+        // An unknown id changes nothing, the clock included.
+        self.seq(id)?;
         let t = self.tick();
-        self.seqs
-            .get_mut(&id)
-            .ok_or(CacheError::UnknownSequence(id))?
-            .last_access = t;
+        if let Some(s) = self.seqs.get_mut(&id) {
+            s.last_access = t;
+        }
         Ok(())
     }
 

@@ -152,13 +152,14 @@ pub(crate) fn validate_decode<Q: Element, T: Element>(
     validate_attention::<Q, T>(spec, kv_len, table)?;
     let batch = table.batch();
     let row = spec.q_heads as usize * spec.kv.head_dim as usize;
-    if q.len() != batch * row || out.len() != batch * row {
+    let need = batch.checked_mul(row);
+    if need != Some(q.len()) || need != Some(out.len()) {
         return Err(RuntimeError::Shape(format!(
             "q and out hold {} and {} elements; a batch of {batch} needs {} each \
              ([batch][q_heads][head_dim])",
             q.len(),
             out.len(),
-            batch * row
+            batch as u128 * row as u128
         )));
     }
     Ok(())
@@ -190,15 +191,21 @@ pub(crate) fn validate_prefill<Q: Element, T: Element>(
         )));
     }
     let rows = q.len() / row.max(1);
+    let broken = |i: usize| {
+        RuntimeError::Shape(format!(
+            "qo_indptr[{i}] = {} breaks the rule: start at 0 and never decrease",
+            qo_indptr[i]
+        ))
+    };
+    // Checked for every batch, the empty one too.
+    if qo_indptr[0] != 0 {
+        return Err(broken(0));
+    }
     let mut tiles = 0u64;
     for b in 0..batch {
         let (lo, hi) = (qo_indptr[b], qo_indptr[b + 1]);
-        if (b == 0 && lo != 0) || hi < lo {
-            return Err(RuntimeError::Shape(format!(
-                "qo_indptr[{}] = {} breaks the rule: start at 0 and never decrease",
-                if hi < lo { b + 1 } else { b },
-                if hi < lo { hi } else { lo }
-            )));
+        if hi < lo {
+            return Err(broken(b + 1));
         }
         let q_len = (hi - lo) as usize;
         let kv_len = table.seq_len(b, spec.kv.page_size);
@@ -211,14 +218,16 @@ pub(crate) fn validate_prefill<Q: Element, T: Element>(
         let packed = q_len as u64 * spec.group_size() as u64;
         tiles = tiles.max(packed.div_ceil(PREFILL_ROWS as u64));
     }
-    let total = qo_indptr.last().copied().unwrap_or(0) as usize;
-    if q.len() != total * row || out.len() != total * row {
+    // Never negative here (it starts at 0 and never decreases).
+    let total = qo_indptr[batch] as usize;
+    let need = total.checked_mul(row);
+    if need != Some(q.len()) || need != Some(out.len()) {
         return Err(RuntimeError::Shape(format!(
             "q and out hold {} and {} elements; qo_indptr's {total} query rows need {} each \
              ([rows][q_heads][head_dim]); q has {rows} rows",
             q.len(),
             out.len(),
-            total * row
+            total as u128 * row as u128
         )));
     }
     u32::try_from(tiles).map_err(|_| RuntimeError::Shape("too many query tiles".into()))
@@ -247,14 +256,15 @@ pub(crate) fn validate_append<S: Element, T: Element>(
     let max_pages = arena_pages(layout, kv_len.0, kv_len.1)?;
     validate_slots(slots, layout, max_pages)?;
     let row = layout.kv_heads as usize * layout.head_dim as usize;
-    if k_new.len() != slots.len() * row || v_new.len() != slots.len() * row {
+    let need = slots.len().checked_mul(row);
+    if need != Some(k_new.len()) || need != Some(v_new.len()) {
         return Err(RuntimeError::Shape(format!(
             "k_new and v_new hold {} and {} elements; {} tokens need {} each \
              ([tokens][kv_heads][head_dim])",
             k_new.len(),
             v_new.len(),
             slots.len(),
-            slots.len() * row
+            slots.len() as u128 * row as u128
         )));
     }
     u32::try_from(slots.len())

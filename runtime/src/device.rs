@@ -144,6 +144,28 @@ pub trait Device {
     ) -> Result<(), RuntimeError>;
 }
 
+/// Checks that `layer` (elements of an arena of `len`) is a whole number
+/// of pages that starts on a page boundary: the `*_in` launches index pages
+/// from the range's start.
+fn whole_pages(
+    layout: &KvLayoutSpec,
+    layer: &std::ops::Range<usize>,
+    len: usize,
+) -> Result<(), RuntimeError> {
+    let page = layout.page_elems() as usize;
+    if layer.start > layer.end
+        || layer.end > len
+        || !layer.start.is_multiple_of(page)
+        || !layer.len().is_multiple_of(page)
+    {
+        return Err(RuntimeError::Shape(format!(
+            "elements {layer:?} of an arena of {len} are not whole pages of {page} elements \
+             starting on a page boundary"
+        )));
+    }
+    Ok(())
+}
+
 /// The CPU device with a chosen target and mode.
 #[cfg(feature = "cpu")]
 pub struct Cpu<'a> {
@@ -161,7 +183,7 @@ impl Device for Cpu<'_> {
     type Arena<T: Element> = HostArena<T>;
 
     fn new_arena<T: Element>(&self, elems: usize) -> Result<HostArena<T>, RuntimeError> {
-        Ok(HostArena::zeroed(elems))
+        Ok(HostArena::zeroed(elems)?)
     }
 
     fn decode_in<Q: Element, T: Element>(
@@ -174,6 +196,7 @@ impl Device for Cpu<'_> {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
+        whole_pages(&spec.kv, &layer, arena.len())?;
         let (k, v) = arena.slices(layer)?;
         self.decode_ext(spec, params, q, k, v, table, out)
     }
@@ -189,6 +212,7 @@ impl Device for Cpu<'_> {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
+        whole_pages(&spec.kv, &layer, arena.len())?;
         let (k, v) = arena.slices(layer)?;
         self.prefill(spec, params, q, qo_indptr, k, v, table, out)
     }
@@ -203,6 +227,7 @@ impl Device for Cpu<'_> {
         arena: &mut HostArena<T>,
         layer: std::ops::Range<usize>,
     ) -> Result<(), RuntimeError> {
+        whole_pages(layout, &layer, arena.len())?;
         let (k, v) = arena.slices_mut(layer)?;
         self.append_ext(layout, scales, k_new, v_new, slots, k, v)
     }
@@ -289,6 +314,7 @@ impl Device for crate::hip::HipDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
+        whole_pages(&spec.kv, &layer, arena.len())?;
         let kv = arena.layer(layer)?;
         crate::hip::HipDevice::decode_resident(self, spec, None, params, q, kv, table, out)
     }
@@ -304,6 +330,7 @@ impl Device for crate::hip::HipDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
+        whole_pages(&spec.kv, &layer, arena.len())?;
         let kv = arena.layer(layer)?;
         crate::hip::HipDevice::prefill_resident(
             self, spec, None, params, q, qo_indptr, kv, table, out,
@@ -320,6 +347,7 @@ impl Device for crate::hip::HipDevice {
         arena: &mut Self::Arena<T>,
         layer: std::ops::Range<usize>,
     ) -> Result<(), RuntimeError> {
+        whole_pages(layout, &layer, arena.len())?;
         let kv = arena.layer(layer)?;
         crate::hip::HipDevice::append_resident(self, layout, None, scales, k_new, v_new, slots, kv)
     }
@@ -376,10 +404,14 @@ impl<T: Element> KvCache<T> {
     ) -> Result<KvCache<T, D::Arena<T>>, RuntimeError> {
         let mut failed = None;
         let cache = KvCache::with_arena(layout, layers, max_pages, |elems| {
-            device.new_arena::<T>(elems).map_err(|e| {
-                let msg = e.to_string();
-                failed = Some(e);
-                CacheError::Arena(msg)
+            device.new_arena::<T>(elems).map_err(|e| match e {
+                // The cache's own errors (out of memory: too large) stay its.
+                RuntimeError::Cache(c) => c,
+                e => {
+                    let msg = e.to_string();
+                    failed = Some(e);
+                    CacheError::Arena(msg)
+                }
             })
         });
         match (cache, failed) {
@@ -404,8 +436,21 @@ impl<T: Element, A: Arena<T>> KvCache<T, A> {
         self.append_ext_with(device, layer, None, slots, k_new, v_new)
     }
 
+    /// Sets a layer's fp8 K and V scales, before its first append (or to
+    /// the ones it already has). Appends and attention on the layer then
+    /// use them without being given them, and refuse different ones with
+    /// [`CacheError::ScalesMismatch`]: data written with one set of scales
+    /// is never read with another.
+    pub fn set_kv_scales(&mut self, layer: u32, scales: KvScales<'_>) -> Result<(), RuntimeError> {
+        KvScales::validate(Some(&scales), self.layout())?;
+        self.resolve_scales(layer, Some((scales.k, scales.v)), true)?;
+        Ok(())
+    }
+
     /// Writes new K/V rows of one layer in the layout's append source dtype
-    /// (f32 into an fp8 cache, quantized with `scales`: `x / scale`).
+    /// (f32 into an fp8 cache, quantized with `scales`: `x / scale`). The
+    /// layer's first scaled append sets its scales (see
+    /// [`KvCache::set_kv_scales`]); `None` uses the ones set.
     pub fn append_ext_with<D: Device<Arena<T> = A>, S: Element>(
         &mut self,
         device: &D,
@@ -417,6 +462,13 @@ impl<T: Element, A: Arena<T>> KvCache<T, A> {
     ) -> Result<(), RuntimeError> {
         let layout = *self.layout();
         let range = self.layer_range(layer)?;
+        // Checked before they are remembered: the first scaled append of a
+        // layer sets its scales, and later ones must agree.
+        if scales.is_some() {
+            KvScales::validate(scales.as_ref(), &layout)?;
+        }
+        let scales = self.resolve_scales(layer, scales.map(|s| (s.k, s.v)), true)?;
+        let scales = scales.as_ref().map(|(k, v)| KvScales { k, v });
         device.append_in::<S, T>(
             &layout,
             scales,
@@ -454,9 +506,17 @@ impl<T: Element, A: Arena<T>> KvCache<T, A> {
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         same_layout(spec, self.layout())?;
+        if params.kv_scales.is_some() {
+            KvScales::validate(params.kv_scales.as_ref(), self.layout())?;
+        }
+        let scales = self.resolve_scales(layer, params.kv_scales.map(|s| (s.k, s.v)), false)?;
+        let params = Params {
+            kv_scales: scales.as_ref().map(|(k, v)| KvScales { k, v }),
+            ..*params
+        };
         let table = self.page_table(batch)?;
         let range = self.layer_range(layer)?;
-        device.decode_in::<Q, T>(spec, params, q, self.arena(), range, &table, out)
+        device.decode_in::<Q, T>(spec, &params, q, self.arena(), range, &table, out)
     }
 
     /// Prefill for a ragged batch at one layer on `device`: sequence
@@ -483,12 +543,20 @@ impl<T: Element, A: Arena<T>> KvCache<T, A> {
                 q_lens.len()
             )));
         }
+        if params.kv_scales.is_some() {
+            KvScales::validate(params.kv_scales.as_ref(), self.layout())?;
+        }
+        let scales = self.resolve_scales(layer, params.kv_scales.map(|s| (s.k, s.v)), false)?;
+        let params = Params {
+            kv_scales: scales.as_ref().map(|(k, v)| KvScales { k, v }),
+            ..*params
+        };
         let qo_indptr = qo_indptr(q_lens)?;
         let table = self.page_table(batch)?;
         let range = self.layer_range(layer)?;
         device.prefill_in::<Q, T>(
             spec,
-            params,
+            &params,
             q,
             &qo_indptr,
             self.arena(),
@@ -523,8 +591,8 @@ pub trait AttentionHandle: Attention {
     /// `max_pages` pages, and its sliding window (pages that fall out of it
     /// are released).
     fn new_cache<T: Copy + Default>(layers: u32, max_pages: u32) -> Result<KvCache<T>, CacheError> {
-        Ok(KvCache::new(Self::SPEC.kv, layers, max_pages)?
-            .with_sliding_window(Self::SPEC.sliding_window))
+        KvCache::new(Self::SPEC.kv, layers, max_pages)?
+            .with_sliding_window(Self::SPEC.sliding_window)
     }
 
     /// A cache for this attention with its arenas in `device`'s memory.
@@ -534,7 +602,7 @@ pub trait AttentionHandle: Attention {
         max_pages: u32,
     ) -> Result<KvCache<T, D::Arena<T>>, RuntimeError> {
         Ok(KvCache::new_on(device, Self::SPEC.kv, layers, max_pages)?
-            .with_sliding_window(Self::SPEC.sliding_window))
+            .with_sliding_window(Self::SPEC.sliding_window)?)
     }
 
     /// Writes new K/V rows of one layer at `slots` (from
@@ -550,6 +618,23 @@ pub trait AttentionHandle: Attention {
     ) -> Result<(), RuntimeError> {
         same_layout(&Self::SPEC, cache.layout())?;
         cache.append_with(device, layer, slots, k_new, v_new)
+    }
+
+    /// Writes new K/V rows of one layer in the layout's append source dtype
+    /// (f32 into an fp8 cache, quantized with the layer's `scales`; see
+    /// [`KvCache::append_ext_with`]).
+    #[allow(clippy::too_many_arguments)]
+    fn append_ext<D: Device, S: Element, T: Element>(
+        device: &D,
+        cache: &mut KvCache<T, D::Arena<T>>,
+        layer: u32,
+        scales: Option<KvScales<'_>>,
+        slots: &[i64],
+        k_new: &[S],
+        v_new: &[S],
+    ) -> Result<(), RuntimeError> {
+        same_layout(&Self::SPEC, cache.layout())?;
+        cache.append_ext_with(device, layer, scales, slots, k_new, v_new)
     }
 
     /// Decode attention for a batch of sequences at one layer.

@@ -107,13 +107,22 @@ impl PageTable {
         self.last_page_len.len()
     }
 
-    /// Length of sequence `b` in tokens (of a validated table).
+    /// Length of sequence `b` in tokens (of a validated table; 0 for a
+    /// sequence a malformed table does not describe, never a panic).
     pub fn seq_len(&self, b: usize, page_size: u32) -> usize {
-        let pages = (self.indptr[b + 1] - self.indptr[b]) as usize;
-        if pages == 0 {
-            0
-        } else {
-            (pages - 1) * page_size as usize + self.last_page_len[b] as usize
+        let (Some(&lo), Some(&hi), Some(&last)) = (
+            self.indptr.get(b),
+            self.indptr.get(b.wrapping_add(1)),
+            self.last_page_len.get(b),
+        ) else {
+            return 0;
+        };
+        let pages = (i64::from(hi) - i64::from(lo)).max(0) as usize;
+        match pages {
+            0 => 0,
+            n => (n - 1)
+                .saturating_mul(page_size as usize)
+                .saturating_add(last.max(0) as usize),
         }
     }
 

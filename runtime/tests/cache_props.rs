@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use attnforge_codegen::{DType, KvLayoutSpec, KvScale, Order};
-use attnforge_runtime::{KvCache, SeqId};
+use attnforge_runtime::{CacheError, KvCache, SeqId};
 use proptest::prelude::*;
 
 fn new_cache(page_size: u32, max_pages: u32, window: Option<u32>) -> KvCache<f32> {
@@ -19,6 +19,7 @@ fn new_cache(page_size: u32, max_pages: u32, window: Option<u32>) -> KvCache<f32
     KvCache::new(l, 1, max_pages)
         .unwrap()
         .with_sliding_window(window)
+        .unwrap()
 }
 
 #[derive(Clone, Debug)]
@@ -30,12 +31,19 @@ enum Op {
     Complete(usize),
     Cleanup,
     Evict(usize),
+    /// Every operation on an id no sequence has.
+    Unknown,
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    // Extreme counts too: usize::MAX tokens, evicting usize::MAX sequences.
+    let huge = || prop_oneof![Just(usize::MAX), Just(usize::MAX / 2), Just(1usize << 40)];
     prop_oneof![
         2 => Just(Op::Add),
         5 => (0..6usize, 0..7usize).prop_map(|(s, n)| Op::Append(s, n)),
+        1 => (0..6usize, huge()).prop_map(|(s, n)| Op::Append(s, n)),
+        1 => huge().prop_map(Op::Evict),
+        1 => Just(Op::Unknown),
         1 => (0..6usize).prop_map(Op::Fork),
         1 => (0..6usize).prop_map(Op::Remove),
         1 => (0..6usize).prop_map(Op::Complete),
@@ -45,7 +53,13 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+    // Seeded: the same 10,000 cases every run.
+    #![proptest_config(ProptestConfig {
+        cases: 10_000,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0xcac4e),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn cache_keeps_its_invariants(
@@ -111,6 +125,17 @@ proptest! {
                     let gone = c.evict_lru_sequences(n).unwrap();
                     prop_assert_eq!(gone.len(), n.min(live.len()));
                     true
+                }
+                Op::Unknown => {
+                    let id = SeqId::MAX;
+                    let unknown = |e: CacheError| e == CacheError::UnknownSequence(id);
+                    prop_assert!(unknown(c.append_tokens(id, 1).unwrap_err()));
+                    prop_assert!(unknown(c.fork(id).unwrap_err()));
+                    prop_assert!(unknown(c.remove(id).unwrap_err()));
+                    prop_assert!(unknown(c.mark_completed(id).unwrap_err()));
+                    prop_assert!(unknown(c.touch(id).unwrap_err()));
+                    prop_assert!(unknown(c.page_table(&[id]).unwrap_err()));
+                    false
                 }
             };
             if !ok {

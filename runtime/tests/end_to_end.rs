@@ -35,7 +35,8 @@ fn append_then_decode_through_the_cache_matches_the_reference() {
     let layers = 2;
     let mut cache = KvCache::<f16>::new(kv, layers, 40)
         .unwrap()
-        .with_sliding_window(spec.sliding_window);
+        .with_sliding_window(spec.sliding_window)
+        .unwrap();
     let device = CpuDevice::new();
     // Append with the wave32 kernel, decode with the wave64 one, both checked.
     let wave32 = Cpu {

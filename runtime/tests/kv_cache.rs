@@ -185,7 +185,8 @@ fn fork_shares_full_pages_and_copies_the_partial_one_on_write() {
 fn sliding_window_releases_pages_wholly_outside_it() {
     let mut c = KvCache::<f32>::new(layout(4), 1, 8)
         .unwrap()
-        .with_sliding_window(Some(6));
+        .with_sliding_window(Some(6))
+        .unwrap();
     let s = c.add_sequence();
     // Tokens 0..9 at once (a prefill): the first of them sees page 0.
     c.append_tokens(s, 9).unwrap();

@@ -340,12 +340,15 @@ fn ruled_float(
     errors: &mut Errors,
 ) -> Option<(f32, Span)> {
     let (v, span) = float(e, errors)?;
-    let r = rule(v);
+    // The rule judges the value the spec stores (an f32), not the literal:
+    // 1e-50 is positive but stored as 0.
+    let stored = v as f32;
+    let r = rule(f64::from(stored));
     if r.is_err() {
         errors.rule(span, r, v);
         return None;
     }
-    Some((v as f32, span))
+    Some((stored, span))
 }
 
 fn check_item(item: &syn::ItemStruct, attr: &str, errors: &mut Errors) {

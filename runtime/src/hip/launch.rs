@@ -676,7 +676,11 @@ impl<T: Pod> Arena<T> for HipArena<T> {
     }
 
     fn copy_within(&mut self, src: usize, dst: usize, n: usize) -> Result<(), String> {
-        if src.max(dst) + n > self.k.len {
+        if src
+            .max(dst)
+            .checked_add(n)
+            .is_none_or(|end| end > self.k.len)
+        {
             return Err(format!(
                 "copy of {n} elements from {src} to {dst} past {}",
                 self.k.len

@@ -680,6 +680,68 @@ fn decode_over_head_dims_page_sizes_and_group_sizes() {
     }
 }
 
+/// Groups too large for one decode block (MQA with many query heads, as in
+/// Falcon-7B and StarCoder) are spread over several blocks per KV head
+/// (`decode_head_blocks`), evenly or with a partial last block: decode,
+/// split-K decode and prefill against the reference, with variants that
+/// depend on the query head (ALiBi, sinks).
+#[test]
+fn large_query_groups_match_the_reference() {
+    let seed = seed();
+    let device = CpuDevice::new();
+    #[allow(clippy::type_complexity)]
+    let shapes: &[(u32, u32, u32, u32, DType, Option<Alibi>, bool)] = &[
+        // (head_dim, page_size, kv_heads, q_heads, dtype, alibi, sinks)
+        (64, 16, 1, 71, DType::BF16, None, false), // Falcon-7B: 5 blocks, the last partial
+        (128, 16, 1, 48, DType::F16, None, true),  // StarCoder: 3 blocks of 16
+        (256, 16, 1, 16, DType::F16, Some(Alibi::Computed), false), // shared memory: 2 of 8
+        (8, 1, 1, 128, DType::F32, None, false),   // 4 blocks of 32
+        (96, 8, 2, 80, DType::F16, Some(Alibi::Given), true), // GQA 40 over 2 KV heads
+    ];
+    let small: &[&[usize]] = &[&[1, 40], &[70]];
+    for &(head_dim, page_size, kv_heads, q_heads, dtype, alibi, sinks) in shapes {
+        let spec = AttentionSpec {
+            kv: KvLayoutSpec {
+                page_size,
+                kv_heads,
+                head_dim,
+                dtype,
+                order: Order::Nhd,
+                scale: KvScale::Unscaled,
+            },
+            q_heads,
+            scale: None,
+            causal: true,
+            sliding_window: Some(50),
+            logits_soft_cap: None,
+            q_dtype: None,
+            alibi,
+            sinks,
+        };
+        spec.validate().unwrap();
+        let (blocks, _) = attnforge::codegen::kernels::decode_head_blocks(&spec);
+        assert!(
+            blocks > 1,
+            "{q_heads}/{kv_heads} d{head_dim} fits one block"
+        );
+        let name = format!("d{head_dim} {q_heads}/{kv_heads} {dtype:?}");
+        for kernel in [
+            KernelSpec::Decode(spec),
+            KernelSpec::DecodeSplit(spec),
+            KernelSpec::Prefill(spec),
+        ] {
+            check_on(
+                &device,
+                &name,
+                &kernel,
+                seed,
+                &[Arch::Gfx90a, Arch::Gfx1030, Arch::Host],
+                small,
+            );
+        }
+    }
+}
+
 /// Every combination of the variants (causal or not, a window, a soft-cap,
 /// ALiBi computed or given, sinks), each with decode, split-K decode and
 /// prefill, on small shapes: the dtype pair, head dim, page size, order

@@ -227,7 +227,8 @@ pub fn plan_decode(
             })
         }
         Split::Auto => {
-            let blocks = batch * spec.kv.kv_heads as u64;
+            let per_seq = spec.kv.kv_heads * attnforge_codegen::kernels::decode_head_blocks(spec).0;
+            let blocks = batch * per_seq as u64;
             let cus = compute_units.max(1) as u64;
             if blocks == 0 || blocks >= cus || longest < 2 * MIN_CHUNK_TOKENS as u64 {
                 return Ok(off);

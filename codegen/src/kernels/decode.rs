@@ -42,6 +42,103 @@ use super::{
 /// Warps per decode block.
 pub const DECODE_WARPS: u32 = 4;
 
+/// Shared memory a decode block may use for its warps' merge: within every
+/// GPU target's static limit (48 KiB on NVIDIA without opt-in, 64 KiB on
+/// AMD).
+const MERGE_SHARED_BYTES: u32 = 48 * 1024;
+
+/// Query heads' elements one lane may keep in registers (queries and
+/// accumulators, each): beyond it a block's heads would spill.
+const LANE_HEAD_ELEMS: u32 = 128;
+
+/// How a decode block covers a group of `G` query heads: `(blocks, heads)`,
+/// `blocks` blocks per KV head, each serving `heads` of the group's heads
+/// (the last block of a group fewer when `heads` does not divide `G`).
+///
+/// One block serves the whole group when its warps' merge (every warp's
+/// accumulator of every head, in shared memory) and its lanes' registers
+/// (each head's query and accumulator chunks) fit; a larger group (MQA with
+/// many query heads, for example) is spread evenly over several blocks,
+/// each reading the KV head's rows. The same split holds at every target,
+/// so the grid is the same everywhere.
+pub fn decode_head_blocks(spec: &AttentionSpec) -> (u32, u32) {
+    let (d, g) = (spec.kv.head_dim, spec.group_size());
+    // Per-lane elements of a row at warp 32 (the most a lane holds).
+    let vec = kv_vector_lanes(&spec.kv);
+    let chunks = d / vec;
+    let n = chunks.div_ceil(chunks.next_power_of_two().min(32)) * vec;
+    let by_regs = LANE_HEAD_ELEMS / n;
+    let by_shared = MERGE_SHARED_BYTES / (DECODE_WARPS * (d + 2) * 4);
+    let cap = by_regs.min(by_shared).max(1);
+    let blocks = g.div_ceil(cap);
+    (blocks, g.div_ceil(blocks))
+}
+
+/// The query heads one decode block serves: `decode_head_blocks(spec).1`
+/// heads of KV head `kv_head`'s group, from the group's head `first` on.
+pub(super) struct HeadBlock {
+    /// The KV head.
+    pub kv_head: Expr,
+    group: u32,
+    /// The block's first head in the group (None: the whole group).
+    first: Option<Expr>,
+    /// Whether the group's last block has fewer heads than the others.
+    partial: bool,
+}
+
+impl HeadBlock {
+    pub fn new(b: &mut KernelBuilder, spec: &AttentionSpec) -> HeadBlock {
+        let (blocks, heads) = decode_head_blocks(spec);
+        let group = spec.group_size();
+        let bx = Expr::special(Special::BlockIdx(Dim::X));
+        if blocks == 1 {
+            return HeadBlock {
+                kv_head: b.let_("kv_head", bx),
+                group,
+                first: None,
+                partial: false,
+            };
+        }
+        b.comment(format!(
+            "The group's {group} query heads are spread over {blocks} blocks of {heads}."
+        ));
+        let n = Expr::i32(blocks as i32);
+        let kv_head = b.let_("kv_head", bx.clone() / n.clone());
+        let first = b.let_("head0", bx % n * Expr::i32(heads as i32));
+        debug_assert!(heads * (blocks - 1) < group, "every block has a head");
+        HeadBlock {
+            kv_head,
+            group,
+            first: Some(first),
+            partial: !group.is_multiple_of(heads),
+        }
+    }
+
+    /// The group head of the block's head `gi`, clamped to the group (a
+    /// head past it, in a partial block, computes the last head again and
+    /// writes nothing).
+    fn in_group(&self, gi: Expr) -> Expr {
+        match (&self.first, self.partial) {
+            (None, _) => gi,
+            (Some(f), false) => f.clone() + gi,
+            (Some(f), true) => (f.clone() + gi).min(Expr::i32(self.group as i32 - 1)),
+        }
+    }
+
+    /// The query head of the block's head `gi`.
+    pub fn qhead(&self, gi: Expr) -> Expr {
+        self.kv_head.clone() * Expr::i32(self.group as i32) + self.in_group(gi)
+    }
+
+    /// Whether the block's head `gi` is one of the group's (`None`: always).
+    pub fn real(&self, gi: Expr) -> Option<Expr> {
+        match (&self.first, self.partial) {
+            (Some(f), true) => Some((f.clone() + gi).lt(Expr::i32(self.group as i32))),
+            _ => None,
+        }
+    }
+}
+
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
 /// The decode kernel, or with `split` the split-K decode kernel: block z of
@@ -53,7 +150,6 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     let q_elem = Scalar::of_dtype(spec.query_dtype());
     let ws = target.warp_size;
     let d = kv.head_dim;
-    let g = spec.group_size();
     let vec = kv_vector_lanes(&kv);
     let chunks = d / vec;
     let lanes_per_row = chunks.next_power_of_two().min(ws);
@@ -78,13 +174,20 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
         io.last_len,
     );
     let (sinks, slopes, scale_bufs, out) = (io.sinks, io.slopes, io.scales, io.out);
+    // The query heads a block serves (the whole group, or its share).
+    let g = decode_head_blocks(spec).1;
     let sm_m = b.shared("sm_m", Scalar::F32, DECODE_WARPS * g);
     let sm_l = b.shared("sm_l", Scalar::F32, DECODE_WARPS * g);
     let sm_acc = b.shared("sm_acc", Scalar::F32, DECODE_WARPS * g * d);
 
     b.comment(format!(
-        "{g} query heads per KV head; {chunks} chunks of {vec} per row, read by {lanes_per_row} \
-         lanes ({chunks_per_lane} each); {rows} rows in flight per block"
+        "{g} query heads per {}; {chunks} chunks of {vec} per row, read by {lanes_per_row} \
+         lanes ({chunks_per_lane} each); {rows} rows in flight per block",
+        if decode_head_blocks(spec).0 == 1 {
+            "KV head"
+        } else {
+            "block"
+        }
     ));
     let lane = b.let_("lane", Expr::special(Special::LaneId));
     let warp = b.let_("warp", Expr::special(Special::WarpId));
@@ -93,7 +196,8 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
         "row",
         warp.clone() * i32(rows_per_warp) + lane.clone() / i32(lanes_per_row),
     );
-    let head = b.let_("kv_head", Expr::special(Special::BlockIdx(Dim::X)));
+    let heads = HeadBlock::new(&mut b, spec);
+    let head = heads.kv_head.clone();
     let seq = b.let_("seq", Expr::special(Special::BlockIdx(Dim::Y)));
     let (page_begin, kv_len) = seq_pages(&mut b, &kv, indptr, last_len, &seq);
     // fp8: K's scale multiplies the dot product, V's the output.
@@ -119,7 +223,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     let qf = b.local("qf", Scalar::F32, g * n);
     let qvec = vec.min(vector_lanes(spec.query_dtype()));
     b.unroll("gi", g, |b, gi| {
-        let qhead = head.clone() * i32(g) + gi.clone();
+        let qhead = heads.qhead(gi.clone());
         let base = b.let_(
             "q_base",
             (i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead)) * Expr::i64(d as i64),
@@ -166,7 +270,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     let slope2 = spec.alibi.is_some().then(|| {
         let buf = b.local("slope2", Scalar::F32, g);
         b.unroll("gi", g, |b, gi| {
-            let qhead = head.clone() * i32(g) + gi.clone();
+            let qhead = heads.qhead(gi.clone());
             let s = alibi_slope(spec, qhead, slopes).expect("the spec has ALiBi");
             b.store(buf, gi, s * Expr::f32(LOG2_E));
         });
@@ -343,7 +447,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
                     b.let_(&format!("mw{w}"), Expr::load(sm_m, idx, 1))
                 })
                 .collect();
-            let qhead = b.let_("qhead", head.clone() * i32(g) + gi.clone());
+            let qhead = b.let_("qhead", heads.qhead(gi.clone()));
             let mut mx = ms[0].clone();
             for mw in &ms[1..] {
                 mx = mx.max(mw.clone());
@@ -385,7 +489,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
             };
             let o = lsum.clone().gt(Expr::f32(0.0)).select(o, Expr::f32(0.0));
             let row = i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead);
-            match &out {
+            let write = |b: &mut KernelBuilder| match &out {
                 Output::Final(out) => {
                     let idx = row * Expr::i64(d as i64) + i64(dd);
                     b.store(*out, idx, o.cast(q_elem));
@@ -406,6 +510,12 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
                         b.store(*ml, part * Expr::i64(2) + Expr::i64(1), lsum);
                     });
                 }
+            };
+            // A head past the group (in its last, partial block) writes
+            // nothing.
+            match heads.real(gi) {
+                Some(real) => b.if_(real, write),
+                None => write(b),
             }
         },
     );

@@ -19,7 +19,7 @@ use crate::registry::KernelKind;
 use crate::spec::{Alibi, AttentionSpec, KvLayoutSpec, KvScale, SpecError};
 use crate::target::Target;
 
-pub use decode::DECODE_WARPS;
+pub use decode::{decode_head_blocks, DECODE_WARPS};
 pub use prefill::{prefill_kv_tile, PREFILL_ROWS};
 
 /// A kernel to generate: its kind and the spec it is generated from.
@@ -76,26 +76,31 @@ impl KernelSpec {
     /// (see [`PREFILL_ROWS`]) and of splits for split-K decode, and unused
     /// otherwise.
     ///
-    /// Decode: one block per (KV head, sequence). Append: one block per token.
+    /// Decode: one block per (KV head, sequence), or per (head block, KV
+    /// head, sequence) for a group too large for one block (see
+    /// [`decode_head_blocks`]). Append: one block per token.
     /// Prefill: one block per (query tile, KV head, sequence). Split-K
     /// decode: one per (KV head, sequence, split). Merge: one per (query
     /// head, sequence).
     pub fn grid(&self, n: u32, m: u32) -> [u32; 3] {
         match self {
-            KernelSpec::Decode(a) => [a.kv.kv_heads, n, 1],
+            KernelSpec::Decode(a) => [a.kv.kv_heads * decode_head_blocks(a).0, n, 1],
             KernelSpec::Append(_) => [n, 1, 1],
             KernelSpec::Prefill(a) => [m, a.kv.kv_heads, n],
-            KernelSpec::DecodeSplit(a) => [a.kv.kv_heads, n, m],
+            KernelSpec::DecodeSplit(a) => [a.kv.kv_heads * decode_head_blocks(a).0, n, m],
             KernelSpec::DecodeMerge(a) => [a.q_heads, n, 1],
         }
     }
 
     /// The grid's axes in words, for listings and the printed preamble.
     pub fn grid_axes(&self) -> &'static str {
+        let spread = |a: &AttentionSpec| decode_head_blocks(a).0 > 1;
         match self {
+            KernelSpec::Decode(a) if spread(a) => "(kv_heads × head blocks, batch)",
             KernelSpec::Decode(_) => "(kv_heads, batch)",
             KernelSpec::Append(_) => "(new tokens)",
             KernelSpec::Prefill(_) => "(query tiles, kv_heads, batch)",
+            KernelSpec::DecodeSplit(a) if spread(a) => "(kv_heads × head blocks, batch, splits)",
             KernelSpec::DecodeSplit(_) => "(kv_heads, batch, splits)",
             KernelSpec::DecodeMerge(_) => "(q_heads, batch)",
         }

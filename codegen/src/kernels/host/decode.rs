@@ -12,7 +12,7 @@ use crate::ir::{Dim, Expr, Kernel, Scalar, Special};
 use crate::spec::AttentionSpec;
 use crate::target::Target;
 
-use super::super::decode::{declare, walk, Output};
+use super::super::decode::{declare, walk, HeadBlock, Output};
 use super::super::{alibi_slope, kv_scale_values, seq_pages, vector_lanes};
 use super::tile::{masked_logit, Rows, Tile};
 use super::{finish_row, TILE};
@@ -23,16 +23,24 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     let kv = spec.kv;
     let q_elem = Scalar::of_dtype(spec.query_dtype());
     let d = kv.head_dim;
-    let g = spec.group_size();
     let i32 = |v: u32| Expr::i32(v as i32);
     let i64 = |e: Expr| e.cast(Scalar::I64);
 
     let mut b = KernelBuilder::new(name, target, 1);
     let io = declare(&mut b, spec, split);
+    // The query heads this block serves: the group, or its share of it (the
+    // GPU kernel's grid, see `decode_head_blocks`).
+    let g = super::super::decode_head_blocks(spec).1;
     b.comment(format!(
-        "host schedule: {g} query heads per KV head, tiles of {TILE} tokens"
+        "host schedule: {g} query heads per {}, tiles of {TILE} tokens",
+        if super::super::decode_head_blocks(spec).0 == 1 {
+            "KV head"
+        } else {
+            "block"
+        }
     ));
-    let head = b.let_("kv_head", Expr::special(Special::BlockIdx(Dim::X)));
+    let heads = HeadBlock::new(&mut b, spec);
+    let head = heads.kv_head.clone();
     let seq = b.let_("seq", Expr::special(Special::BlockIdx(Dim::Y)));
     let (page_begin, kv_len) = seq_pages(&mut b, &kv, io.indptr, io.last_len, &seq);
     let scales = kv_scale_values(&mut b, &kv, io.scales, &head);
@@ -42,7 +50,7 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     // The group's queries in f32.
     let qvec = vector_lanes(spec.query_dtype());
     b.unroll("gi", g, |b, gi| {
-        let qhead = head.clone() * i32(g) + gi.clone();
+        let qhead = heads.qhead(gi.clone());
         let base = b.let_(
             "q_base",
             (i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead)) * Expr::i64(d as i64),
@@ -59,7 +67,7 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     let slope2 = spec.alibi.is_some().then(|| {
         let buf = b.local("slope2", Scalar::F32, g);
         b.unroll("gi", g, |b, gi| {
-            let qhead = head.clone() * i32(g) + gi.clone();
+            let qhead = heads.qhead(gi.clone());
             let s = alibi_slope(spec, qhead, io.slopes).expect("the spec has ALiBi");
             b.store(buf, gi, s * Expr::f32(LOG2_E));
         });
@@ -92,37 +100,45 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
 
     b.comment("Normalise and write every query head's row.");
     b.unroll("gi", g, |b, gi| {
-        let qhead = b.let_("qhead", head.clone() * i32(g) + gi.clone());
-        let mx = b.let_("mx", Expr::load(tile.m, gi.clone(), 1));
-        let lsum = Expr::load(tile.l, gi.clone(), 1);
-        let vscale = scales.as_ref().map(|(_, vs)| vs);
-        let (inv, lsum) = finish_row(b, io.sinks, &qhead, &mx, lsum, vscale);
-        let row_id = i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead);
-        let (dst, base, elem) = match &io.out {
-            Output::Final(out) => (
-                *out,
-                b.let_("out_base", row_id * Expr::i64(d as i64)),
-                q_elem,
-            ),
-            Output::Partial { out, ml, .. } => {
-                // Partial p of (sequence, query head) row r sits at
-                // r·splits + p: out holds head_dim floats, ml (max, sum).
-                let splits = Expr::special(Special::GridDim(Dim::Z)).cast(Scalar::I64);
-                let z = Expr::special(Special::BlockIdx(Dim::Z)).cast(Scalar::I64);
-                let part = b.let_("part", row_id * splits + z);
-                b.store(*ml, part.clone() * Expr::i64(2), mx.clone());
-                b.store(*ml, part.clone() * Expr::i64(2) + Expr::i64(1), lsum);
-                (
+        // A head past the group (in its last, partial block) writes nothing.
+        let real = heads.real(gi.clone());
+        let write = |b: &mut KernelBuilder| {
+            let qhead = b.let_("qhead", heads.qhead(gi.clone()));
+            let mx = b.let_("mx", Expr::load(tile.m, gi.clone(), 1));
+            let lsum = Expr::load(tile.l, gi.clone(), 1);
+            let vscale = scales.as_ref().map(|(_, vs)| vs);
+            let (inv, lsum) = finish_row(b, io.sinks, &qhead, &mx, lsum, vscale);
+            let row_id = i64(seq.clone()) * Expr::i64(spec.q_heads as i64) + i64(qhead);
+            let (dst, base, elem) = match &io.out {
+                Output::Final(out) => (
                     *out,
-                    b.let_("out_base", part * Expr::i64(d as i64)),
-                    Scalar::F32,
-                )
-            }
+                    b.let_("out_base", row_id * Expr::i64(d as i64)),
+                    q_elem,
+                ),
+                Output::Partial { out, ml, .. } => {
+                    // Partial p of (sequence, query head) row r sits at
+                    // r·splits + p: out holds head_dim floats, ml (max, sum).
+                    let splits = Expr::special(Special::GridDim(Dim::Z)).cast(Scalar::I64);
+                    let z = Expr::special(Special::BlockIdx(Dim::Z)).cast(Scalar::I64);
+                    let part = b.let_("part", row_id * splits + z);
+                    b.store(*ml, part.clone() * Expr::i64(2), mx.clone());
+                    b.store(*ml, part.clone() * Expr::i64(2) + Expr::i64(1), lsum);
+                    (
+                        *out,
+                        b.let_("out_base", part * Expr::i64(d as i64)),
+                        Scalar::F32,
+                    )
+                }
+            };
+            b.unroll("j", d, |b, j| {
+                let o = Expr::load(tile.acc, gi.clone() * i32(d) + j.clone(), 1) * inv.clone();
+                b.store(dst, base.clone() + i64(j), o.cast(elem));
+            });
         };
-        b.unroll("j", d, |b, j| {
-            let o = Expr::load(tile.acc, gi.clone() * i32(d) + j.clone(), 1) * inv.clone();
-            b.store(dst, base.clone() + i64(j), o.cast(elem));
-        });
+        match real {
+            Some(real) => b.if_(real, write),
+            None => write(b),
+        }
     });
     b.finish()
 }

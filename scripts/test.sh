@@ -8,3 +8,9 @@ export INSTA_UPDATE=no   # a changed snapshot fails; it is never written
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# The fuzzing layer and the bad-input tests again in the release profile,
+# where integer overflow wraps instead of panicking: neither profile may
+# hide a bug (tests/README.md, "fuzzing").
+cargo test --release -p attnforge-runtime -p attnforge-codegen \
+  --test fuzz_launch --test bad_input --test cache_props --test alloc_props \
+  --test fuzz_frontend --test spec_space

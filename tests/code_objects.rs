@@ -77,3 +77,126 @@ fn items_without_a_build_helper_say_so() {
         .unwrap_err();
     assert!(err.contains("build.rs"), "{err}");
 }
+
+/// SplitMix64: a fixed, seeded stream.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// A clang offload bundle, written from its format: the magic, the entry
+/// count, then per entry its offset, size, id length and id (u64 little
+/// endian), then the entries' bytes.
+fn bundle(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let magic = b"__CLANG_OFFLOAD_BUNDLE__";
+    let header: usize =
+        magic.len() + 8 + entries.iter().map(|(id, _)| 24 + id.len()).sum::<usize>();
+    let mut out = magic.to_vec();
+    out.extend((entries.len() as u64).to_le_bytes());
+    let mut at = header;
+    for (id, bytes) in entries {
+        for x in [at as u64, bytes.len() as u64, id.len() as u64] {
+            out.extend(x.to_le_bytes());
+        }
+        out.extend(id.as_bytes());
+        at += bytes.len();
+    }
+    for (_, bytes) in entries {
+        out.extend(*bytes);
+    }
+    out
+}
+
+/// Damaged bytes: a few flipped, overwritten with extreme integers, or cut.
+fn damage(r: &mut Rng, good: &[u8]) -> Vec<u8> {
+    let mut b = good.to_vec();
+    for _ in 0..1 + r.below(4) {
+        if b.is_empty() {
+            break;
+        }
+        let i = r.below(b.len());
+        match r.below(4) {
+            0 => b[i] ^= 1 << r.below(8),
+            1 => {
+                let x = [u64::MAX, 0, 1 << 32, i64::MAX as u64, b.len() as u64][r.below(5)];
+                for (j, byte) in x.to_le_bytes().into_iter().enumerate() {
+                    if let Some(slot) = b.get_mut(i + j) {
+                        *slot = byte;
+                    }
+                }
+            }
+            2 => b.truncate(i),
+            _ => b[i] = r.next() as u8,
+        }
+    }
+    b
+}
+
+/// The code-object reader on damaged objects and bundles: always a result
+/// or an error, never a panic, and what it returns lies inside its input.
+#[test]
+fn damaged_code_objects_and_bundles_are_errors_not_panics() {
+    use attnforge::codegen::codeobj::{amdgpu_elf_objects, parse_offload_bundle};
+    let objects: Vec<&[u8]> = attnforge::kernels::CODE_OBJECTS
+        .iter()
+        .map(|o| o.bytes)
+        .take(4)
+        .collect();
+    if objects.is_empty() {
+        println!(
+            "skipped: attnforge was built without its `hip` feature, so no code objects exist"
+        );
+        return;
+    }
+    let good = bundle(&[
+        ("host-x86_64-unknown-linux-gnu", b""),
+        ("hipv4-amdgcn-amd-amdhsa--gfx90a", objects[0]),
+        (
+            "hipv4-amdgcn-amd-amdhsa--gfx1030",
+            objects[objects.len() - 1],
+        ),
+    ]);
+    // The undamaged bundle reads back as written.
+    let entries = parse_offload_bundle(&good).unwrap();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[1].bytes, objects[0]);
+    assert_eq!(amdgpu_elf_objects(&good).unwrap().len(), 2);
+    let mut r = Rng(0xc0de);
+    let (mut ok, mut refused) = (0, 0);
+    for case in 0..10_000 {
+        let input = match case % 2 {
+            0 => damage(&mut r, objects[case / 2 % objects.len()]),
+            _ => damage(&mut r, &good),
+        };
+        let run = std::panic::catch_unwind(|| {
+            let elf = parse_elf(&input).map(|e| e.symbols.len());
+            let all = amdgpu_elf_objects(&input).map(|v| v.len());
+            if let Ok(entries) = parse_offload_bundle(&input) {
+                for e in entries {
+                    let inside = input.as_ptr_range();
+                    let r = e.bytes.as_ptr_range();
+                    assert!(e.bytes.is_empty() || inside.start <= r.start && r.end <= inside.end);
+                }
+            }
+            (elf.is_ok(), all.is_ok())
+        });
+        match run {
+            Ok((a, b)) => {
+                ok += usize::from(a) + usize::from(b);
+                refused += usize::from(!a) + usize::from(!b);
+            }
+            Err(_) => panic!("case {case}: the reader panicked"),
+        }
+    }
+    assert!(ok > 100 && refused > 1000, "{ok} read, {refused} refused");
+}

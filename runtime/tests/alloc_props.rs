@@ -135,13 +135,33 @@ enum Op {
 
 fn op(max: u32) -> impl Strategy<Value = Op> {
     // Page ids range a little past max_pages to exercise invalid ids.
+    // Extreme arguments too: counts of 0 and usize::MAX, ids of u32::MAX.
+    let huge = || {
+        prop_oneof![
+            Just(usize::MAX),
+            Just(usize::MAX / 2),
+            Just(u32::MAX as usize + 1)
+        ]
+    };
+    let far = || {
+        prop_oneof![
+            Just(u32::MAX),
+            Just(u32::MAX - 1),
+            Just(i32::MAX as u32 + 1)
+        ]
+    };
     prop_oneof![
         3 => (0..4usize).prop_map(Op::Allocate),
+        1 => huge().prop_map(Op::Allocate),
         3 => (0..max + 2).prop_map(Op::Release),
+        1 => far().prop_map(Op::Release),
         1 => (0..max + 1).prop_map(Op::Retain),
+        1 => far().prop_map(Op::Retain),
         2 => ((0..max), 0..6u8).prop_map(|(p, h)| Op::Register(p, h)),
+        1 => (far(), 0..6u8).prop_map(|(p, h)| Op::Register(p, h)),
         2 => (0..6u8).prop_map(Op::Lookup),
         1 => (0..4usize).prop_map(Op::Evict),
+        1 => huge().prop_map(Op::Evict),
     ]
 }
 
@@ -150,7 +170,13 @@ fn hash(h: u8) -> BlockHash {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
+    // Seeded: the same 10,000 cases every run.
+    #![proptest_config(ProptestConfig {
+        cases: 10_000,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0xa110c),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn allocator_follows_the_rules(max in 1u32..9, ops in proptest::collection::vec(op(8), 1..60)) {

@@ -32,6 +32,7 @@
 //! println!("{}", model.tokenizer.decode(&out.tokens[0]));
 //! ```
 
+mod gguf;
 mod model;
 mod quant;
 pub mod tokenizer;

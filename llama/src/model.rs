@@ -231,8 +231,13 @@ fn tensor_vec(t: &Tensor) -> Result<Vec<f32>, LlamaError> {
 impl Model {
     /// Loads a GGUF file.
     pub fn load(path: &Path) -> Result<Model, LlamaError> {
-        let file = File::open(path).map_err(|e| LlamaError::Io(path.display().to_string(), e))?;
+        let io = |e| LlamaError::Io(path.display().to_string(), e);
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
         let mut r = BufReader::new(file);
+        // Every declared length is checked against the file before candle
+        // allocates for it (a damaged length would abort, not fail).
+        crate::gguf::check(&mut r, len)?;
         Model::read(&mut r)
     }
 
@@ -243,14 +248,16 @@ impl Model {
         let embd = load_qt(&content, r, "token_embd.weight")?;
         let embed = tensor_vec(&embd.dequantize(&candle_core::Device::Cpu)?)?;
         let out_norm = norm(&content, r, "output_norm.weight", config.hidden)?;
-        let mut blocks = Vec::with_capacity(config.layers as usize);
+        // No capacity from the file's block count: a damaged count fails at
+        // the first missing tensor, not in an allocation.
+        let mut blocks = Vec::new();
+        let kv_width = config
+            .kv_heads
+            .checked_mul(config.head_dim)
+            .ok_or_else(|| LlamaError::Unsupported("kv_heads × head_dim overflows u32".into()))?;
         for i in 0..config.layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
-            let (h, kv, f) = (
-                config.hidden,
-                (config.kv_heads * config.head_dim) as usize,
-                config.ffn,
-            );
+            let (h, kv, f) = (config.hidden, kv_width as usize, config.ffn);
             let mut mm = |s: &str, rows: usize, cols: usize| -> Result<Weight, LlamaError> {
                 Weight::new(load_qt(&content, r, &n(s))?, &n(s), rows, cols)
             };

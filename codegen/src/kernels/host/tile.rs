@@ -32,10 +32,6 @@ const HEADS: u32 = 4;
 /// stream past.
 const VGROUP: u32 = 8;
 
-/// Tokens whose logits are computed together (their FMA chains
-/// interleaved; each sums in its own order, so the bits do not change).
-const STEP: u32 = 2;
-
 /// Rows per register block of the V accumulation.
 const VROWS: u32 = 2;
 
@@ -128,33 +124,21 @@ impl Tile {
         t0: &Expr,
         logit: &dyn Fn(&mut KernelBuilder, &Expr, &Expr, Expr) -> Expr,
     ) {
-        // STEP tokens at a time: their dot products are independent FMA
-        // chains (STEP × HEADS in flight, enough to hide FMA latency), each
-        // summed in exactly the order one token alone would be.
-        b.unroll("ip", TILE / STEP, |b, ip| {
-            let toks: Vec<(Expr, Expr)> = (0..STEP)
-                .map(|k| {
-                    let i = b.let_("i", ip.clone() * i32(STEP) + i32(k));
-                    let t = b.let_("t", t0.clone() + i.clone());
-                    let base = at.base(b, t.clone());
-                    at.prefetch_next(b, k_cache, t);
-                    (i, base)
-                })
-                .collect();
-            let bases: Vec<Expr> = toks.iter().map(|(_, base)| base.clone()).collect();
+        b.unroll("i", TILE, |b, i| {
+            let t = b.let_("t", t0.clone() + i.clone());
+            let base = at.base(b, t.clone());
+            at.prefetch_next(b, k_cache, t);
             let mut r0 = 0;
             while r0 < self.rows {
                 let n = HEADS.min(self.rows - r0);
                 let groups = (self.rows - r0) / n;
                 b.unroll("rb", groups, |b, rb| {
                     let first = b.let_("r_first", rb * i32(n) + i32(r0));
-                    let dots = self.dots(b, spec, k_cache, &bases, &first, n, CHAINS);
-                    for ((i, _), dots) in toks.iter().zip(dots) {
-                        for (k, dot) in dots.into_iter().enumerate() {
-                            let r = b.let_("r", first.clone() + i32(k as u32));
-                            let s = logit(b, &r, i, dot);
-                            b.store(self.s, r * i32(TILE) + i.clone(), s);
-                        }
+                    let dots = self.dots(b, spec, k_cache, &base, &first, n, CHAINS);
+                    for (k, dot) in dots.into_iter().enumerate() {
+                        let r = b.let_("r", first.clone() + i32(k as u32));
+                        let s = logit(b, &r, &i, dot);
+                        b.store(self.s, r * i32(TILE) + i.clone(), s);
                     }
                 });
                 r0 += groups * n;
@@ -162,19 +146,18 @@ impl Tile {
         });
     }
 
-    /// Rows `first..first + n`'s dot products with the K rows at `bases`
-    /// (one token each): `[token][row]`.
+    /// Rows `first..first + n`'s dot products with the K row at `base`.
     #[allow(clippy::too_many_arguments)]
     fn dots(
         &self,
         b: &mut KernelBuilder,
         spec: &AttentionSpec,
         k_cache: BufId,
-        bases: &[Expr],
+        base: &Expr,
         first: &Expr,
         n: u32,
         chains: u32,
-    ) -> Vec<Vec<Expr>> {
+    ) -> Vec<Expr> {
         let d = spec.kv.head_dim;
         let chunks = d / W;
         let chains = if chunks.is_multiple_of(chains) {
@@ -183,17 +166,11 @@ impl Tile {
             1
         };
         let zero = splat(Expr::f32(0.0));
-        let regs: Vec<Vec<Vec<_>>> = bases
-            .iter()
-            .map(|_| {
-                (0..n)
-                    .map(|_| (0..chains).map(|_| b.var("dv", zero.clone())).collect())
-                    .collect()
-            })
+        let regs: Vec<Vec<_>> = (0..n)
+            .map(|_| (0..chains).map(|_| b.var("dv", zero.clone())).collect())
             .collect();
         let per_load = (16 / spec.kv.dtype.size_bytes()).min(W);
         b.unroll("c", chunks / chains, |b, c| {
-            for (base, regs) in bases.iter().zip(&regs) {
             for k in 0..chains {
                 let cc = c.clone() * i32(chains) + i32(k);
                 // One W-lane chunk of K in f32 (two f32x4 loads for f32).
@@ -223,10 +200,9 @@ impl Tile {
                     b.set(r, q.fma(kv.clone(), Expr::Var(r)));
                 }
             }
-            }
         });
         regs.iter()
-            .map(|regs| regs.iter().map(|hr| {
+            .map(|hr| {
                 let mut sum: Vec<Expr> = hr.iter().map(|r| Expr::Var(*r)).collect();
                 while sum.len() > 1 {
                     let half = sum.len() / 2;
@@ -236,7 +212,7 @@ impl Tile {
                 }
                 let v = b.let_("dsum", sum.pop().unwrap_or(zero.clone()));
                 lanes_fold(v, |p, q| p + q)
-            }).collect())
+            })
             .collect()
     }
 

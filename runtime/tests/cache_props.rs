@@ -1,6 +1,6 @@
 //! Property and stress tests of the KV cache over random operation sequences.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use attnforge_codegen::{DType, KvLayoutSpec, KvScale, Order};
@@ -72,6 +72,11 @@ proptest! {
         // Sequences of one fork family may share pages; no others may.
         let mut family: HashMap<SeqId, usize> = HashMap::new();
         let mut families = 0;
+        // The naive model of the sequences: id -> (length, completed, last
+        // access), the clock ticking where the cache's rules say it does.
+        let mut model: BTreeMap<SeqId, (usize, bool, u64)> = BTreeMap::new();
+        let mut clock = 0u64;
+        let mut next_id: SeqId = 0;
         for (i, o) in ops.iter().enumerate() {
             let live: Vec<SeqId> = c.sequences().collect();
             let pick = |k: usize| live.get(k % live.len().max(1)).copied();
@@ -79,6 +84,10 @@ proptest! {
             let ok = match *o {
                 Op::Add => {
                     let s = c.add_sequence();
+                    prop_assert_eq!(s, next_id);
+                    next_id += 1;
+                    clock += 1;
+                    model.insert(s, (0, false, clock));
                     family.insert(s, families);
                     families += 1;
                     true
@@ -90,6 +99,10 @@ proptest! {
                             Ok(slots) => {
                                 prop_assert_eq!(slots.len(), n);
                                 prop_assert_eq!(c.seq_len(s).unwrap(), len + n);
+                                clock += 1;
+                                let m = model.get_mut(&s).unwrap();
+                                m.0 += n;
+                                m.2 = clock;
                                 true
                             }
                             Err(_) => false,
@@ -100,6 +113,11 @@ proptest! {
                 Op::Fork(k) => match pick(k) {
                     Some(s) => {
                         let child = c.fork(s).unwrap();
+                        prop_assert_eq!(child, next_id);
+                        next_id += 1;
+                        clock += 1;
+                        let len = model[&s].0;
+                        model.insert(child, (len, false, clock));
                         family.insert(child, family[&s]);
                         true
                     }
@@ -108,22 +126,37 @@ proptest! {
                 Op::Remove(k) => {
                     if let Some(s) = pick(k) {
                         c.remove(s).unwrap();
+                        model.remove(&s);
                     }
                     true
                 }
                 Op::Complete(k) => {
                     if let Some(s) = pick(k) {
                         c.mark_completed(s).unwrap();
+                        model.get_mut(&s).unwrap().1 = true;
                     }
                     true
                 }
                 Op::Cleanup => {
-                    c.cleanup_completed().unwrap();
+                    let done = c.cleanup_completed().unwrap();
+                    let want: Vec<SeqId> =
+                        model.iter().filter(|(_, m)| m.1).map(|(&s, _)| s).collect();
+                    prop_assert_eq!(&done, &want, "step {}: cleanup", i);
+                    model.retain(|_, m| !m.1);
                     true
                 }
                 Op::Evict(n) => {
                     let gone = c.evict_lru_sequences(n).unwrap();
-                    prop_assert_eq!(gone.len(), n.min(live.len()));
+                    // The model's n least recently used, oldest first.
+                    let mut by_age: Vec<(u64, SeqId)> =
+                        model.iter().map(|(&s, m)| (m.2, s)).collect();
+                    by_age.sort_unstable();
+                    let want: Vec<SeqId> = by_age.iter().take(n).map(|&(_, s)| s).collect();
+                    let got: Vec<SeqId> = gone.iter().map(|(s, _)| *s).collect();
+                    prop_assert_eq!(&got, &want, "step {}: evicted", i);
+                    for s in want {
+                        model.remove(&s);
+                    }
                     true
                 }
                 Op::Unknown => {
@@ -142,6 +175,11 @@ proptest! {
                 prop_assert_eq!(format!("{c:?}"), before, "step {}: a failed {:?} changed the cache", i, o);
             }
             prop_assert_eq!(c.check_invariants(), Ok(()), "step {}: {:?}", i, o);
+            // The cache's sequences and lengths are the model's.
+            let lens: Vec<(SeqId, usize)> =
+                c.sequences().map(|s| (s, c.seq_len(s).unwrap())).collect();
+            let want: Vec<(SeqId, usize)> = model.iter().map(|(&s, m)| (s, m.0)).collect();
+            prop_assert_eq!(lens, want, "step {}: {:?}", i, o);
             let mut owner: HashMap<u32, usize> = HashMap::new();
             for s in c.sequences() {
                 for &p in c.seq_pages(s).unwrap() {

@@ -18,10 +18,12 @@ pub trait Arena<T>: Sized {
     }
 
     /// Copies elements `src..src + n` to `dst..dst + n` in both K and V
-    /// (the ranges do not overlap: whole, distinct pages).
+    /// (the ranges do not overlap: whole, distinct pages); a range past the
+    /// arena is an error, and nothing is copied.
     fn copy_within(&mut self, src: usize, dst: usize, n: usize) -> Result<(), String>;
 
-    /// Elements `range` of K and of V, copied to host memory.
+    /// Elements `range` of K and of V, copied to host memory (a range past
+    /// the arena is an error).
     fn to_host(&self, range: std::ops::Range<usize>) -> Result<(Vec<T>, Vec<T>), String>;
 }
 

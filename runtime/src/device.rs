@@ -28,7 +28,8 @@ pub trait Device {
     /// Two zeroed arenas of `elems` elements each, in the device's memory.
     fn new_arena<T: Element>(&self, elems: usize) -> Result<Self::Arena<T>, RuntimeError>;
 
-    /// Decode over elements `layer` of the arenas (one layer's pages).
+    /// Decode over elements `layer` of the arenas (one layer's pages: a
+    /// range of whole pages from a page boundary, else a `Shape` error).
     #[allow(clippy::too_many_arguments)]
     fn decode_in<Q: Element, T: Element>(
         &self,

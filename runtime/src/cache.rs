@@ -16,6 +16,7 @@ use attnforge_codegen::KvLayoutSpec;
 
 use crate::alloc::{AllocError, PageAllocator, PageId};
 use crate::arena::{Arena, HostArena};
+use crate::plan::KvScales;
 use crate::table::PageTable;
 
 /// A layer's fp8 K and V scales.
@@ -231,35 +232,36 @@ impl<T, A: Arena<T>> KvCache<T, A> {
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
     }
 
-    /// The scales to use on `layer` given the caller's: the stored ones
-    /// when the caller gives none, the caller's when none are stored
-    /// (remembered if `store`), and a mismatch error when both exist and
-    /// differ (bit for bit).
-    pub(crate) fn resolve_scales(
+    /// Checks scales given for `layer` against the ones its data was
+    /// written with (bit for bit; a layer with none stored passes), and with
+    /// `remember` stores them when it has none. Allocates only to store.
+    pub(crate) fn bind_scales(
         &mut self,
         layer: u32,
-        given: Option<(&[f32], &[f32])>,
-        store: bool,
-    ) -> Result<Option<Scales>, CacheError> {
+        (k, v): (&[f32], &[f32]),
+        remember: bool,
+    ) -> Result<(), CacheError> {
         self.layer_range(layer)?;
-        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        match (given, self.scales.get(&layer)) {
-            (Some((k, v)), Some((sk, sv))) => {
-                if bits(k) == bits(sk) && bits(v) == bits(sv) {
-                    Ok(Some((sk.clone(), sv.clone())))
-                } else {
-                    Err(CacheError::ScalesMismatch { layer })
+        let same = |a: &[f32], b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        };
+        match self.scales.get(&layer) {
+            Some((sk, sv)) if same(k, sk) && same(v, sv) => Ok(()),
+            Some(_) => Err(CacheError::ScalesMismatch { layer }),
+            None => {
+                if remember {
+                    self.scales.insert(layer, (k.to_vec(), v.to_vec()));
                 }
+                Ok(())
             }
-            (Some((k, v)), None) => {
-                let owned = (k.to_vec(), v.to_vec());
-                if store {
-                    self.scales.insert(layer, owned.clone());
-                }
-                Ok(Some(owned))
-            }
-            (None, stored) => Ok(stored.cloned()),
         }
+    }
+
+    /// The arenas, writable, beside `layer`'s stored scales (an append
+    /// needs both at once).
+    pub(crate) fn arena_mut_and_scales(&mut self, layer: u32) -> (&mut A, Option<KvScales<'_>>) {
+        let scales = self.scales.get(&layer).map(|(k, v)| KvScales { k, v });
+        (&mut self.arena, scales)
     }
 
     /// The layout.

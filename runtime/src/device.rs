@@ -443,9 +443,32 @@ impl<T: Element, A: Arena<T>> KvCache<T, A> {
     /// [`CacheError::ScalesMismatch`]: data written with one set of scales
     /// is never read with another.
     pub fn set_kv_scales(&mut self, layer: u32, scales: KvScales<'_>) -> Result<(), RuntimeError> {
-        KvScales::validate(Some(&scales), self.layout())?;
-        self.resolve_scales(layer, Some((scales.k, scales.v)), true)?;
+        self.check_given_scales(layer, Some(&scales), true)
+    }
+
+    /// Checks scales a caller gives for `layer`: against the layout, then
+    /// against the ones the layer's data was written with; `remember`
+    /// stores them when the layer has none yet.
+    fn check_given_scales(
+        &mut self,
+        layer: u32,
+        given: Option<&KvScales<'_>>,
+        remember: bool,
+    ) -> Result<(), RuntimeError> {
+        if let Some(s) = given {
+            KvScales::validate(Some(s), self.layout())?;
+            self.bind_scales(layer, (s.k, s.v), remember)?;
+        }
         Ok(())
+    }
+
+    /// `params` with `layer`'s stored scales where it gives none.
+    fn with_stored_scales<'s>(&'s self, layer: u32, params: &Params<'s>) -> Params<'s> {
+        let stored = || self.kv_scales(layer).map(|(k, v)| KvScales { k, v });
+        Params {
+            kv_scales: params.kv_scales.or_else(stored),
+            ..*params
+        }
     }
 
     /// Writes new K/V rows of one layer in the layout's append source dtype
@@ -463,22 +486,12 @@ impl<T: Element, A: Arena<T>> KvCache<T, A> {
     ) -> Result<(), RuntimeError> {
         let layout = *self.layout();
         let range = self.layer_range(layer)?;
-        // Checked before they are remembered: the first scaled append of a
-        // layer sets its scales, and later ones must agree.
-        if scales.is_some() {
-            KvScales::validate(scales.as_ref(), &layout)?;
-        }
-        let scales = self.resolve_scales(layer, scales.map(|s| (s.k, s.v)), true)?;
-        let scales = scales.as_ref().map(|(k, v)| KvScales { k, v });
-        device.append_in::<S, T>(
-            &layout,
-            scales,
-            k_new,
-            v_new,
-            slots,
-            self.arena_mut(),
-            range,
-        )
+        // The first scaled append of a layer sets its scales, and later ones
+        // must agree.
+        self.check_given_scales(layer, scales.as_ref(), true)?;
+        let (arena, stored) = self.arena_mut_and_scales(layer);
+        let scales = scales.or(stored);
+        device.append_in::<S, T>(&layout, scales, k_new, v_new, slots, arena, range)
     }
 
     /// Decode for a batch of sequences at one layer on `device`.
@@ -507,16 +520,10 @@ impl<T: Element, A: Arena<T>> KvCache<T, A> {
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         same_layout(spec, self.layout())?;
-        if params.kv_scales.is_some() {
-            KvScales::validate(params.kv_scales.as_ref(), self.layout())?;
-        }
-        let scales = self.resolve_scales(layer, params.kv_scales.map(|s| (s.k, s.v)), false)?;
-        let params = Params {
-            kv_scales: scales.as_ref().map(|(k, v)| KvScales { k, v }),
-            ..*params
-        };
-        let table = self.page_table(batch)?;
         let range = self.layer_range(layer)?;
+        self.check_given_scales(layer, params.kv_scales.as_ref(), false)?;
+        let table = self.page_table(batch)?;
+        let params = self.with_stored_scales(layer, params);
         device.decode_in::<Q, T>(spec, &params, q, self.arena(), range, &table, out)
     }
 
@@ -544,17 +551,11 @@ impl<T: Element, A: Arena<T>> KvCache<T, A> {
                 q_lens.len()
             )));
         }
-        if params.kv_scales.is_some() {
-            KvScales::validate(params.kv_scales.as_ref(), self.layout())?;
-        }
-        let scales = self.resolve_scales(layer, params.kv_scales.map(|s| (s.k, s.v)), false)?;
-        let params = Params {
-            kv_scales: scales.as_ref().map(|(k, v)| KvScales { k, v }),
-            ..*params
-        };
+        let range = self.layer_range(layer)?;
+        self.check_given_scales(layer, params.kv_scales.as_ref(), false)?;
         let qo_indptr = qo_indptr(q_lens)?;
         let table = self.page_table(batch)?;
-        let range = self.layer_range(layer)?;
+        let params = self.with_stored_scales(layer, params);
         device.prefill_in::<Q, T>(
             spec,
             &params,

@@ -9,24 +9,9 @@ use attnforge_codegen::frontend::parse;
 use attnforge_codegen::spec::{DType, KvLayoutSpec, KvScale, Order};
 use proc_macro2::TokenStream;
 
-/// SplitMix64: a fixed, seeded stream.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[self.below(xs.len())]
-    }
-}
+#[path = "../../tests/support/splitmix.rs"]
+mod splitmix;
+use splitmix::Rng;
 
 const LAYOUTS: &[&str] = &[
     "page_size = 16, kv_heads = 8, head_dim = 128, dtype = f16",
@@ -42,33 +27,9 @@ const ATTENTIONS: &[&str] = &[
     "kv = Kv, q_heads = 7, alibi = given, name = \"x\", causal",
 ];
 
-/// Words and literals a mutation splices in: every key, every value word,
-/// and the numbers at and past every edge.
-const PIECES: &[&str] = &[
-    "page_size",
-    "kv_heads",
-    "head_dim",
-    "dtype",
-    "order",
-    "kv_scale",
-    "name",
-    "kv",
-    "q_heads",
-    "scale",
-    "causal",
-    "sliding_window",
-    "logits_soft_cap",
-    "q_dtype",
-    "alibi",
-    "sinks",
-    "f16",
-    "bf16",
-    "f32",
-    "fp8_e4m3",
-    "NHD",
-    "HND",
-    "per_head",
-    "per_tensor",
+/// Literals a mutation splices in beside the grammar's own words (see
+/// [`pieces`]): the numbers at and past every edge, and stray tokens.
+const LITERALS: &[&str] = &[
     "given",
     "computed",
     "0",
@@ -111,7 +72,19 @@ const PIECES: &[&str] = &[
     "self",
 ];
 
-fn mutate(r: &mut Rng, base: &str) -> String {
+/// Every key and value word the front-end knows, from its own lists, and
+/// the literals.
+fn pieces() -> Vec<&'static str> {
+    let mut p: Vec<&'static str> = parse::KV_LAYOUT_KEYS.to_vec();
+    p.extend(parse::ATTENTION_KEYS);
+    p.extend(DType::ALL.map(DType::name));
+    p.extend([Order::Nhd, Order::Hnd].map(Order::name));
+    p.extend([KvScale::PerTensor, KvScale::PerHead].map(KvScale::name));
+    p.extend(LITERALS);
+    p
+}
+
+fn mutate(r: &mut Rng, pieces: &[&str], base: &str) -> String {
     // Entries `key = value` (or a bare flag), mutated a few at a time.
     let mut e: Vec<String> = base.split(", ").map(str::to_string).collect();
     for _ in 0..1 + r.below(3) {
@@ -120,7 +93,7 @@ fn mutate(r: &mut Rng, base: &str) -> String {
             // A value replaced: the edges of every rule come up often.
             0..=2 if !e.is_empty() => {
                 let key = e[i].split(" = ").next().unwrap_or("").to_string();
-                e[i] = format!("{key} = {}", r.pick(PIECES));
+                e[i] = format!("{key} = {}", r.pick(pieces));
             }
             3 if !e.is_empty() => {
                 e.remove(i);
@@ -129,13 +102,13 @@ fn mutate(r: &mut Rng, base: &str) -> String {
                 let dup = e[i].clone();
                 e.insert(i, dup);
             }
-            5 => e.insert(i, format!("{} = {}", r.pick(PIECES), r.pick(PIECES))),
-            6 => e.insert(i, r.pick(PIECES).to_string()),
+            5 => e.insert(i, format!("{} = {}", r.pick(pieces), r.pick(pieces))),
+            6 => e.insert(i, r.pick(pieces).to_string()),
             _ if e.len() > 1 => {
                 let j = r.below(e.len());
                 e.swap(i, j);
             }
-            _ => e.push(soup(r)),
+            _ => e.push(soup(r, pieces)),
         }
     }
     let mut text = e.join(", ");
@@ -143,15 +116,15 @@ fn mutate(r: &mut Rng, base: &str) -> String {
     if r.below(6) == 0 && !text.is_empty() {
         let at = r.below(text.len());
         if text.is_char_boundary(at) {
-            text.insert_str(at, r.pick(PIECES));
+            text.insert_str(at, r.pick(pieces));
         }
     }
     text
 }
 
-fn soup(r: &mut Rng) -> String {
+fn soup(r: &mut Rng, pieces: &[&str]) -> String {
     (0..r.below(12))
-        .map(|_| r.pick(PIECES))
+        .map(|_| r.pick(pieces))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -207,14 +180,15 @@ fn run(text: &str, item: &syn::ItemStruct, attention: bool) -> bool {
 
 fn fuzz(bases: &[&str], attention: bool, seed: u64) {
     let item: syn::ItemStruct = syn::parse_str("pub struct A;").unwrap();
+    let pieces = pieces();
     let mut r = Rng(seed);
     let mut parsed = 0;
     for case in 0..14_000 {
         let text = match case % 8 {
-            0 => soup(&mut r),
+            0 => soup(&mut r, &pieces),
             _ => {
                 let base = bases[r.below(bases.len())];
-                mutate(&mut r, base)
+                mutate(&mut r, &pieces, base)
             }
         };
         let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -7,27 +7,9 @@ use attnforge_codegen::kernels::{attention_kernels, generate, KernelSpec};
 use attnforge_codegen::spec::{Alibi, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
 use attnforge_codegen::Arch;
 
-/// SplitMix64: a fixed, seeded stream (the cases are the same every run).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
-    }
-}
+#[path = "../../tests/support/splitmix.rs"]
+mod splitmix;
+use splitmix::Rng;
 
 /// A random spec the rules accept; edges (1, the largest values) come up
 /// often.

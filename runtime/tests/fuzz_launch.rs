@@ -12,41 +12,24 @@ use attnforge_runtime::cpu::{CpuDevice, Mode};
 use attnforge_runtime::reference::{self, Variants};
 use attnforge_runtime::{PageTable, Params, Split};
 
-/// SplitMix64: a fixed, seeded stream.
-struct Rng(u64);
+#[path = "../../tests/support/splitmix.rs"]
+mod splitmix;
+use splitmix::Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn one_in(&mut self, n: usize) -> bool {
-        self.below(n) == 0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    /// An extreme i32: the edges, and just past the valid ones.
-    fn extreme(&mut self, near: i32) -> i32 {
-        let xs = [
-            0,
-            1,
-            -1,
-            near,
-            near + 1,
-            near - 1,
-            i32::MAX,
-            i32::MIN,
-            i32::MAX - 1,
-        ];
-        xs[self.below(xs.len())]
-    }
+/// An extreme i32: the edges, and just past the valid ones.
+fn extreme(r: &mut Rng, near: i32) -> i32 {
+    let xs = [
+        0,
+        1,
+        -1,
+        near,
+        near + 1,
+        near - 1,
+        i32::MAX,
+        i32::MIN,
+        i32::MAX - 1,
+    ];
+    xs[r.below(xs.len())]
 }
 
 const PAGES: usize = 6;
@@ -117,19 +100,19 @@ fn table(r: &mut Rng, broken: bool) -> PageTable {
     match r.below(5) {
         0 if !t.indices.is_empty() => {
             let i = r.below(t.indices.len());
-            t.indices[i] = r.extreme(PAGES as i32);
+            t.indices[i] = extreme(r, PAGES as i32);
         }
         1 => {
             let i = r.below(t.indptr.len());
             let near = t.indptr[i];
-            t.indptr[i] = r.extreme(near);
+            t.indptr[i] = extreme(r, near);
         }
         2 if !t.last_page_len.is_empty() => {
             let i = r.below(t.last_page_len.len());
-            t.last_page_len[i] = r.extreme(p as i32);
+            t.last_page_len[i] = extreme(r, p as i32);
         }
         3 => {
-            t.indptr.push(r.extreme(0));
+            t.indptr.push(extreme(r, 0));
         }
         _ => {
             t.last_page_len.push(1);
@@ -289,7 +272,7 @@ fn prefill_launches_are_ok_and_right_or_typed_errors_that_write_nothing() {
                 _ => {
                     let i = r.below(indptr.len());
                     let near_v = indptr[i];
-                    indptr[i] = r.extreme(near_v);
+                    indptr[i] = extreme(&mut r, near_v);
                 }
             }
         }

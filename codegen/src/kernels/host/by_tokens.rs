@@ -12,7 +12,7 @@ use crate::ir::{BufId, Expr, Scalar};
 use crate::spec::AttentionSpec;
 
 use super::tile::{Rows, Tile, CHAINS};
-use super::{splat, TILE, W};
+use super::{load_chunk_f32, splat, TILE, W};
 
 /// Rows per register block: RB rows × TILE/W token vectors of chains.
 const RB: u32 = 4;
@@ -70,31 +70,12 @@ impl ByTokens {
         });
         // W tokens × W elements at a time: W row chunks in, their transpose
         // out, in registers.
-        let per_load = (16 / spec.kv.dtype.size_bytes()).min(W);
         b.unroll("ig", TILE / W, |b, ig| {
             b.unroll("c", d / W, |b, c| {
                 let krows: Vec<Expr> = (0..W)
                     .map(|k| {
                         let base = Expr::load(self.bases, ig.clone() * i32(W) + i32(k), 1);
-                        let parts: Vec<Expr> = (0..W / per_load)
-                            .map(|p| {
-                                let at = base.clone()
-                                    + (c.clone() * i32(W) + i32(p * per_load)).cast(Scalar::I64);
-                                Expr::load(k_cache, at, per_load as u8).cast(Scalar::F32)
-                            })
-                            .collect();
-                        let v = match parts.len() {
-                            1 => parts[0].clone(),
-                            _ => Expr::Vector(
-                                (0..W)
-                                    .map(|e| {
-                                        parts[(e / per_load) as usize]
-                                            .clone()
-                                            .lane((e % per_load) as u8)
-                                    })
-                                    .collect(),
-                            ),
-                        };
+                        let v = load_chunk_f32(k_cache, &base, &c, spec.kv.dtype);
                         b.let_("krow", v)
                     })
                     .collect();

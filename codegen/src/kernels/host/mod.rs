@@ -14,7 +14,8 @@ pub(crate) mod prefill;
 mod tile;
 
 use crate::ir::builder::KernelBuilder;
-use crate::ir::{BufId, Expr};
+use crate::ir::{BufId, Expr, Scalar};
+use crate::spec::DType;
 
 /// Tokens per tile of the host schedules.
 pub const TILE: u32 = 16;
@@ -25,6 +26,30 @@ pub(crate) const W: u32 = 8;
 /// `x` in every lane of an f32 vector of W lanes.
 pub(crate) fn splat(x: Expr) -> Expr {
     Expr::Vector(vec![x; W as usize])
+}
+
+/// Chunk `chunk` (W elements from `chunk·W`) of the row of `buf` at
+/// element `base`, in f32: one 16-byte load (two for an f32 row).
+pub(crate) fn load_chunk_f32(buf: BufId, base: &Expr, chunk: &Expr, dtype: DType) -> Expr {
+    let per_load = (16 / dtype.size_bytes()).min(W);
+    let parts: Vec<Expr> = (0..W / per_load)
+        .map(|p| {
+            let off = chunk.clone() * Expr::i32(W as i32) + Expr::i32((p * per_load) as i32);
+            Expr::load(buf, base.clone() + off.cast(Scalar::I64), per_load as u8).cast(Scalar::F32)
+        })
+        .collect();
+    match parts.len() {
+        1 => parts[0].clone(),
+        _ => Expr::Vector(
+            (0..W)
+                .map(|e| {
+                    parts[(e / per_load) as usize]
+                        .clone()
+                        .lane((e % per_load) as u8)
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// The W lanes of `v` combined in a fixed order: the upper half onto the

@@ -15,7 +15,7 @@ use crate::ir::{BufId, Expr, Scalar};
 use crate::spec::{AttentionSpec, KvLayoutSpec};
 
 use super::super::{kv_offset, kv_vector_lanes, logit2};
-use super::{lanes_fold, splat, TILE, W};
+use super::{lanes_fold, load_chunk_f32, splat, TILE, W};
 
 /// W-lane accumulator chains per dot product (over consecutive chunks,
 /// summed pairwise). One: the HEADS rows of a K chunk are independent
@@ -169,29 +169,11 @@ impl Tile {
         let regs: Vec<Vec<_>> = (0..n)
             .map(|_| (0..chains).map(|_| b.var("dv", zero.clone())).collect())
             .collect();
-        let per_load = (16 / spec.kv.dtype.size_bytes()).min(W);
         b.unroll("c", chunks / chains, |b, c| {
             for k in 0..chains {
                 let cc = c.clone() * i32(chains) + i32(k);
-                // One W-lane chunk of K in f32 (two f32x4 loads for f32).
-                let parts: Vec<Expr> = (0..W / per_load)
-                    .map(|p| {
-                        let at = base.clone() + i64(cc.clone() * i32(W) + i32(p * per_load));
-                        Expr::load(k_cache, at, per_load as u8).cast(Scalar::F32)
-                    })
-                    .collect();
-                let kv = match parts.len() {
-                    1 => parts[0].clone(),
-                    _ => Expr::Vector(
-                        (0..W)
-                            .map(|e| {
-                                parts[(e / per_load) as usize]
-                                    .clone()
-                                    .lane((e % per_load) as u8)
-                            })
-                            .collect(),
-                    ),
-                };
+                // One W-lane chunk of K in f32.
+                let kv = load_chunk_f32(k_cache, base, &cc, spec.kv.dtype);
                 let kv = b.let_("kv", kv);
                 for (h, hr) in regs.iter().enumerate() {
                     let qrow = (first.clone() + i32(h as u32)) * i32(d);

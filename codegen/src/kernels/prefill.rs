@@ -136,23 +136,7 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         let pos = b.let_("pos", kv_len.clone() - q_len.clone() + qi.clone());
 
         // The KV range the tile's rows can see.
-        let first_tok = row0.clone() / i32(g);
-        let last_tok = ((row0.clone() + i32(rows - 1)) / i32(g)).min(q_len.clone() - Expr::i32(1));
-        let kv_hi = match spec.causal {
-            true => b.let_(
-                "kv_hi",
-                kv_len.clone() - q_len.clone() + last_tok + Expr::i32(1),
-            ),
-            false => kv_len.clone(),
-        };
-        let kv_lo = match spec.sliding_window {
-            Some(win) => b.let_(
-                "kv_lo",
-                (kv_len.clone() - q_len.clone() + first_tok - i32(win) + Expr::i32(1))
-                    .max(Expr::i32(0)),
-            ),
-            None => Expr::i32(0),
-        };
+        let (kv_lo, kv_hi) = visible_kv(b, spec, &row0, rows, &q_len, &kv_len);
 
         b.comment("Stage the Q tile in shared memory as f32 (padding rows as zeros).");
         let q_chunks = d / qvec;
@@ -475,4 +459,37 @@ pub(super) fn declare(b: &mut KernelBuilder, spec: &AttentionSpec) -> PrefillIo 
         scales,
         out,
     }
+}
+
+/// The KV tokens `[kv_lo, kv_hi)` a prefill tile's `rows` packed rows from
+/// `row0` can see (the group's query heads per token): causal ends at the
+/// last row's token, a sliding window starts at the first row's.
+pub(super) fn visible_kv(
+    b: &mut KernelBuilder,
+    spec: &AttentionSpec,
+    row0: &Expr,
+    rows: u32,
+    q_len: &Expr,
+    kv_len: &Expr,
+) -> (Expr, Expr) {
+    let i32 = |v: u32| Expr::i32(v as i32);
+    let g = spec.group_size();
+    let first_tok = row0.clone() / i32(g);
+    let last_tok = ((row0.clone() + i32(rows - 1)) / i32(g)).min(q_len.clone() - Expr::i32(1));
+    let kv_hi = match spec.causal {
+        true => b.let_(
+            "kv_hi",
+            kv_len.clone() - q_len.clone() + last_tok + Expr::i32(1),
+        ),
+        false => kv_len.clone(),
+    };
+    let kv_lo = match spec.sliding_window {
+        Some(win) => b.let_(
+            "kv_lo",
+            (kv_len.clone() - q_len.clone() + first_tok - i32(win) + Expr::i32(1))
+                .max(Expr::i32(0)),
+        ),
+        None => Expr::i32(0),
+    };
+    (kv_lo, kv_hi)
 }

@@ -72,23 +72,8 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         });
 
         // The KV range the tile's rows can see.
-        let first_tok = row0.clone() / i32(g);
-        let last_tok = ((row0.clone() + i32(rows - 1)) / i32(g)).min(q_len.clone() - Expr::i32(1));
-        let kv_hi = match spec.causal {
-            true => b.let_(
-                "kv_hi",
-                kv_len.clone() - q_len.clone() + last_tok + Expr::i32(1),
-            ),
-            false => kv_len.clone(),
-        };
-        let kv_lo = match spec.sliding_window {
-            Some(win) => b.let_(
-                "kv_lo",
-                (kv_len.clone() - q_len.clone() + first_tok - i32(win) + Expr::i32(1))
-                    .max(Expr::i32(0)),
-            ),
-            None => Expr::i32(0),
-        };
+        let (kv_lo, kv_hi) =
+            super::super::prefill::visible_kv(b, spec, &row0, rows, &q_len, &kv_len);
 
         let tile = Tile::new(b, rows, d);
         let by_tokens = ByTokens::new(b, rows, d);

@@ -10,15 +10,11 @@
 //! kernel that reads past a sequence or skips an output fails.
 
 use attnforge::codegen::kernels::{attention_kernels, KernelSpec};
+use attnforge::runtime::check::{self, Rng};
 use attnforge::runtime::cpu::{CpuDevice, Element, Mode};
-use attnforge::runtime::reference::{self, rel_l2, tolerance};
-use attnforge::runtime::{KvScales, PageTable, Params, Split};
-use attnforge::{Alibi, Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order, F8E4M3};
-use half::{bf16, f16};
-
-#[path = "support/splitmix.rs"]
-mod splitmix;
-use splitmix::Rng;
+use attnforge::runtime::{PageTable, Params, Split};
+use attnforge::{Alibi, Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
+use half::f16;
 
 fn seed() -> u64 {
     let s = std::env::var("ATTNFORGE_SEED")
@@ -34,345 +30,13 @@ fn seed() -> u64 {
     s
 }
 
-/// Context lengths per batch: one token; a partly filled last page; a mixed
-/// batch; several thousand tokens (past a 4096-token window).
-const CASES: &[&[usize]] = &[&[1], &[13], &[1, 17, 100, 33, 2], &[4100, 2500]];
-
-/// Arenas with every sequence's pages scattered, K/V random, everything else NaN.
-struct Setup<T> {
-    k: Vec<T>,
-    v: Vec<T>,
-    table: PageTable,
-}
-
-fn setup<T: Element>(l: &KvLayoutSpec, lens: &[usize], rng: &mut Rng) -> Setup<T> {
-    let p = l.page_size as usize;
-    let need: usize = lens.iter().map(|n| n.div_ceil(p)).sum();
-    let max_pages = need + need / 2 + 3;
-    let mut ids: Vec<i32> = (0..max_pages as i32).collect();
-    rng.shuffle(&mut ids);
-    let nan = T::from_f64(f64::NAN);
-    let elems = max_pages * l.page_elems() as usize;
-    let (mut k, mut v) = (vec![nan; elems], vec![nan; elems]);
-    let mut next = 0;
-    let mut seqs = Vec::new();
-    for &len in lens {
-        let pages = &ids[next..next + len.div_ceil(p)];
-        next += pages.len();
-        for t in 0..len {
-            for h in 0..l.kv_heads as u64 {
-                let at = l.offset(pages[t / p] as u64, (t % p) as u64, h) as usize;
-                for i in 0..l.head_dim as usize {
-                    k[at + i] = T::from_f64(rng.uniform());
-                    v[at + i] = T::from_f64(rng.uniform());
-                }
-            }
-        }
-        seqs.push((pages, len));
-    }
-    let table = PageTable::from_sequences(l.page_size, seqs.iter().map(|(pg, n)| (*pg, *n)));
-    Setup { k, v, table }
-}
-
-/// Random K and V scales for a scaled (fp8) layout: one or one per KV
-/// head, in [0.25, 2]; none for an unscaled one.
-fn kv_scales(l: &KvLayoutSpec, rng: &mut Rng) -> Option<(Vec<f32>, Vec<f32>)> {
-    let n = l.scale.len(l.kv_heads);
-    let mut one = || {
-        (0..n)
-            .map(|_| (1.125 + 0.875 * rng.uniform()) as f32)
-            .collect()
-    };
-    (n > 0).then(|| (one(), one()))
-}
-
-/// An arena's values in f64, times its KV head's scale when scaled.
-fn dequantize<T: Element>(l: &KvLayoutSpec, x: &[T], scales: Option<&[f32]>) -> Vec<f64> {
-    let (d, h, p) = (
-        l.head_dim as usize,
-        l.kv_heads as usize,
-        l.page_size as usize,
-    );
-    x.iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let head = match l.order {
-                Order::Nhd => (i / d) % h,
-                Order::Hnd => (i / (d * p)) % h,
-            };
-            match scales {
-                Some(s) => e.to_f64() * f64::from(s[if s.len() == 1 { 0 } else { head }]),
-                None => e.to_f64(),
-            }
-        })
-        .collect()
-}
-
-/// Which attention kernel a check runs.
-#[derive(Clone, Copy, Debug)]
-enum Run {
-    /// Decode, one query per sequence, with a split policy.
-    Decode(Split),
-    /// Prefill, with some new query tokens per sequence (see `q_lens`).
-    Prefill,
-}
-
-/// New query tokens per sequence for prefill: whole short prompts, and a
-/// few dozen new tokens after a cached prefix for longer ones.
-fn q_lens(lens: &[usize]) -> Vec<usize> {
-    lens.iter()
-        .enumerate()
-        .map(|(i, &len)| {
-            if len <= 64 {
-                len
-            } else {
-                1 + (len * 7 + i * 13) % 48
-            }
-        })
-        .collect()
-}
-
-/// A split that cuts the longest context into about four chunks, so the
-/// mixed batches also have empty chunks.
-fn fixed_split(lens: &[usize]) -> Split {
-    let longest = lens.iter().copied().max().unwrap_or(1);
-    Split::Fixed {
-        chunk_tokens: (longest / 4).max(5) as u32,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check_attention<Q: Element, T: Element>(
-    device: &CpuDevice,
-    name: &str,
-    spec: &AttentionSpec,
-    run: Run,
-    seed: u64,
-    archs: &[Arch],
-    cases: &[&[usize]],
-) {
-    // fp8: the reference runs on the dequantized cache, so what is left is
-    // the query dtype's rounding: its tolerance, stricter than the 5e-2
-    // that `tolerance(F8E4M3)` allows.
-    let tol = match spec.kv.dtype {
-        DType::F8E4M3 => tolerance(spec.query_dtype()),
-        kv => tolerance(kv).max(tolerance(spec.query_dtype())),
-    };
-    for (ci, lens) in cases.iter().enumerate() {
-        let mut rng = Rng(seed ^ (ci as u64 * 7919));
-        let s = setup::<T>(&spec.kv, lens, &mut rng);
-        let qo: Vec<i32> = match run {
-            Run::Decode(_) => (0..=lens.len() as i32).collect(),
-            Run::Prefill => std::iter::once(0)
-                .chain(q_lens(lens).iter().scan(0, |acc, &n| {
-                    *acc += n as i32;
-                    Some(*acc)
-                }))
-                .collect(),
-        };
-        let rows = *qo.last().unwrap() as usize;
-        let n = rows * spec.q_heads as usize * spec.kv.head_dim as usize;
-        // Larger queries make the softmax peaked, not uniform.
-        let q: Vec<Q> = (0..n).map(|_| Q::from_f64(3.0 * rng.uniform())).collect();
-        let sinks: Option<Vec<f32>> = spec.sinks.then(|| {
-            (0..spec.q_heads)
-                .map(|_| (3.0 * rng.uniform()) as f32)
-                .collect()
-        });
-        let slopes: Option<Vec<f32>> = (spec.alibi == Some(Alibi::Given)).then(|| {
-            (0..spec.q_heads)
-                .map(|_| (0.3 * rng.uniform().abs()) as f32)
-                .collect()
-        });
-        let scales = kv_scales(&spec.kv, &mut rng);
-        let fq = |x: &[Q]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
-        let f32s = |x: &Option<Vec<f32>>| {
-            x.as_ref()
-                .map(|v| v.iter().map(|&e| f64::from(e)).collect())
-        };
-        let var = reference::Variants {
-            sinks: f32s(&sinks),
-            alibi_slopes: f32s(&slopes),
-        };
-        let (k, v) = (
-            dequantize(&spec.kv, &s.k, scales.as_ref().map(|s| &s.0[..])),
-            dequantize(&spec.kv, &s.v, scales.as_ref().map(|s| &s.1[..])),
-        );
-        let want = reference::prefill_with(
-            &match run {
-                // A decode query is its sequence's last token.
-                Run::Decode(_) => AttentionSpec {
-                    causal: true,
-                    ..*spec
-                },
-                Run::Prefill => *spec,
-            },
-            &var,
-            &fq(&q),
-            &qo,
-            &k,
-            &v,
-            &s.table,
-        );
-        // Checked mode tracks every shared-memory access: prefill over
-        // thousands of cached tokens takes minutes in it, so long prefill
-        // cases run fast only (their short siblings run checked).
-        let work: usize = lens.iter().zip(q_lens(lens)).map(|(l, q)| l * q).sum();
-        let modes: &[Mode] = match run {
-            Run::Prefill if work > 50_000 => &[Mode::Fast],
-            _ => &[Mode::Fast, Mode::Checked],
-        };
-        for &arch in archs {
-            for &mode in modes {
-                let params = Params {
-                    sinks: sinks.as_deref(),
-                    alibi_slopes: slopes.as_deref(),
-                    split: match run {
-                        Run::Decode(split) => split,
-                        Run::Prefill => Split::Off,
-                    },
-                    kv_scales: scales.as_ref().map(|(k, v)| KvScales { k, v }),
-                };
-                let mut out = vec![Q::from_f64(f64::NAN); n];
-                let ctx = format!("{name} {run:?} @{arch} {mode:?} lens {lens:?} seed {seed}");
-                let t = arch.target();
-                match run {
-                    Run::Decode(_) => device
-                        .decode_ext(spec, t, mode, &params, &q, &s.k, &s.v, &s.table, &mut out),
-                    Run::Prefill => device.prefill(
-                        spec, t, mode, &params, &q, &qo, &s.k, &s.v, &s.table, &mut out,
-                    ),
-                }
-                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
-                let got = fq(&out);
-                assert!(
-                    got.iter().all(|x| x.is_finite()),
-                    "{ctx}: non-finite output"
-                );
-                let err = rel_l2(&got, &want);
-                assert!(err <= tol, "{ctx}: relative L2 error {err:e} > {tol:e}");
-            }
-        }
-    }
-}
-
-fn check_append<T: Element + PartialEq>(
-    device: &CpuDevice,
-    name: &str,
-    l: &KvLayoutSpec,
-    seed: u64,
-) {
-    for arch in [Arch::Gfx90a, Arch::Gfx1030, Arch::Host] {
-        let mut rng = Rng(seed ^ 0xa99e);
-        let max_pages = 9;
-        let elems = max_pages * l.page_elems() as usize;
-        let k0: Vec<T> = (0..elems).map(|_| T::from_f64(rng.uniform())).collect();
-        let v0: Vec<T> = (0..elems).map(|_| T::from_f64(rng.uniform())).collect();
-        let mut slots: Vec<i64> = (0..(max_pages * l.page_size as usize) as i64).collect();
-        rng.shuffle(&mut slots);
-        let tokens = 37.min(slots.len());
-        slots.truncate(tokens);
-        slots[tokens / 2] = -1; // padding: skipped
-        let row = l.kv_heads as usize * l.head_dim as usize;
-        let k_new: Vec<T> = (0..tokens * row)
-            .map(|_| T::from_f64(rng.uniform()))
-            .collect();
-        let v_new: Vec<T> = (0..tokens * row)
-            .map(|_| T::from_f64(rng.uniform()))
-            .collect();
-        let (mut kw, mut vw) = (k0.clone(), v0.clone());
-        reference::append(l, &k_new, &v_new, &slots, &mut kw, &mut vw);
-        for mode in [Mode::Fast, Mode::Checked] {
-            let ctx = format!("{name} @{arch} {mode:?} seed {seed}");
-            let (mut k, mut v) = (k0.clone(), v0.clone());
-            device
-                .append(
-                    l,
-                    arch.target(),
-                    mode,
-                    &k_new,
-                    &v_new,
-                    &slots,
-                    &mut k,
-                    &mut v,
-                )
-                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
-            assert!(
-                k == kw && v == vw,
-                "{ctx}: arenas differ from the reference append"
-            );
-        }
-    }
-}
-
-/// fp8 append: f32 rows quantized with the layout's scales. The expected
-/// arenas come from the host conversion (`F8E4M3::from_f32`, itself checked
-/// against a search over every code), so this checks the kernel's rounding
-/// and saturation bit for bit.
-fn check_append_fp8(device: &CpuDevice, name: &str, l: &KvLayoutSpec, seed: u64) {
-    for arch in [Arch::Gfx90a, Arch::Gfx1030, Arch::Host] {
-        let mut rng = Rng(seed ^ 0xf8a9);
-        let max_pages = 9;
-        let elems = max_pages * l.page_elems() as usize;
-        let nan = F8E4M3::from_f32(f32::NAN);
-        let (k0, v0) = (vec![nan; elems], vec![nan; elems]);
-        let mut slots: Vec<i64> = (0..(max_pages * l.page_size as usize) as i64).collect();
-        rng.shuffle(&mut slots);
-        let tokens = 37.min(slots.len());
-        slots.truncate(tokens);
-        slots[tokens / 2] = -1;
-        let (ks, vs) = kv_scales(l, &mut rng).expect("an fp8 layout is scaled");
-        let (d, h) = (l.head_dim as usize, l.kv_heads as usize);
-        // Magnitudes from 2^-14 to 2^10 (subnormals to saturation), with
-        // an infinity: every branch of the conversion.
-        let mut x = |_| {
-            let e = rng.below(25) as i32 - 14;
-            (rng.uniform() * 2f64.powi(e)) as f32
-        };
-        let mut k_new: Vec<f32> = (0..tokens * h * d).map(&mut x).collect();
-        let v_new: Vec<f32> = (0..tokens * h * d).map(&mut x).collect();
-        k_new[3] = f32::INFINITY;
-        let quantize = |rows: &[f32], s: &[f32]| -> Vec<F8E4M3> {
-            rows.iter()
-                .enumerate()
-                .map(|(i, &x)| F8E4M3::from_f32(x / s[if s.len() == 1 { 0 } else { (i / d) % h }]))
-                .collect()
-        };
-        let (mut kw, mut vw) = (k0.clone(), v0.clone());
-        let (kq, vq) = (quantize(&k_new, &ks), quantize(&v_new, &vs));
-        reference::append(l, &kq, &vq, &slots, &mut kw, &mut vw);
-        for mode in [Mode::Fast, Mode::Checked] {
-            let ctx = format!("{name} fp8 append @{arch} {mode:?} seed {seed}");
-            let (mut k, mut v) = (k0.clone(), v0.clone());
-            let scales = Some(KvScales { k: &ks, v: &vs });
-            device
-                .append_ext(
-                    l,
-                    arch.target(),
-                    mode,
-                    scales,
-                    &k_new,
-                    &v_new,
-                    &slots,
-                    &mut k,
-                    &mut v,
-                )
-                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
-            let bits = |a: &[F8E4M3]| a.iter().map(|x| x.0).collect::<Vec<u8>>();
-            assert!(
-                bits(&k) == bits(&kw) && bits(&v) == bits(&vw),
-                "{ctx}: arenas differ from the reference quantization"
-            );
-        }
-    }
-}
-
-const ARCHS: &[Arch] = &[Arch::Gfx90a, Arch::Gfx1030, Arch::Host];
-
+/// Runs `kernel` at the gfx90a, gfx1030 and host targets on every case of
+/// `attnforge::runtime::check::CASES`, fast and checked.
 fn check(device: &CpuDevice, name: &str, kernel: &KernelSpec, seed: u64) {
-    check_on(device, name, kernel, seed, ARCHS, CASES)
+    check_on(device, name, kernel, seed, check::ARCHS, check::CASES)
 }
 
+/// `attnforge::runtime::check::check_kernel`, every outcome asserted.
 fn check_on(
     device: &CpuDevice,
     name: &str,
@@ -381,57 +45,16 @@ fn check_on(
     archs: &[Arch],
     cases: &[&[usize]],
 ) {
-    let (a, run) = match kernel {
-        KernelSpec::Append(l) => {
-            return match l.dtype {
-                DType::F32 => check_append::<f32>(device, name, l, seed),
-                DType::F16 => check_append::<f16>(device, name, l, seed),
-                DType::BF16 => check_append::<bf16>(device, name, l, seed),
-                DType::F8E4M3 => check_append_fp8(device, name, l, seed),
-            }
-        }
-        KernelSpec::Decode(a) => (a, Run::Decode(Split::Off)),
-        KernelSpec::DecodeSplit(a) | KernelSpec::DecodeMerge(a) => {
-            for lens in cases {
-                let run = Run::Decode(fixed_split(lens));
-                dispatch(device, name, a, run, seed, archs, &[lens]);
-            }
-            return;
-        }
-        KernelSpec::Prefill(a) => (a, Run::Prefill),
+    let cases = check::Cases {
+        lens: cases,
+        archs,
+        modes: &[Mode::Fast, Mode::Checked],
     };
-    dispatch(device, name, a, run, seed, archs, cases);
-}
-
-/// Runs `check_attention` with the host types of the spec's dtypes.
-fn dispatch(
-    device: &CpuDevice,
-    name: &str,
-    a: &AttentionSpec,
-    run: Run,
-    seed: u64,
-    archs: &[Arch],
-    cases: &[&[usize]],
-) {
-    macro_rules! go {
-        ($q:ty, $t:ty) => {
-            check_attention::<$q, $t>(device, name, a, run, seed, archs, cases)
-        };
-    }
-    match (a.query_dtype(), a.kv.dtype) {
-        (DType::F32, DType::F32) => go!(f32, f32),
-        (DType::F16, DType::F16) => go!(f16, f16),
-        (DType::BF16, DType::BF16) => go!(bf16, bf16),
-        (DType::F32, DType::F16) => go!(f32, f16),
-        (DType::F32, DType::BF16) => go!(f32, bf16),
-        (DType::F16, DType::F32) => go!(f16, f32),
-        (DType::BF16, DType::F32) => go!(bf16, f32),
-        (DType::F16, DType::BF16) => go!(f16, bf16),
-        (DType::BF16, DType::F16) => go!(bf16, f16),
-        (DType::F32, DType::F8E4M3) => go!(f32, F8E4M3),
-        (DType::F16, DType::F8E4M3) => go!(f16, F8E4M3),
-        (DType::BF16, DType::F8E4M3) => go!(bf16, F8E4M3),
-        (DType::F8E4M3, _) => panic!("{name}: fp8 queries are refused by validation"),
+    let outcomes = check::check_kernel(device, kernel, seed, &cases)
+        .unwrap_or_else(|e| panic!("{name} seed {seed}: {e}"));
+    assert!(!outcomes.is_empty(), "{name}: nothing was checked");
+    for o in outcomes {
+        assert!(o.passed(), "{name} seed {seed}: {o}");
     }
 }
 
@@ -1069,7 +692,7 @@ fn dispatch_bits(device: &CpuDevice, spec: &AttentionSpec, seed: u64) {
 fn prefill_vs_decode_bits<Q: Element>(device: &CpuDevice, spec: &AttentionSpec, seed: u64) {
     let mut rng = Rng(seed ^ 0xb175);
     let (len, new) = (70usize, 37usize);
-    let s = setup::<f16>(&spec.kv, &[len], &mut rng);
+    let s = check::paged_inputs::<f16>(&spec.kv, &[len], &mut rng);
     let row = spec.q_heads as usize * spec.kv.head_dim as usize;
     let q: Vec<Q> = (0..new * row)
         .map(|_| Q::from_f64(3.0 * rng.uniform()))

@@ -15,7 +15,9 @@
 //!   and runs them on the host, fast or in checked (sanitizer) mode;
 //! - [`device::Device`], one launch API for both devices, and launches
 //!   through a [`KvCache`] on any of them;
-//! - [`reference`], an independent f64 implementation to check kernels against.
+//! - [`reference`], an independent f64 implementation to check kernels against,
+//!   and [`check`], which runs any generated kernel on seeded random paged
+//!   inputs against it (the numeric tests and `attnforge check` share it).
 //!
 //! - [`hip::HipDevice`], on hip-sys (feature `hip`): code objects from the
 //!   build-time registry or compiled at run time with hiprtc (cached on
@@ -41,7 +43,10 @@
 
 pub mod alloc;
 pub mod arena;
+pub mod bench;
 mod cache;
+#[cfg(feature = "cpu")]
+pub mod check;
 #[cfg(feature = "cpu")]
 pub mod cpu;
 #[cfg(feature = "cpu")]

@@ -1,13 +1,16 @@
 //! The seeded random stream every test layer shares (SplitMix64): the same
 //! cases on every run and machine, replayable from the seed. Included by
 //! path (`#[path = ".../tests/support/splitmix.rs"] mod splitmix;`) in the
-//! test targets of every crate, each using the methods it needs.
+//! test targets of every crate, each using the methods it needs, and in
+//! `attnforge_runtime::check`, which draws the numeric tests' inputs.
 #![allow(dead_code)]
 
 /// SplitMix64.
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;

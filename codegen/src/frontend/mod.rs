@@ -21,6 +21,7 @@
 
 pub mod expand;
 pub mod parse;
+pub mod text;
 
 pub use parse::{ParsedAttention, ParsedKvLayout};
 

@@ -7,18 +7,12 @@
 //! sequences of 2048 tokens, pages of 16 scattered over the arena
 //! (`AF_SEQS` and `AF_LEN` change the count and the length).
 
-use std::time::{Duration, Instant};
-
 use attnforge::kernels::specs::Llama3;
+use attnforge::runtime::bench::median_time;
 use attnforge::runtime::cpu::{CpuDevice, Mode};
 use attnforge::runtime::{KvScales, PageTable, Params, Split};
 use attnforge::{Arch, Attention, AttentionSpec, DType, KvLayoutSpec, KvScale, F8E4M3};
 use half::{bf16, f16};
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn main() {
     let spec = Llama3::SPEC;
@@ -57,47 +51,18 @@ fn main() {
     );
 
     // memcpy of the same number of bytes, same run.
-    let src = vec![1u8; kv_bytes];
-    let mut dst = vec![0u8; kv_bytes];
-    let mut t = Vec::new();
-    for _ in 0..10 {
-        let s = Instant::now();
-        dst.copy_from_slice(&src);
-        t.push(s.elapsed());
-    }
-    std::hint::black_box(&dst);
-    let memcpy1 = kv_bytes as f64 / median(t).as_secs_f64() / 1e9;
-    // And with every thread copying its share, as decode runs.
-    let mut t = Vec::new();
-    for _ in 0..10 {
-        let s = Instant::now();
-        let chunk = kv_bytes.div_ceil(threads);
-        std::thread::scope(|sc| {
-            for (d, s) in dst.chunks_mut(chunk).zip(src.chunks(chunk)) {
-                sc.spawn(move || d.copy_from_slice(s));
-            }
-        });
-        t.push(s.elapsed());
-    }
-    std::hint::black_box(&dst);
-    let memcpy = kv_bytes as f64 / median(t).as_secs_f64() / 1e9;
+    let m = attnforge::runtime::bench::memcpy(kv_bytes);
+    let (memcpy1, memcpy) = (m.one_thread, m.all_threads);
     println!("memcpy: {memcpy1:.2} GB/s on 1 thread, {memcpy:.2} GB/s on {threads} threads");
 
     let device = CpuDevice::new();
     for arch in [Arch::Gfx90a, Arch::Gfx1030, Arch::Host] {
         let target = arch.target();
-        device
-            .decode(&spec, target, Mode::Fast, &q, &k, &v, &table, &mut out)
-            .expect("decode");
-        let mut t = Vec::new();
-        for _ in 0..5 {
-            let s = Instant::now();
+        let d = median_time(5, || {
             device
                 .decode(&spec, target, Mode::Fast, &q, &k, &v, &table, &mut out)
-                .expect("decode");
-            t.push(s.elapsed());
-        }
-        let d = median(t);
+                .expect("decode")
+        });
         let gbs = kv_bytes as f64 / d.as_secs_f64() / 1e9;
         println!(
             "decode {} (warp {}): {:.1} ms, {gbs:.2} GB/s of K/V = {:.0}% of {threads}-thread memcpy",
@@ -111,16 +76,7 @@ fn main() {
     // The host kernel over the same values stored as bf16 and as fp8 e4m3
     // (per-head scales; half the bytes), same run as the memcpy above.
     let target = Arch::Host.target();
-    let time5 = |f: &mut dyn FnMut()| {
-        f();
-        let mut t = Vec::new();
-        for _ in 0..5 {
-            let s = Instant::now();
-            f();
-            t.push(s.elapsed());
-        }
-        median(t)
-    };
+    let time5 = |f: &mut dyn FnMut()| median_time(5, f);
     let bf = AttentionSpec {
         kv: KvLayoutSpec {
             dtype: DType::BF16,

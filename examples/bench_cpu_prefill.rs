@@ -12,7 +12,9 @@
 //! 3. The same decode over an fp8 e4m3 cache with per-head scales (f16
 //!    queries): half the K/V bytes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use attnforge::runtime::bench::median_time;
 
 use attnforge::kernels::specs::Llama3;
 use attnforge::runtime::cpu::{CpuDevice, Mode};
@@ -20,22 +22,8 @@ use attnforge::runtime::{plan_decode, KvScales, PageTable, Params, Split};
 use attnforge::{Arch, Attention, AttentionSpec, DType, KvLayoutSpec, KvScale, F8E4M3};
 use half::f16;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time(runs: usize, mut f: impl FnMut()) -> Duration {
-    f(); // warm-up (and JIT compile)
-    median(
-        (0..runs)
-            .map(|_| {
-                let s = Instant::now();
-                f();
-                s.elapsed()
-            })
-            .collect(),
-    )
+fn time(runs: usize, f: impl FnMut()) -> Duration {
+    median_time(runs, f)
 }
 
 /// One sequence of `len` tokens on scattered pages, with deterministic K/V.

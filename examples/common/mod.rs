@@ -23,7 +23,7 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use attnforge::prelude::*;
@@ -440,39 +440,39 @@ fn check_table<T: Element>(
     reference::rel_l2(&f(out), &want)
 }
 
-/// A progress bar on a terminal; a plain line per finished request
-/// otherwise.
+/// A progress bar (indicatif) on a terminal; a plain line per finished
+/// request otherwise.
 struct Progress {
-    total: usize,
+    bar: indicatif::ProgressBar,
     tty: bool,
     start: Instant,
 }
 
 impl Progress {
     fn new(total: usize) -> Progress {
+        let tty = std::io::stderr().is_terminal();
+        let bar = if tty {
+            indicatif::ProgressBar::new(total as u64).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "[{bar:30}] {percent:>3}% {pos}/{len} tokens, {per_sec}, {msg}",
+                )
+                .expect("a valid template")
+                .progress_chars("#>-"),
+            )
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         Progress {
-            total,
-            tty: std::io::stderr().is_terminal(),
+            bar,
+            tty,
             start: Instant::now(),
         }
     }
 
     fn step(&self, decoded: usize, s: &Stats) {
-        if !self.tty {
-            return;
-        }
-        let frac = (decoded as f64 / self.total.max(1) as f64).min(1.0);
-        let filled = (frac * 30.0) as usize;
-        eprint!(
-            "\r[{}{}] {:>3.0}% {decoded}/{} tokens, {:.0} tokens/s, {} preemptions ",
-            "#".repeat(filled),
-            " ".repeat(30 - filled),
-            frac * 100.0,
-            self.total,
-            decoded as f64 / self.start.elapsed().as_secs_f64().max(1e-9),
-            s.preemptions
-        );
-        let _ = std::io::stderr().flush();
+        self.bar.set_position(decoded as u64);
+        self.bar
+            .set_message(format!("{} preemptions", s.preemptions));
     }
 
     fn finished(&self, id: usize, decoded: usize, s: &Stats) {
@@ -487,8 +487,6 @@ impl Progress {
     }
 
     fn done(&self) {
-        if self.tty {
-            eprintln!();
-        }
+        self.bar.finish();
     }
 }

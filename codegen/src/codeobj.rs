@@ -440,16 +440,16 @@ fn limits(arch: &str, wave: u32) -> Option<Limits> {
         },
         // RDNA2 in WGP mode (hipcc's default): 4 SIMDs of 16 wave slots
         // share the WGP's 128 KiB LDS (at most 64 KiB per workgroup) and its
-        // 32 barriers; the register file holds 1024 VGPRs per lane in wave32
-        // (granule 16), 512 in wave64 (granule 8).
-        ("gfx1030", 32 | 64) => Limits {
+        // 32 barriers; the register file holds 1024 VGPRs per lane in wave32,
+        // allocated in granules of 16. (HIP has no wave64 on gfx10.)
+        ("gfx1030", 32) => Limits {
             max_waves: 16,
             simds: 4,
             lds: 128 << 10,
             lds_per_workgroup: 64 << 10,
             barriers: 32,
-            vgpr_file: if wave == 32 { 1024 } else { 512 },
-            vgpr_granule: if wave == 32 { 16 } else { 8 },
+            vgpr_file: 1024,
+            vgpr_granule: 16,
             max_vgprs: 256,
             sgpr_limited: false,
         },
@@ -458,17 +458,19 @@ fn limits(arch: &str, wave: u32) -> Option<Limits> {
 }
 
 /// Waves per SIMD that a kernel with resources `r` reaches on `arch`
-/// (gfx90a, gfx940 or gfx1030) when launched with workgroups of
+/// (gfx90a, gfx940, or gfx1030 in wave32) when launched with workgroups of
 /// `block_threads` threads: the least of what its VGPRs, its SGPRs (gfx9
 /// only), its LDS with the workgroup count per CU, and the wave slots allow.
 ///
-/// The rules are those of LLVM's AMDGPU backend (`AMDGPUBaseInfo`'s VGPR
-/// granules and files, `getOccupancyWithLocalMemSize`): waves are counted
-/// per CU (per WGP on gfx1030) and spread over its 4 SIMDs. hipcc's
-/// `-Rpass-analysis=kernel-resource-usage` remark gives the same number,
-/// except where LDS is the limit and the compiler is LLVM 15 or older
-/// (ROCm 5.x): that version neither divided the CU's LDS-bound waves among
-/// its SIMDs nor counted a WGP's second 64 KiB of LDS, and so reports more.
+/// The rules are those of current LLVM's AMDGPU backend (`AMDGPUBaseInfo`'s
+/// VGPR granules and register files, `getOccupancyWithLocalMemSize`): the
+/// workgroups that fit in a CU (a WGP on gfx1030) bring their waves, spread
+/// over its 4 SIMDs. hipcc's `-Rpass-analysis=kernel-resource-usage` remark
+/// gives the same number except where LDS is the limit and the compiler is
+/// as old as the LLVM 15 of Debian's ROCm 5.2 hipcc (the one the tests
+/// compare with): it did not spread the LDS-bound waves over the SIMDs, nor
+/// count a WGP's second 64 KiB, so it reports more (8 waves, not 4, for
+/// 256-thread workgroups with 16 KiB of LDS each on gfx90a).
 ///
 /// `None`: an arch or wave size outside those three, a workgroup that is
 /// empty or larger than the kernel allows, or a kernel that cannot run
@@ -913,7 +915,7 @@ mod tests {
             occupancy("gfx940", &with(&base, |r| r.vgprs = 193), 256),
             Some(2)
         );
-        // gfx1030: wave32 1024 per lane in granules of 16, wave64 512 in 8.
+        // gfx1030: wave32, 1024 per lane in granules of 16; no wave64.
         let rdna = |wave, vgprs| {
             let r = with(&base, |r| (r.wavefront_size, r.vgprs) = (wave, vgprs));
             occupancy("gfx1030", &r, 256)
@@ -921,14 +923,14 @@ mod tests {
         for (vgprs, waves) in [(1, 16), (64, 16), (65, 12), (101, 9), (256, 4)] {
             assert_eq!(rdna(32, vgprs), Some(waves), "wave32, {vgprs} VGPRs");
         }
-        assert_eq!(rdna(64, 65), Some(7));
-        assert_eq!(rdna(64, 32), Some(16));
+        assert_eq!(rdna(64, 32), None);
         assert_eq!(rdna(32, 257), None);
         // SGPRs limit gfx9 only.
         let sgprs = |arch, n| occupancy(arch, &with(&base, |r| r.sgprs = n), 256);
         assert_eq!(sgprs("gfx90a", 100), Some(8));
         assert_eq!(sgprs("gfx90a", 102), Some(7));
-        assert_eq!(sgprs("gfx1030", 106), Some(16));
+        let rdna_sgprs = with(&base, |r| (r.wavefront_size, r.sgprs) = (32, 106));
+        assert_eq!(occupancy("gfx1030", &rdna_sgprs, 256), Some(16));
     }
 
     #[test]

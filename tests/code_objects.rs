@@ -1,7 +1,8 @@
 //! Every code object built at build time is an AMDGPU ELF for its arch and
-//! holds its kernel: the function symbol and its `.kd` kernel descriptor.
+//! holds its kernel: the function symbol, its `.kd` kernel descriptor, and
+//! its resources in the metadata note.
 
-use attnforge::codegen::codeobj::{parse_elf, EM_AMDGPU};
+use attnforge::codegen::codeobj::{occupancy, parse_elf, EM_AMDGPU};
 use attnforge::codegen::kernels::symbol;
 use attnforge::{Arch, HipKernels};
 
@@ -48,6 +49,12 @@ fn every_bundled_kernel_has_a_code_object_per_arch() {
                 b.name,
                 elf.symbols
             );
+            // Its metadata names it, with an occupancy at its block size.
+            let r = elf
+                .kernel_resources(&sym)
+                .unwrap_or_else(|| panic!("{} for {arch}: no metadata for `{sym}`", b.name));
+            let waves = occupancy(arch.name(), r, r.max_flat_workgroup_size);
+            assert!(waves.is_some(), "{} for {arch}: {r:?}", b.name);
             checked += 1;
         }
     }
@@ -167,7 +174,7 @@ fn damaged_code_objects_and_bundles_are_errors_not_panics() {
             _ => damage(&mut r, &good),
         };
         let run = std::panic::catch_unwind(|| {
-            let elf = parse_elf(&input).map(|e| e.symbols.len());
+            let elf = parse_elf(&input).map(|e| e.symbols.len() + e.resources().len());
             let all = amdgpu_elf_objects(&input).map(|v| v.len());
             if let Ok(entries) = parse_offload_bundle(&input) {
                 for e in entries {

@@ -10,7 +10,8 @@
 //! - [`hip`]: the HIP C++ printer;
 //! - [`build`]: the build-script helper that compiles the kernels of a crate's
 //!   specs with hipcc; [`registry`] is what it leaves behind;
-//! - [`codeobj`]: a reader for the AMDGPU code objects hipcc writes.
+//! - [`codeobj`]: a reader for the AMDGPU code objects hipcc writes (symbols,
+//!   target, per-kernel registers and LDS) and their occupancy.
 //!
 //! ```
 //! use attnforge_codegen::kernels::{generate, KernelSpec};

@@ -42,6 +42,7 @@ pub struct Build {
     hipcc: Option<PathBuf>,
     jobs: Option<usize>,
     shared_cache: Option<PathBuf>,
+    kinds: Option<Vec<KernelKind>>,
 }
 
 /// A problem in a source file, with its location.
@@ -195,6 +196,14 @@ impl Build {
         self
     }
 
+    /// Compiles only kernels of these kinds (default: every kernel of every
+    /// item). The registry then holds only those; `attnforge build
+    /// --kernel` uses it to compile one kernel.
+    pub fn kinds(&mut self, kinds: &[KernelKind]) -> &mut Build {
+        self.kinds = Some(kinds.to_vec());
+        self
+    }
+
     /// Turns hipcc on or off. Off, specs are still parsed, checked and
     /// generated, and the registry says the kernels were built without HIP.
     pub fn hip(&mut self, on: bool) -> &mut Build {
@@ -265,6 +274,11 @@ impl Build {
         for item in &items {
             for &arch in &self.archs {
                 for kernel in &item.kernels {
+                    if let Some(kinds) = &self.kinds {
+                        if !kinds.contains(&kernel.kind()) {
+                            continue;
+                        }
+                    }
                     let symbol = crate::kernels::symbol(kernel);
                     jobs.entry((symbol, arch)).or_insert(*kernel);
                 }

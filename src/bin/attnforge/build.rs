@@ -61,7 +61,12 @@ pub fn run(a: Args) -> Result<(), Failure> {
     }
     std::fs::write(&file, text)?;
     let mut build = Build::new();
-    build.file(&file).archs(&archs).out_dir(&out_dir);
+    let kinds: Vec<_> = wanted.iter().map(|k| k.kind()).collect();
+    build
+        .file(&file)
+        .archs(&archs)
+        .kinds(&kinds)
+        .out_dir(&out_dir);
     if let Some(dir) = user_cache_dir() {
         build.shared_cache(dir.join("hipcc"));
     }
@@ -141,9 +146,10 @@ pub fn run(a: Args) -> Result<(), Failure> {
             ],
             &rows,
         );
+        let n = report.objects.len();
         table::out(&format!(
-            "\n{} code objects: {} compiled, {} from the cache",
-            report.objects.len(),
+            "\n{n} code object{}: {} compiled by hipcc, {} from the cache",
+            if n == 1 { "" } else { "s" },
             report.compiled(),
             report.cached()
         ));

@@ -110,7 +110,11 @@ pub fn run(a: Args) -> Result<(), Failure> {
                     o.run.to_string(),
                     o.arch.name().to_string(),
                     format!("{:?}", o.mode).to_lowercase(),
-                    format!("{:?}", o.lens),
+                    if o.lens.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!("{:?}", o.lens)
+                    },
                     format!("{:.2e}", o.error),
                     format!("{:.0e}", o.tolerance),
                     if o.passed() { "ok" } else { "FAILED" }.to_string(),

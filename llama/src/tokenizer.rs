@@ -1,15 +1,41 @@
 //! A byte-level BPE tokenizer built from a GGUF file's own metadata
-//! (`tokenizer.ggml.*`), as llama.cpp builds it for `gpt2`-model vocabularies.
+//! (`tokenizer.ggml.*`), as llama.cpp builds it for `gpt2`-model
+//! vocabularies, on Hugging Face's `tokenizers`: a BPE model of the file's
+//! vocabulary and merges, the vocabulary's split regexes and GPT-2's byte
+//! alphabet as the pre-tokenizer, and the control and user-defined tokens as
+//! added tokens.
 //!
 //! Encoding: the text is first split at special tokens (control tokens when
-//! `parse_special` is on, user-defined tokens always), longest token first;
-//! each remaining fragment is pre-tokenized with the vocabulary's regexes,
-//! mapped to GPT-2's byte alphabet, and merged pair by pair in merge-rank
-//! order.
+//! `parse_special` is on, user-defined tokens always); each remaining
+//! fragment is pre-tokenized with the vocabulary's regexes, mapped to GPT-2's
+//! byte alphabet, and merged pair by pair in merge-rank order (the leftmost
+//! pair on ties). That is llama.cpp's tokenization, id for id:
+//! `tests/tokenizer_ids.rs` checks it against the ids this crate's earlier,
+//! hand-written tokenizer gave 474 texts, and `tests/smollm2.rs` against
+//! llama.cpp's on its reference prompts.
+//!
+//! Where `tokenizers` and llama.cpp could part, the vocabulary is either
+//! brought into the form where they cannot or refused:
+//! - llama.cpp splits at the longest special token first, `tokenizers` at
+//!   the leftmost (the longest there). They agree unless one special token
+//!   can end inside another, so such vocabularies are refused.
+//! - A merge whose parts or result are not tokens never applies in
+//!   llama.cpp; `tokenizers` refuses the whole model, so those are dropped.
+//!   Of a merge listed twice, the first rank counts (in `tokenizers` the
+//!   last would), so repeats are dropped.
+//! - A token text listed twice is the first one's id.
+//!
+//! Decoding is this module's: `tokenizers` decodes the text of user-defined
+//! tokens through the byte alphabet where llama.cpp copies it, and gives
+//! only strings, where streaming needs the bytes of each token.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use fancy_regex::Regex;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::LlamaError;
 
@@ -27,18 +53,12 @@ pub type TokenId = u32;
 /// A byte-level BPE tokenizer.
 #[derive(Debug)]
 pub struct Tokenizer {
+    /// Splits out control and user-defined tokens (`parse_special`).
+    special: tokenizers::Tokenizer,
+    /// Splits out user-defined tokens only.
+    plain: tokenizers::Tokenizer,
     tokens: Vec<String>,
     types: Vec<i32>,
-    ids: HashMap<String, TokenId>,
-    /// (left, right) token ids -> (rank, merged token id).
-    merges: HashMap<(TokenId, TokenId), (usize, TokenId)>,
-    /// Pre-tokenizer regexes, applied in order (each splits every piece the
-    /// previous one left).
-    splits: Vec<Regex>,
-    /// Special tokens, longest first: (text, id, is_control).
-    specials: Vec<(String, TokenId, bool)>,
-    /// The token of each byte (its character in GPT-2's byte alphabet).
-    byte_ids: [Option<TokenId>; 256],
     char_to_byte: HashMap<char, u8>,
     /// End-of-sequence token.
     pub eos: Option<TokenId>,
@@ -67,6 +87,27 @@ fn byte_alphabet() -> [char; 256] {
     map
 }
 
+/// Two special tokens where one can begin inside the other and end after
+/// it (a proper suffix of the first is a proper prefix of the second), if
+/// any: the only case where splitting at the longest token first and at
+/// the leftmost one give different fragments. (A token overlapping itself
+/// is split at its leftmost occurrence by both.)
+fn overlapping<'a>(specials: &[&'a str]) -> Option<(&'a str, &'a str)> {
+    let cuts = |t: &'a str| t.char_indices().skip(1).map(move |(i, _)| t.split_at(i));
+    let mut starts: HashMap<&str, Vec<&str>> = HashMap::new();
+    for &t in specials {
+        for (head, _) in cuts(t) {
+            starts.entry(head).or_default().push(t);
+        }
+    }
+    specials.iter().find_map(|&t| {
+        cuts(t).find_map(|(_, tail)| {
+            let others = starts.get(tail)?;
+            others.iter().find(|&&o| o != t).map(|&o| (t, o))
+        })
+    })
+}
+
 impl Tokenizer {
     /// Builds the tokenizer from a vocabulary, its merges ("a b" strings),
     /// token types and the pre-tokenizer's name.
@@ -76,27 +117,34 @@ impl Tokenizer {
         merges: &[String],
         pre: &str,
     ) -> Result<Tokenizer, LlamaError> {
+        let err = |e: String| LlamaError::Tokenizer(e);
         if types.len() != tokens.len() {
-            return Err(LlamaError::Tokenizer(format!(
+            return Err(err(format!(
                 "{} token types for {} tokens",
                 types.len(),
                 tokens.len()
             )));
         }
-        let mut ids = HashMap::with_capacity(tokens.len());
+        let mut vocab = Vocab::default();
+        vocab.reserve(tokens.len());
         for (i, t) in tokens.iter().enumerate() {
-            ids.entry(t.clone()).or_insert(i as TokenId);
+            vocab.entry(t.clone()).or_insert(i as TokenId);
         }
-        let mut merge_ids = HashMap::with_capacity(merges.len());
+        let mut seen = HashSet::with_capacity(merges.len());
+        let mut kept = Vec::with_capacity(merges.len());
         for (rank, m) in merges.iter().enumerate() {
-            let (a, b) = m.split_once(' ').ok_or_else(|| {
-                LlamaError::Tokenizer(format!("merge {rank} ({m:?}) is not two tokens"))
-            })?;
+            let (a, b) = m
+                .split_once(' ')
+                .ok_or_else(|| err(format!("merge {rank} ({m:?}) is not two tokens")))?;
             // A merge whose parts or result are not tokens can never apply.
-            if let (Some(&x), Some(&y), Some(&z)) =
-                (ids.get(a), ids.get(b), ids.get(&format!("{a}{b}")))
-            {
-                merge_ids.entry((x, y)).or_insert((rank, z));
+            if let (Some(&x), Some(&y), true) = (
+                vocab.get(a),
+                vocab.get(b),
+                vocab.contains_key(&format!("{a}{b}")),
+            ) {
+                if seen.insert((x, y)) {
+                    kept.push((a.to_owned(), b.to_owned()));
+                }
             }
         }
         // llama.cpp's pre-tokenizers for the vocabularies this runner knows.
@@ -109,41 +157,68 @@ impl Tokenizer {
             // llama.cpp's "default" splits punctuation and digit groups
             // differently; rather than tokenize almost like it, refuse.
             other => {
-                return Err(LlamaError::Tokenizer(format!(
+                return Err(err(format!(
                     "pre-tokenizer {other:?} is not supported (known: smollm, starcoder, refact, \
                      command-r, codeshell, gpt-2, mpt, olmo)"
                 )))
             }
         };
-        let splits = patterns
-            .iter()
-            .map(|p| Regex::new(p).map_err(|e| LlamaError::Tokenizer(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut specials: Vec<(String, TokenId, bool)> = tokens
-            .iter()
-            .zip(&types)
-            .enumerate()
-            .filter(|(_, (t, &ty))| {
-                !t.is_empty() && (ty == TYPE_CONTROL || ty == TYPE_USER_DEFINED)
-            })
-            .map(|(i, (t, &ty))| (t.clone(), i as TokenId, ty == TYPE_CONTROL))
-            .collect();
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-        let byte_to_char = byte_alphabet();
-        let char_to_byte = byte_to_char
+        let special_of = |ty: i32| {
+            tokens
+                .iter()
+                .zip(&types)
+                .filter(move |(t, &y)| y == ty && !t.is_empty())
+                .map(|(t, _)| t.as_str())
+                .collect::<Vec<_>>()
+        };
+        let (control, user) = (special_of(TYPE_CONTROL), special_of(TYPE_USER_DEFINED));
+        if let Some((a, b)) = overlapping(&[control.as_slice(), user.as_slice()].concat()) {
+            return Err(err(format!(
+                "special tokens {a:?} and {b:?} overlap (one can end inside the other), where \
+                 llama.cpp's split at the longest token and tokenizers' at the leftmost differ"
+            )));
+        }
+
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, kept)
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        let mut steps = Vec::with_capacity(patterns.len() + 1);
+        for p in patterns {
+            let split = Split::new(
+                SplitPattern::Regex(p.to_owned()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| err(e.to_string()))?;
+            steps.push(PreTokenizerWrapper::Split(split));
+        }
+        // The byte alphabet only: the splitting is the regexes' above.
+        steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+            false, false, false,
+        )));
+        let mut plain = tokenizers::Tokenizer::new(bpe);
+        plain.with_pre_tokenizer(Some(Sequence::new(steps)));
+        let added = |texts: &[&str], special: bool| -> Vec<AddedToken> {
+            texts
+                .iter()
+                .map(|&t| AddedToken::from(t, special).normalized(false))
+                .collect()
+        };
+        plain.add_tokens(&added(&user, false));
+        let mut special = plain.clone();
+        special.add_special_tokens(&added(&control, true));
+
+        let char_to_byte = byte_alphabet()
             .iter()
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
-        let byte_ids = byte_to_char.map(|c| ids.get(c.encode_utf8(&mut [0; 4]) as &str).copied());
         Ok(Tokenizer {
+            special,
+            plain,
             tokens,
             types,
-            ids,
-            merges: merge_ids,
-            splits,
-            specials,
-            byte_ids,
             char_to_byte,
             eos: None,
             bos: None,
@@ -158,135 +233,30 @@ impl Tokenizer {
 
     /// The id of a token's exact text, if it is in the vocabulary.
     pub fn token_id(&self, text: &str) -> Option<TokenId> {
-        self.ids.get(text).copied()
+        self.special.token_to_id(text)
     }
 
     /// Encodes `text`; with `parse_special`, control tokens written in the
     /// text (`<|im_start|>`) become their ids. Adds BOS if the vocabulary
     /// asks for it.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<TokenId> {
-        let mut out = Vec::new();
+        let tok = if parse_special {
+            &self.special
+        } else {
+            &self.plain
+        };
+        let enc = tok
+            .encode_fast(text, false)
+            // Nothing in this pipeline can fail: the regexes stop at an
+            // error rather than return it, and a byte-level BPE without an
+            // unknown token drops what it cannot map.
+            .expect("byte-level BPE encoding does not fail");
+        let mut out = Vec::with_capacity(enc.len() + 1);
         if self.add_bos {
             out.extend(self.bos);
         }
-        // Split at special tokens, longest first.
-        enum Frag<'a> {
-            Text(&'a str),
-            Token(TokenId),
-        }
-        let mut frags = vec![Frag::Text(text)];
-        for (special, id, control) in &self.specials {
-            if *control && !parse_special {
-                continue;
-            }
-            let mut next = Vec::with_capacity(frags.len());
-            for f in frags {
-                match f {
-                    Frag::Text(mut s) => {
-                        while let Some(at) = s.find(special.as_str()) {
-                            if at > 0 {
-                                next.push(Frag::Text(&s[..at]));
-                            }
-                            next.push(Frag::Token(*id));
-                            s = &s[at + special.len()..];
-                        }
-                        if !s.is_empty() {
-                            next.push(Frag::Text(s));
-                        }
-                    }
-                    t => next.push(t),
-                }
-            }
-            frags = next;
-        }
-        for f in frags {
-            match f {
-                Frag::Token(id) => out.push(id),
-                Frag::Text(s) => {
-                    for piece in self.pre_tokenize(s) {
-                        self.bpe(piece, &mut out);
-                    }
-                }
-            }
-        }
+        out.extend_from_slice(enc.get_ids());
         out
-    }
-
-    /// Splits text the way the vocabulary's pre-tokenizer does: each regex
-    /// splits every piece into its matches and the gaps between them.
-    fn pre_tokenize<'a>(&self, text: &'a str) -> Vec<&'a str> {
-        let mut pieces = vec![text];
-        for re in &self.splits {
-            let mut next = Vec::with_capacity(pieces.len() * 2);
-            for p in pieces {
-                let mut last = 0;
-                for m in re.find_iter(p).flatten() {
-                    if m.start() > last {
-                        next.push(&p[last..m.start()]);
-                    }
-                    if m.end() > m.start() {
-                        next.push(m.as_str());
-                    }
-                    last = m.end();
-                }
-                if last < p.len() {
-                    next.push(&p[last..]);
-                }
-            }
-            pieces = next;
-        }
-        pieces
-    }
-
-    /// Byte-level BPE of one pre-tokenized piece: the lowest-ranked
-    /// adjacent pair is merged first (the leftmost on ties), with a heap
-    /// over a linked list of symbols, so long pieces stay O(n log n).
-    fn bpe(&self, piece: &str, out: &mut Vec<TokenId>) {
-        use std::cmp::Reverse;
-        use std::collections::BinaryHeap;
-        // Symbols as token ids; a byte missing from the vocabulary is skipped.
-        let mut ids: Vec<TokenId> = piece
-            .bytes()
-            .filter_map(|b| self.byte_ids[b as usize])
-            .collect();
-        let n = ids.len();
-        let mut next: Vec<usize> = (1..=n).collect();
-        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
-        let mut alive = vec![true; n];
-        let mut heap = BinaryHeap::new();
-        let push = |heap: &mut BinaryHeap<_>, ids: &[TokenId], i: usize, j: usize| {
-            if let Some(&(rank, merged)) = self.merge_of(ids[i], ids[j]) {
-                heap.push(Reverse((rank, i, ids[i], ids[j], merged)));
-            }
-        };
-        for i in 1..n {
-            push(&mut heap, &ids, i - 1, i);
-        }
-        while let Some(Reverse((_, i, left, right, merged))) = heap.pop() {
-            let j = next[i];
-            // Stale entries: a side was merged away or changed since.
-            if !alive[i] || j >= n || ids[i] != left || ids[j] != right {
-                continue;
-            }
-            ids[i] = merged;
-            alive[j] = false;
-            next[i] = next[j];
-            if next[j] < n {
-                prev[next[j]] = i;
-            }
-            if prev[i] < n {
-                push(&mut heap, &ids, prev[i], i);
-            }
-            if next[i] < n {
-                push(&mut heap, &ids, i, next[i]);
-            }
-        }
-        out.extend((0..n).filter(|&i| alive[i]).map(|i| ids[i]));
-    }
-
-    /// The rank of merging tokens `a` and `b`, and the token it makes.
-    fn merge_of(&self, a: TokenId, b: TokenId) -> Option<&(usize, TokenId)> {
-        self.merges.get(&(a, b))
     }
 
     /// The bytes a token stands for: nothing for control tokens, the text
@@ -422,6 +392,56 @@ mod tests {
         let mut s = TextStream::default();
         assert_eq!(s.push(&t, 0xE2), "");
         assert_eq!(s.finish(), "\u{FFFD}");
+    }
+
+    #[test]
+    fn user_defined_tokens_are_split_out_always_and_control_tokens_on_request() {
+        let alphabet = byte_alphabet();
+        let mut tokens: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+        tokens.extend(["<u>".to_owned(), "<c>".to_owned()]);
+        let mut types = vec![1; tokens.len()];
+        types[256] = TYPE_USER_DEFINED;
+        types[257] = TYPE_CONTROL;
+        let t = Tokenizer::new(tokens, types, &[], "gpt-2").unwrap();
+        let (u, c) = (256, 257);
+        let bytes = |s: &str| s.bytes().map(u32::from).collect::<Vec<_>>();
+        assert_eq!(t.encode("x<u>", false), [bytes("x"), vec![u]].concat());
+        assert_eq!(t.encode("x<c>", false), bytes("x<c>"));
+        assert_eq!(t.encode("<c><u>", true), vec![c, u]);
+        // User-defined tokens decode to their text, control tokens to nothing.
+        assert_eq!(t.decode(&[c, u]), "<u>");
+    }
+
+    #[test]
+    fn merges_that_cannot_apply_are_dropped_and_a_repeat_keeps_its_first_rank() {
+        let alphabet = byte_alphabet();
+        let mut tokens: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+        tokens.extend(["ab".to_owned(), "bc".to_owned()]);
+        let types = vec![1; tokens.len()];
+        // "x q" makes a token the vocabulary lacks; "a b" comes twice.
+        let merges = ["x q", "a b", "b c", "a b"].map(String::from);
+        let t = Tokenizer::new(tokens, types, &merges, "gpt-2").unwrap();
+        // At its first rank "a b" beats "b c"; at its last it would lose.
+        assert_eq!(t.encode("abc", false), vec![256, b'c' as u32]);
+        assert_eq!(t.encode("xq", false), vec![b'x' as u32, b'q' as u32]);
+    }
+
+    #[test]
+    fn overlapping_special_tokens_are_refused() {
+        // "<a|" ends inside "a|b>": llama.cpp would split "<a|b>" at the
+        // longer, tokenizers at the leftmost.
+        let alphabet = byte_alphabet();
+        let mut tokens: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+        tokens.extend(["<a|".to_owned(), "a|b>".to_owned()]);
+        let mut types = vec![1; tokens.len()];
+        types[256] = TYPE_CONTROL;
+        types[257] = TYPE_USER_DEFINED;
+        let e = Tokenizer::new(tokens, types, &[], "gpt-2").unwrap_err();
+        assert!(e.to_string().contains("overlap"), "{e}");
+        // Nested tokens are fine: both splits take the outer one.
+        assert_eq!(overlapping(&["<|im|>", "im", "<|", "aa"]), None);
+        assert_eq!(overlapping(&["ab", "ba"]), Some(("ab", "ba")));
+        assert_eq!(overlapping(&["<|", "|>"]), Some(("<|", "|>")));
     }
 
     #[test]

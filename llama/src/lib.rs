@@ -7,6 +7,8 @@
 //! with candle; Q4_1 and Q8_0 matrix products are this crate's, written to
 //! reproduce llama.cpp's x86 arithmetic exactly (other weight types go
 //! through candle's `QMatMul`); norms, RoPE and sampling are plain Rust.
+//! The tokenizer is Hugging Face's `tokenizers`, built from the GGUF's own
+//! vocabulary, merges and token types ([`tokenizer`]).
 //!
 //! The model's attention is declared by the caller, as model code does; a
 //! GGUF whose heads or head_dim differ from the declaration is refused with

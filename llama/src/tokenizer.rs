@@ -30,6 +30,7 @@
 //! only strings, where streaming needs the bytes of each token.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -53,10 +54,12 @@ pub type TokenId = u32;
 /// A byte-level BPE tokenizer.
 #[derive(Debug)]
 pub struct Tokenizer {
-    /// Splits out control and user-defined tokens (`parse_special`).
-    special: tokenizers::Tokenizer,
     /// Splits out user-defined tokens only.
     plain: tokenizers::Tokenizer,
+    /// `plain` that splits out control tokens too (`parse_special`), made
+    /// at its first use: a copy compiles the split regexes again, which
+    /// loading a model need not pay for.
+    special: OnceLock<tokenizers::Tokenizer>,
     tokens: Vec<String>,
     types: Vec<i32>,
     char_to_byte: HashMap<char, u8>,
@@ -106,6 +109,25 @@ fn overlapping<'a>(specials: &[&'a str]) -> Option<(&'a str, &'a str)> {
             others.iter().find(|&&o| o != t).map(|&o| (t, o))
         })
     })
+}
+
+/// The texts of the tokens of a type (the empty one left out).
+fn texts_of<'a>(tokens: &'a [String], types: &[i32], ty: i32) -> Vec<&'a str> {
+    tokens
+        .iter()
+        .zip(types)
+        .filter(|&(t, &y)| y == ty && !t.is_empty())
+        .map(|(t, _)| t.as_str())
+        .collect()
+}
+
+/// Special tokens as `tokenizers`' added tokens, matched in the text as
+/// written (there is no normalizer).
+fn added(texts: &[&str], special: bool) -> Vec<AddedToken> {
+    texts
+        .iter()
+        .map(|&t| AddedToken::from(t, special).normalized(false))
+        .collect()
 }
 
 impl Tokenizer {
@@ -163,15 +185,8 @@ impl Tokenizer {
                 )))
             }
         };
-        let special_of = |ty: i32| {
-            tokens
-                .iter()
-                .zip(&types)
-                .filter(move |(t, &y)| y == ty && !t.is_empty())
-                .map(|(t, _)| t.as_str())
-                .collect::<Vec<_>>()
-        };
-        let (control, user) = (special_of(TYPE_CONTROL), special_of(TYPE_USER_DEFINED));
+        let control = texts_of(&tokens, &types, TYPE_CONTROL);
+        let user = texts_of(&tokens, &types, TYPE_USER_DEFINED);
         if let Some((a, b)) = overlapping(&[control.as_slice(), user.as_slice()].concat()) {
             return Err(err(format!(
                 "special tokens {a:?} and {b:?} overlap (one can end inside the other), where \
@@ -199,15 +214,7 @@ impl Tokenizer {
         )));
         let mut plain = tokenizers::Tokenizer::new(bpe);
         plain.with_pre_tokenizer(Some(Sequence::new(steps)));
-        let added = |texts: &[&str], special: bool| -> Vec<AddedToken> {
-            texts
-                .iter()
-                .map(|&t| AddedToken::from(t, special).normalized(false))
-                .collect()
-        };
         plain.add_tokens(&added(&user, false));
-        let mut special = plain.clone();
-        special.add_special_tokens(&added(&control, true));
 
         let char_to_byte = byte_alphabet()
             .iter()
@@ -215,8 +222,8 @@ impl Tokenizer {
             .map(|(b, &c)| (c, b as u8))
             .collect();
         Ok(Tokenizer {
-            special,
             plain,
+            special: OnceLock::new(),
             tokens,
             types,
             char_to_byte,
@@ -226,6 +233,11 @@ impl Tokenizer {
         })
     }
 
+    /// The texts of the tokens of a type (the empty one left out).
+    fn texts_of(&self, ty: i32) -> Vec<&str> {
+        texts_of(&self.tokens, &self.types, ty)
+    }
+
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
@@ -233,7 +245,8 @@ impl Tokenizer {
 
     /// The id of a token's exact text, if it is in the vocabulary.
     pub fn token_id(&self, text: &str) -> Option<TokenId> {
-        self.special.token_to_id(text)
+        // Special tokens are vocabulary tokens, so `plain` knows them all.
+        self.plain.token_to_id(text)
     }
 
     /// Encodes `text`; with `parse_special`, control tokens written in the
@@ -241,7 +254,11 @@ impl Tokenizer {
     /// asks for it.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<TokenId> {
         let tok = if parse_special {
-            &self.special
+            self.special.get_or_init(|| {
+                let mut t = self.plain.clone();
+                t.add_special_tokens(&added(&self.texts_of(TYPE_CONTROL), true));
+                t
+            })
         } else {
             &self.plain
         };

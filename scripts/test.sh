@@ -7,6 +7,14 @@ scripts/setup.sh
 export INSTA_UPDATE=no   # a changed snapshot fails; it is never written
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# A GPU-only runtime builds without the CPU backend (so without LLVM): the
+# launch layer (element types, validation) is not the CPU device's.
+if cargo tree -p attnforge-runtime --no-default-features --features hip -e normal \
+    | grep -q inkwell; then
+  echo "attnforge-runtime with --features hip alone depends on inkwell (LLVM)" >&2
+  exit 1
+fi
+cargo clippy -p attnforge-runtime --no-default-features --features hip -- -D warnings
 cargo test --workspace
 # The fuzzing layer and the bad-input tests again in the release profile,
 # where integer overflow wraps instead of panicking: neither profile may

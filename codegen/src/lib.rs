@@ -35,6 +35,7 @@ pub mod frontend;
 pub mod hip;
 pub mod ir;
 pub mod kernels;
+pub mod pod;
 pub mod registry;
 pub mod spec;
 pub mod target;

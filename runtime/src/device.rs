@@ -7,9 +7,11 @@
 
 use attnforge_codegen::{Attention, AttentionSpec, KvLayoutSpec};
 
-use crate::arena::{Arena, HostArena};
+use crate::arena::Arena;
+#[cfg(feature = "cpu")]
+use crate::arena::HostArena;
 use crate::cache::{CacheError, KvCache, SeqId};
-use crate::cpu::Element;
+use crate::launch::Element;
 use crate::plan::{KvScales, Params};
 use crate::table::PageTable;
 use crate::RuntimeError;
@@ -148,6 +150,7 @@ pub trait Device {
 /// Checks that `layer` (elements of an arena of `len`) is a whole number
 /// of pages that starts on a page boundary: the `*_in` launches index pages
 /// from the range's start.
+#[cfg(any(feature = "cpu", feature = "hip"))]
 fn whole_pages(
     layout: &KvLayoutSpec,
     layer: &std::ops::Range<usize>,

@@ -49,9 +49,9 @@ mod cache;
 pub mod check;
 #[cfg(feature = "cpu")]
 pub mod cpu;
-#[cfg(feature = "cpu")]
 pub mod device;
 pub mod hip;
+pub mod launch;
 pub mod plan;
 pub mod reference;
 mod table;

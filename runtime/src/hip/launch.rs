@@ -3,15 +3,15 @@
 use std::ffi::{c_void, CString};
 use std::marker::PhantomData;
 
-use attnforge_codegen::cpu::Pod;
 use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
+use attnforge_codegen::pod::Pod;
 use attnforge_codegen::{AttentionSpec, HipKernels, KvLayoutSpec};
 
 use super::result::{check, HipStatus};
 use super::{rtc, sys, HipDevice, HipError};
 use crate::arena::Arena;
 use crate::cache::CacheError;
-use crate::cpu::Element;
+use crate::launch::Element;
 use crate::plan::{plan_decode, KvScales, Params};
 use crate::table::PageTable;
 use crate::RuntimeError;
@@ -243,7 +243,7 @@ impl HipDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        crate::cpu::validate_decode::<Q, T>(spec, q, (k.len(), v.len()), table, out)?;
+        crate::launch::validate_decode::<Q, T>(spec, q, (k.len(), v.len()), table, out)?;
         self.make_current()?;
         let (dk, dv) = (DeviceBuffer::from_host(k)?, DeviceBuffer::from_host(v)?);
         self.decode_core(spec, registry, params, q, dk.kv(&dv), table, out)
@@ -262,7 +262,7 @@ impl HipDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        crate::cpu::validate_decode::<Q, T>(spec, q, (kv.len, kv.len), table, out)?;
+        crate::launch::validate_decode::<Q, T>(spec, q, (kv.len, kv.len), table, out)?;
         self.decode_core(spec, registry, params, q, kv, table, out)
     }
 
@@ -352,7 +352,7 @@ impl HipDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        let tiles = crate::cpu::validate_prefill::<Q, T>(
+        let tiles = crate::launch::validate_prefill::<Q, T>(
             spec,
             params,
             q,
@@ -380,7 +380,7 @@ impl HipDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        let tiles = crate::cpu::validate_prefill::<Q, T>(
+        let tiles = crate::launch::validate_prefill::<Q, T>(
             spec,
             params,
             q,
@@ -471,7 +471,7 @@ impl HipDevice {
         k: &mut [T],
         v: &mut [T],
     ) -> Result<(), RuntimeError> {
-        let tokens = crate::cpu::validate_append::<S, T>(
+        let tokens = crate::launch::validate_append::<S, T>(
             layout,
             scales.as_ref(),
             k_new,
@@ -512,7 +512,7 @@ impl HipDevice {
         slots: &[i64],
         kv: DeviceKv<T>,
     ) -> Result<(), RuntimeError> {
-        let tokens = crate::cpu::validate_append::<S, T>(
+        let tokens = crate::launch::validate_append::<S, T>(
             layout,
             scales.as_ref(),
             k_new,

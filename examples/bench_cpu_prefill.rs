@@ -12,8 +12,6 @@
 //! 3. The same decode over an fp8 e4m3 cache with per-head scales (f16
 //!    queries): half the K/V bytes.
 
-use std::time::Duration;
-
 use attnforge::runtime::bench::median_time;
 
 use attnforge::kernels::specs::Llama3;
@@ -21,10 +19,6 @@ use attnforge::runtime::cpu::{CpuDevice, Mode};
 use attnforge::runtime::{plan_decode, KvScales, PageTable, Params, Split};
 use attnforge::{Arch, Attention, AttentionSpec, DType, KvLayoutSpec, KvScale, F8E4M3};
 use half::f16;
-
-fn time(runs: usize, f: impl FnMut()) -> Duration {
-    median_time(runs, f)
-}
 
 /// One sequence of `len` tokens on scattered pages, with deterministic K/V.
 fn arena(l: &KvLayoutSpec, len: usize) -> (Vec<f16>, Vec<f16>, Vec<i32>) {
@@ -59,7 +53,7 @@ fn main() {
     let table = PageTable::from_sequences(l.page_size, [(&ids[..], n)]);
     let params = Params::default();
     let flops = 4.0 * l.head_dim as f64 * spec.q_heads as f64 * (n * (n + 1) / 2) as f64;
-    let t = time(3, || {
+    let t = median_time(3, || {
         device
             .prefill(
                 &spec,
@@ -85,7 +79,7 @@ fn main() {
         l.page_size,
         (0..n).map(|i| (&ids[..(i + 1).div_ceil(ps)], i + 1)),
     );
-    let t = time(3, || {
+    let t = median_time(3, || {
         device
             .decode(&spec, target, Mode::Fast, &q, &k, &v, &rows, &mut out)
             .unwrap()
@@ -118,7 +112,7 @@ fn main() {
             ..Params::default()
         };
         let plan = plan_decode(&spec, [n], split, threads as u32).expect("a valid split");
-        let t = time(5, || {
+        let t = median_time(5, || {
             device
                 .decode_ext(
                     &spec,
@@ -167,7 +161,7 @@ fn main() {
         }),
         ..Params::default()
     };
-    let t = time(5, || {
+    let t = median_time(5, || {
         device
             .decode_ext(
                 &fp8,

@@ -24,14 +24,15 @@
 use std::fmt;
 
 use attnforge_codegen::kernels::KernelSpec;
-use attnforge_codegen::{Arch, AttentionSpec, DType, KernelKind, KvLayoutSpec, Order, F8E4M3};
+use attnforge_codegen::{Arch, DType, KernelKind, KvLayoutSpec, Order};
 use half::{bf16, f16};
 
 use crate::cpu::{CpuDevice, Element, Mode};
+use crate::launch::with_elements;
 use crate::{PageTable, RuntimeError, Split};
 
 mod run;
-use run::{append, append_fp8, check_attention};
+use run::{append, append_fp8, Batch};
 
 #[path = "../../../tests/support/splitmix.rs"]
 mod splitmix;
@@ -265,7 +266,7 @@ pub fn check_kernel(
     cases: &Cases<'_>,
 ) -> Result<Vec<Outcome>, CheckError> {
     let mut out = Vec::new();
-    let (a, run) = match kernel {
+    let a = match kernel {
         KernelSpec::Append(l) => {
             for &arch in cases.archs {
                 for &mode in cases.modes {
@@ -279,62 +280,31 @@ pub fn check_kernel(
             }
             return Ok(out);
         }
-        KernelSpec::Decode(a) => (a, None),
-        KernelSpec::DecodeSplit(a) | KernelSpec::DecodeMerge(a) => {
-            for (ci, lens) in cases.lens.iter().enumerate() {
-                let run = Run::Decode(fixed_split(lens));
-                let one = Cases {
-                    lens: std::slice::from_ref(lens),
-                    ..*cases
-                };
-                attention(device, kernel.kind(), a, run, seed, ci, &one, &mut out)?;
-            }
-            return Ok(out);
-        }
-        KernelSpec::Prefill(a) => (a, Some(Run::Prefill)),
+        KernelSpec::Decode(a)
+        | KernelSpec::Prefill(a)
+        | KernelSpec::DecodeSplit(a)
+        | KernelSpec::DecodeMerge(a) => a,
     };
-    let run = run.unwrap_or(Run::Decode(Split::Off));
-    for (ci, lens) in cases.lens.iter().enumerate() {
-        let one = Cases {
-            lens: std::slice::from_ref(lens),
-            ..*cases
+    for (case, lens) in cases.lens.iter().enumerate() {
+        let run = match kernel {
+            KernelSpec::Prefill(_) => Run::Prefill,
+            KernelSpec::DecodeSplit(_) | KernelSpec::DecodeMerge(_) => {
+                Run::Decode(fixed_split(lens))
+            }
+            _ => Run::Decode(Split::Off),
         };
-        attention(device, kernel.kind(), a, run, seed, ci, &one, &mut out)?;
+        let batch = Batch {
+            device,
+            kind: kernel.kind(),
+            spec: a,
+            run,
+            seed,
+            case,
+            lens,
+            cases,
+            out: &mut out,
+        };
+        with_elements(a.query_dtype(), a.kv.dtype, batch)?;
     }
     Ok(out)
-}
-
-/// `check_attention` with the host types of the spec's dtypes.
-#[allow(clippy::too_many_arguments)]
-fn attention(
-    device: &CpuDevice,
-    kind: KernelKind,
-    a: &AttentionSpec,
-    run: Run,
-    seed: u64,
-    case: usize,
-    cases: &Cases<'_>,
-    out: &mut Vec<Outcome>,
-) -> Result<(), CheckError> {
-    macro_rules! go {
-        ($q:ty, $t:ty) => {
-            check_attention::<$q, $t>(device, kind, a, run, seed, case, cases, out)
-        };
-    }
-    match (a.query_dtype(), a.kv.dtype) {
-        (DType::F32, DType::F32) => go!(f32, f32),
-        (DType::F16, DType::F16) => go!(f16, f16),
-        (DType::BF16, DType::BF16) => go!(bf16, bf16),
-        (DType::F32, DType::F16) => go!(f32, f16),
-        (DType::F32, DType::BF16) => go!(f32, bf16),
-        (DType::F16, DType::F32) => go!(f16, f32),
-        (DType::BF16, DType::F32) => go!(bf16, f32),
-        (DType::F16, DType::BF16) => go!(f16, bf16),
-        (DType::BF16, DType::F16) => go!(bf16, f16),
-        (DType::F32, DType::F8E4M3) => go!(f32, F8E4M3),
-        (DType::F16, DType::F8E4M3) => go!(f16, F8E4M3),
-        (DType::BF16, DType::F8E4M3) => go!(bf16, F8E4M3),
-        // Refused by validation; the launch reports it.
-        (DType::F8E4M3, _) => go!(F8E4M3, F8E4M3),
-    }
 }

@@ -5,22 +5,43 @@ use attnforge_codegen::{Alibi, Arch, AttentionSpec, DType, KernelKind, KvLayoutS
 
 use super::{dequantize, kv_scales, paged_inputs, q_lens, Cases, CheckError, Outcome, Rng, Run};
 use crate::cpu::{CpuDevice, Element, Mode};
+use crate::launch::WithElements;
 use crate::reference::{self, rel_l2, tolerance};
 use crate::{KvScales, Params, Split};
 
-/// One batch of `cases.lens` (case number `case` of the seed) at every arch
-/// and mode.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn check_attention<Q: Element, T: Element>(
-    device: &CpuDevice,
-    kind: KernelKind,
-    spec: &AttentionSpec,
-    run: Run,
-    seed: u64,
-    case: usize,
-    cases: &Cases<'_>,
-    out: &mut Vec<Outcome>,
-) -> Result<(), CheckError> {
+/// One batch (case number `case` of the seed), at every arch and mode of
+/// `cases`, run with the host types of the spec's dtypes.
+pub(super) struct Batch<'a> {
+    pub device: &'a CpuDevice,
+    pub kind: KernelKind,
+    pub spec: &'a AttentionSpec,
+    pub run: Run,
+    pub seed: u64,
+    pub case: usize,
+    pub lens: &'a [usize],
+    pub cases: &'a Cases<'a>,
+    pub out: &'a mut Vec<Outcome>,
+}
+
+impl WithElements for Batch<'_> {
+    type Output = Result<(), CheckError>;
+    fn run<Q: Element, T: Element>(self) -> Result<(), CheckError> {
+        check_attention::<Q, T>(self)
+    }
+}
+
+fn check_attention<Q: Element, T: Element>(b: Batch<'_>) -> Result<(), CheckError> {
+    let Batch {
+        device,
+        kind,
+        spec,
+        run,
+        seed,
+        case,
+        lens,
+        cases,
+        out,
+    } = b;
     // fp8: the reference runs on the dequantized cache, so what is left is
     // the query dtype's rounding: its tolerance, stricter than the 5e-2
     // that `tolerance(F8E4M3)` allows.
@@ -28,111 +49,107 @@ pub(super) fn check_attention<Q: Element, T: Element>(
         DType::F8E4M3 => tolerance(spec.query_dtype()),
         kv => tolerance(kv).max(tolerance(spec.query_dtype())),
     };
-    for lens in cases.lens {
-        let mut rng = Rng(seed ^ (case as u64 * 7919));
-        let s = paged_inputs::<T>(&spec.kv, lens, &mut rng);
-        let qo: Vec<i32> = match run {
-            Run::Prefill => std::iter::once(0)
-                .chain(q_lens(lens).iter().scan(0, |acc, &n| {
-                    *acc += n as i32;
-                    Some(*acc)
-                }))
-                .collect(),
-            _ => (0..=lens.len() as i32).collect(),
-        };
-        let rows = *qo.last().unwrap_or(&0) as usize;
-        let n = rows * spec.q_heads as usize * spec.kv.head_dim as usize;
-        // Larger queries make the softmax peaked, not uniform.
-        let q: Vec<Q> = (0..n).map(|_| Q::from_f64(3.0 * rng.uniform())).collect();
-        let sinks: Option<Vec<f32>> = spec.sinks.then(|| {
-            (0..spec.q_heads)
-                .map(|_| (3.0 * rng.uniform()) as f32)
-                .collect()
-        });
-        let slopes: Option<Vec<f32>> = (spec.alibi == Some(Alibi::Given)).then(|| {
-            (0..spec.q_heads)
-                .map(|_| (0.3 * rng.uniform().abs()) as f32)
-                .collect()
-        });
-        let scales = kv_scales(&spec.kv, &mut rng);
-        let fq = |x: &[Q]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
-        let f32s = |x: &Option<Vec<f32>>| {
-            x.as_ref()
-                .map(|v| v.iter().map(|&e| f64::from(e)).collect())
-        };
-        let var = reference::Variants {
-            sinks: f32s(&sinks),
-            alibi_slopes: f32s(&slopes),
-        };
-        let (k, v) = (
-            dequantize(&spec.kv, &s.k, scales.as_ref().map(|s| &s.0[..])),
-            dequantize(&spec.kv, &s.v, scales.as_ref().map(|s| &s.1[..])),
-        );
-        let want = reference::prefill_with(
-            &match run {
-                Run::Prefill => *spec,
-                // A decode query is its sequence's last token.
-                _ => AttentionSpec {
-                    causal: true,
-                    ..*spec
-                },
+    let mut rng = Rng(seed ^ (case as u64 * 7919));
+    let s = paged_inputs::<T>(&spec.kv, lens, &mut rng);
+    let qo: Vec<i32> = match run {
+        Run::Prefill => std::iter::once(0)
+            .chain(q_lens(lens).iter().scan(0, |acc, &n| {
+                *acc += n as i32;
+                Some(*acc)
+            }))
+            .collect(),
+        _ => (0..=lens.len() as i32).collect(),
+    };
+    let rows = *qo.last().unwrap_or(&0) as usize;
+    let n = rows * spec.q_heads as usize * spec.kv.head_dim as usize;
+    // Larger queries make the softmax peaked, not uniform.
+    let q: Vec<Q> = (0..n).map(|_| Q::from_f64(3.0 * rng.uniform())).collect();
+    let sinks: Option<Vec<f32>> = spec.sinks.then(|| {
+        (0..spec.q_heads)
+            .map(|_| (3.0 * rng.uniform()) as f32)
+            .collect()
+    });
+    let slopes: Option<Vec<f32>> = (spec.alibi == Some(Alibi::Given)).then(|| {
+        (0..spec.q_heads)
+            .map(|_| (0.3 * rng.uniform().abs()) as f32)
+            .collect()
+    });
+    let scales = kv_scales(&spec.kv, &mut rng);
+    let fq = |x: &[Q]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
+    let f32s = |x: &Option<Vec<f32>>| {
+        x.as_ref()
+            .map(|v| v.iter().map(|&e| f64::from(e)).collect())
+    };
+    let var = reference::Variants {
+        sinks: f32s(&sinks),
+        alibi_slopes: f32s(&slopes),
+    };
+    let (k, v) = (
+        dequantize(&spec.kv, &s.k, scales.as_ref().map(|s| &s.0[..])),
+        dequantize(&spec.kv, &s.v, scales.as_ref().map(|s| &s.1[..])),
+    );
+    let want = reference::prefill_with(
+        &match run {
+            Run::Prefill => *spec,
+            // A decode query is its sequence's last token.
+            _ => AttentionSpec {
+                causal: true,
+                ..*spec
             },
-            &var,
-            &fq(&q),
-            &qo,
-            &k,
-            &v,
-            &s.table,
-        );
-        let work: usize = lens.iter().zip(q_lens(lens)).map(|(l, q)| l * q).sum();
-        for &arch in cases.archs {
-            for &mode in cases.modes {
-                if run == Run::Prefill && work > 50_000 && mode == Mode::Checked {
-                    continue;
-                }
-                let params = Params {
-                    sinks: sinks.as_deref(),
-                    alibi_slopes: slopes.as_deref(),
-                    split: match run {
-                        Run::Decode(split) => split,
-                        _ => Split::Off,
-                    },
-                    kv_scales: scales.as_ref().map(|(k, v)| KvScales { k, v }),
-                };
-                let mut o = vec![Q::from_f64(f64::NAN); n];
-                let t = arch.target();
-                match run {
-                    Run::Prefill => device.prefill(
-                        spec, t, mode, &params, &q, &qo, &s.k, &s.v, &s.table, &mut o,
-                    ),
-                    _ => {
-                        device.decode_ext(spec, t, mode, &params, &q, &s.k, &s.v, &s.table, &mut o)
-                    }
-                }
-                .map_err(|source| CheckError {
-                    kind,
-                    run,
-                    arch,
-                    mode,
-                    lens: lens.to_vec(),
-                    source: Box::new(source),
-                })?;
-                let got = fq(&o);
-                let error = if got.iter().all(|x| x.is_finite()) {
-                    rel_l2(&got, &want)
-                } else {
-                    f64::INFINITY
-                };
-                out.push(Outcome {
-                    kind,
-                    run,
-                    arch,
-                    mode,
-                    lens: lens.to_vec(),
-                    error,
-                    tolerance: tol,
-                });
+        },
+        &var,
+        &fq(&q),
+        &qo,
+        &k,
+        &v,
+        &s.table,
+    );
+    let work: usize = lens.iter().zip(q_lens(lens)).map(|(l, q)| l * q).sum();
+    for &arch in cases.archs {
+        for &mode in cases.modes {
+            if run == Run::Prefill && work > 50_000 && mode == Mode::Checked {
+                continue;
             }
+            let params = Params {
+                sinks: sinks.as_deref(),
+                alibi_slopes: slopes.as_deref(),
+                split: match run {
+                    Run::Decode(split) => split,
+                    _ => Split::Off,
+                },
+                kv_scales: scales.as_ref().map(|(k, v)| KvScales { k, v }),
+            };
+            let mut o = vec![Q::from_f64(f64::NAN); n];
+            let t = arch.target();
+            match run {
+                Run::Prefill => device.prefill(
+                    spec, t, mode, &params, &q, &qo, &s.k, &s.v, &s.table, &mut o,
+                ),
+                _ => device.decode_ext(spec, t, mode, &params, &q, &s.k, &s.v, &s.table, &mut o),
+            }
+            .map_err(|source| CheckError {
+                kind,
+                run,
+                arch,
+                mode,
+                lens: lens.to_vec(),
+                source: Box::new(source),
+            })?;
+            let got = fq(&o);
+            let error = if got.iter().all(|x| x.is_finite()) {
+                rel_l2(&got, &want)
+            } else {
+                f64::INFINITY
+            };
+            out.push(Outcome {
+                kind,
+                run,
+                arch,
+                mode,
+                lens: lens.to_vec(),
+                error,
+                tolerance: tol,
+            });
         }
     }
     Ok(())
@@ -167,6 +184,20 @@ fn append_error(arch: Arch, mode: Mode, source: crate::RuntimeError) -> CheckErr
         mode,
         lens: Vec::new(),
         source: Box::new(source),
+    }
+}
+
+/// An append's outcome: `error` is the fraction of arena elements that
+/// differ from the reference's, and none may.
+fn append_outcome(arch: Arch, mode: Mode, error: f64) -> Outcome {
+    Outcome {
+        kind: KernelKind::Append,
+        run: Run::Append,
+        arch,
+        mode,
+        lens: Vec::new(),
+        error,
+        tolerance: 0.0,
     }
 }
 
@@ -208,15 +239,11 @@ pub(super) fn append<T: Element>(
         .map_err(|e| append_error(arch, mode, e))?;
     // Bits, so that a NaN written where the reference has one matches.
     let bits = |x: T| x.to_f64().to_bits();
-    Ok(Outcome {
-        kind: KernelKind::Append,
-        run: Run::Append,
+    Ok(append_outcome(
         arch,
         mode,
-        lens: Vec::new(),
-        error: (mismatch(&k, &kw, bits) + mismatch(&v, &vw, bits)) / 2.0,
-        tolerance: 0.0,
-    })
+        (mismatch(&k, &kw, bits) + mismatch(&v, &vw, bits)) / 2.0,
+    ))
 }
 
 /// fp8 append: f32 rows quantized with the layout's scales. The expected
@@ -274,13 +301,9 @@ pub(super) fn append_fp8(
         )
         .map_err(|e| append_error(arch, mode, e))?;
     let bits = |x: F8E4M3| u64::from(x.0);
-    Ok(Outcome {
-        kind: KernelKind::Append,
-        run: Run::Append,
+    Ok(append_outcome(
         arch,
         mode,
-        lens: Vec::new(),
-        error: (mismatch(&k, &kw, bits) + mismatch(&v, &vw, bits)) / 2.0,
-        tolerance: 0.0,
-    })
+        (mismatch(&k, &kw, bits) + mismatch(&v, &vw, bits)) / 2.0,
+    ))
 }

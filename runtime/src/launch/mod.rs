@@ -6,5 +6,5 @@
 mod element;
 mod validate;
 
-pub use element::Element;
+pub use element::{with_elements, Element, WithElements};
 pub use validate::{validate_append, validate_decode, validate_prefill};

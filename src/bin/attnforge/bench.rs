@@ -10,9 +10,9 @@ use attnforge::codegen::kernels::{generate, symbol};
 use attnforge::runtime::bench::{median_time, memcpy};
 use attnforge::runtime::check::{kv_scales, paged_inputs, Rng};
 use attnforge::runtime::cpu::{CpuDevice, Element, Mode};
+use attnforge::runtime::launch::{with_elements, WithElements};
 use attnforge::runtime::{KvScales, Params, Split};
-use attnforge::{Alibi, Arch, AttentionSpec, DType, F8E4M3};
-use half::{bf16, f16};
+use attnforge::{Alibi, Arch, AttentionSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::spec::{self, SpecArgs};
@@ -144,34 +144,36 @@ enum Work {
     Prefill,
 }
 
+/// One figure's measurement, run with the host types of the spec's dtypes.
+struct Measure<'a> {
+    device: &'a CpuDevice,
+    spec: &'a AttentionSpec,
+    args: &'a Args,
+    work: Work,
+}
+
+impl WithElements for Measure<'_> {
+    type Output = Result<Vec<Figure>, Failure>;
+    fn run<Q: Element, T: Element>(self) -> Self::Output {
+        measure::<Q, T>(self.device, self.spec, self.args, self.work)
+    }
+}
+
+/// `measure` with the host types of the spec's dtypes (fp8 queries are
+/// refused by the spec's validation before this).
 fn dispatch(
     device: &CpuDevice,
     spec: &AttentionSpec,
-    a: &Args,
+    args: &Args,
     work: Work,
 ) -> Result<Vec<Figure>, Failure> {
-    macro_rules! go {
-        ($q:ty, $t:ty) => {
-            measure::<$q, $t>(device, spec, a, work)
-        };
-    }
-    match (spec.query_dtype(), spec.kv.dtype) {
-        (DType::F32, DType::F32) => go!(f32, f32),
-        (DType::F16, DType::F16) => go!(f16, f16),
-        (DType::BF16, DType::BF16) => go!(bf16, bf16),
-        (DType::F32, DType::F16) => go!(f32, f16),
-        (DType::F32, DType::BF16) => go!(f32, bf16),
-        (DType::F16, DType::F32) => go!(f16, f32),
-        (DType::BF16, DType::F32) => go!(bf16, f32),
-        (DType::F16, DType::BF16) => go!(f16, bf16),
-        (DType::BF16, DType::F16) => go!(bf16, f16),
-        (DType::F32, DType::F8E4M3) => go!(f32, F8E4M3),
-        (DType::F16, DType::F8E4M3) => go!(f16, F8E4M3),
-        (DType::BF16, DType::F8E4M3) => go!(bf16, F8E4M3),
-        (DType::F8E4M3, _) => Err(Failure::Usage(
-            "--attention q_dtype: fp8 queries are not supported".into(),
-        )),
-    }
+    let m = Measure {
+        device,
+        spec,
+        args,
+        work,
+    };
+    with_elements(spec.query_dtype(), spec.kv.dtype, m)
 }
 
 /// Visible (query, key) pairs of a `prompt`-token prompt under `spec`'s

@@ -27,10 +27,13 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use attnforge::prelude::*;
-use attnforge::runtime::cpu::{CpuDevice, Element, Mode};
-use attnforge::runtime::device::{Cpu, Device};
+use attnforge::runtime::cpu::{Element, Mode};
+use attnforge::runtime::driver::cpu::CpuDriver;
+use attnforge::runtime::driver::hip::HipDriver;
+use attnforge::runtime::driver::Driver;
+use attnforge::runtime::launch::{Gpu, Kernels, LaunchParams, Workspace, WorkspaceLimits};
 use attnforge::runtime::{
-    reference, AllocError, CacheError, KvCache, PageTable, RuntimeError, SeqId,
+    reference, AllocError, CacheError, KvCache, PageTable, RuntimeError, SeqId, Split,
 };
 use clap::{Parser, ValueEnum};
 
@@ -182,25 +185,22 @@ pub fn run<T: Element + Default>(
     );
     match args.backend {
         Backend::Cpu => {
-            let cpu = CpuDevice::new();
-            let device = Cpu {
-                device: &cpu,
-                target: Arch::Host.target(),
-                mode: Mode::Fast,
-            };
-            simulate::<T, _>(&device, specs, args)
+            let gpu = Gpu::new(CpuDriver::new(Arch::Host.target(), Mode::Fast));
+            simulate::<T, _>(&gpu, specs, args)
         }
         Backend::Hip => {
-            let device = attnforge::runtime::hip::HipDevice::new(0).map_err(|e| {
+            let driver = HipDriver::new(0, None).map_err(|e| {
                 format!("the HIP backend is not available here: {e} (use --backend cpu)")
             })?;
-            simulate::<T, _>(&device, specs, args)
+            simulate::<T, _>(&Gpu::new(driver), specs, args)
         }
     }
 }
 
-fn simulate<T: Element + Default, D: Device>(
-    device: &D,
+/// The serving loop on the launch path: per step, the cache's bookkeeping,
+/// one plan, then per layer an append and one attention launch on a stream.
+fn simulate<T: Element + Default, D: Driver>(
+    gpu: &Gpu<D>,
     specs: &[AttentionSpec],
     args: &Args,
 ) -> Result<Stats, Box<dyn std::error::Error>> {
@@ -225,10 +225,24 @@ fn simulate<T: Element + Default, D: Device>(
         )
         .into());
     }
-    // The arena lives in the device's memory (GPU memory on HIP).
-    let mut cache = KvCache::<T>::new_on(device, layout, args.layers, args.max_pages)?;
+    // Set-up, once: a stream, every spec's kernels, the cache (its arena in
+    // the device's memory), a workspace and the activations' buffers.
+    let stream = gpu.stream()?;
+    let kernels: Vec<Kernels<D>> = specs
+        .iter()
+        .map(|s| Kernels::load(gpu, s))
+        .collect::<Result<_, _>>()?;
+    let mut cache = KvCache::<T, _>::new_on_gpu(gpu, &stream, layout, args.layers, args.max_pages)?;
+    let most_rows = args.prompt_max.max(args.max_batch);
+    let limits = WorkspaceLimits::new(args.max_batch as u32, args.max_pages, most_rows as u32);
+    let mut ws = Workspace::new(gpu, specs, limits)?;
     let row = (layout.kv_heads * layout.head_dim) as usize;
     let q_row = (specs[0].q_heads * layout.head_dim) as usize;
+    let mut k_buf = gpu.alloc::<T>(most_rows * row)?;
+    let mut v_buf = gpu.alloc::<T>(most_rows * row)?;
+    let mut q_buf = gpu.alloc::<T>(most_rows * q_row)?;
+    let mut out_buf = gpu.alloc::<T>(most_rows * q_row)?;
+    let params = LaunchParams::default();
     let mut running: Vec<Running> = Vec::new();
     let mut admitted = 0usize;
     let mut stats = Stats::default();
@@ -252,29 +266,29 @@ fn simulate<T: Element + Default, D: Device>(
                     // then its attention through the prefill kernel.
                     let q_len = [req.prompt as u32];
                     let check = args.check_every > 0 && admitted.is_multiple_of(args.check_every);
+                    let plan =
+                        cache.plan_prefill(&mut ws, &stream, specs, &[seq], &q_len, &slots)?;
+                    let (n, nq) = (req.prompt * row, req.prompt * q_row);
                     for layer in 0..args.layers {
-                        let spec = &specs[layer as usize % specs.len()];
-                        let k = random(req.prompt * row, &mut rng);
-                        let v = random(req.prompt * row, &mut rng);
-                        cache.append_with(device, layer, &slots, &k, &v)?;
-                        let q: Vec<T> = (0..req.prompt * q_row)
-                            .map(|_| T::from_f64(3.0 * rng.value()))
-                            .collect();
-                        let mut out = vec![T::default(); q.len()];
+                        let i = layer as usize % specs.len();
+                        let spec = &specs[i];
+                        let k = random(n, &mut rng);
+                        let v = random(n, &mut rng);
+                        k_buf.view_mut().slice(0..n)?.upload(&stream, &k)?;
+                        v_buf.view_mut().slice(0..n)?.upload(&stream, &v)?;
+                        let (kn, vn) = (k_buf.view().slice(0..n)?, v_buf.view().slice(0..n)?);
+                        cache.append_step(&kernels[i], &stream, &plan, layer, kn, vn)?;
+                        let q: Vec<T> = (0..nq).map(|_| T::from_f64(3.0 * rng.value())).collect();
+                        q_buf.view_mut().slice(0..nq)?.upload(&stream, &q)?;
                         let tp = Instant::now();
-                        let params = Params::default();
-                        cache.prefill_with(
-                            device,
-                            spec,
-                            &params,
-                            layer,
-                            &[seq],
-                            &q_len,
-                            &q,
-                            &mut out,
-                        )?;
+                        let (qv, ov) =
+                            (q_buf.view().slice(0..nq)?, out_buf.view_mut().slice(0..nq)?);
+                        cache.prefill_step(&kernels[i], &stream, &plan, layer, &params, qv, ov)?;
+                        stream.synchronize()?;
                         stats.prefill_time += tp.elapsed();
                         if check {
+                            let mut out = vec![T::default(); nq];
+                            out_buf.view().slice(0..nq)?.read_into(&stream, &mut out)?;
                             let table = cache.page_table(&[seq])?;
                             let (ka, va) = cache.layer_to_host(layer)?;
                             let f = |x: &[T]| x.iter().map(|e| e.to_f64()).collect::<Vec<f64>>();
@@ -330,22 +344,29 @@ fn simulate<T: Element + Default, D: Device>(
         let batch: Vec<SeqId> = running.iter().map(|r| r.seq).collect();
         let check = args.check_every > 0 && stats.steps.is_multiple_of(args.check_every);
         let ts = Instant::now();
+        // One plan for the step: its table and slots go up once, whatever
+        // the number of layers.
+        let plan = cache.plan_decode(&mut ws, &stream, specs, &batch, &slots, Split::Auto)?;
+        let (n, nq) = (batch.len() * row, batch.len() * q_row);
         for layer in 0..args.layers {
-            let spec = &specs[layer as usize % specs.len()];
-            let (k, v) = (
-                random(batch.len() * row, &mut rng),
-                random(batch.len() * row, &mut rng),
-            );
-            cache.append_with(device, layer, &slots, &k, &v)?;
-            let q: Vec<T> = (0..batch.len() * q_row)
-                .map(|_| T::from_f64(3.0 * rng.value()))
-                .collect();
-            let mut out = vec![T::default(); q.len()];
-            cache.decode_with(device, spec, layer, &batch, &q, &mut out)?;
+            let i = layer as usize % specs.len();
+            let spec = &specs[i];
+            let (k, v) = (random(n, &mut rng), random(n, &mut rng));
+            k_buf.view_mut().slice(0..n)?.upload(&stream, &k)?;
+            v_buf.view_mut().slice(0..n)?.upload(&stream, &v)?;
+            let (kn, vn) = (k_buf.view().slice(0..n)?, v_buf.view().slice(0..n)?);
+            cache.append_step(&kernels[i], &stream, &plan, layer, kn, vn)?;
+            let q: Vec<T> = (0..nq).map(|_| T::from_f64(3.0 * rng.value())).collect();
+            q_buf.view_mut().slice(0..nq)?.upload(&stream, &q)?;
+            let (qv, ov) = (q_buf.view().slice(0..nq)?, out_buf.view_mut().slice(0..nq)?);
+            cache.decode_step(&kernels[i], &stream, &plan, layer, &params, qv, ov)?;
             if check {
+                let mut out = vec![T::default(); nq];
+                out_buf.view().slice(0..nq)?.read_into(&stream, &mut out)?;
                 stats.record(check_layer(&mut cache, spec, layer, &batch, &q, &out)?);
             }
         }
+        stream.synchronize()?;
         stats.decode_time += ts.elapsed();
         stats.steps += 1;
         stats.decoded += batch.len();

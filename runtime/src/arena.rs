@@ -25,6 +25,12 @@ pub trait Arena<T>: Sized {
     /// Elements `range` of K and of V, copied to host memory (a range past
     /// the arena is an error).
     fn to_host(&self, range: std::ops::Range<usize>) -> Result<(Vec<T>, Vec<T>), String>;
+
+    /// Keeps a layer's fp8 scales where its launches read them (device
+    /// memory, for a device arena), once, when the cache first stores them.
+    fn store_scales(&mut self, _layer: u32, _k: &[f32], _v: &[f32]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// K and V in host memory.

@@ -125,6 +125,11 @@ pub struct KvCache<T, A = HostArena<T>> {
     seqs: BTreeMap<SeqId, Seq>,
     next_id: SeqId,
     clock: u64,
+    /// A process-unique id (what a step plan records).
+    cache_id: u64,
+    /// Bumped by every change of sequences or pages (a step plan made
+    /// before one is stale).
+    version: u64,
     _t: std::marker::PhantomData<T>,
 }
 
@@ -193,6 +198,8 @@ impl<T, A: Arena<T>> KvCache<T, A> {
             seqs: BTreeMap::new(),
             next_id: 0,
             clock: 0,
+            cache_id: crate::launch::next_id(),
+            version: 0,
             _t: std::marker::PhantomData,
         })
     }
@@ -250,6 +257,9 @@ impl<T, A: Arena<T>> KvCache<T, A> {
             Some(_) => Err(CacheError::ScalesMismatch { layer }),
             None => {
                 if remember {
+                    self.arena
+                        .store_scales(layer, k, v)
+                        .map_err(CacheError::Arena)?;
                     self.scales.insert(layer, (k.to_vec(), v.to_vec()));
                 }
                 Ok(())
@@ -297,6 +307,12 @@ impl<T, A: Arena<T>> KvCache<T, A> {
         Ok(l * n..(l + 1) * n)
     }
 
+    /// The cache's id and the version of its sequences and pages: a step
+    /// plan is valid for exactly these.
+    pub(crate) fn plan_key(&self) -> (u64, u64) {
+        (self.cache_id, self.version)
+    }
+
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock
@@ -325,6 +341,7 @@ impl<T, A: Arena<T>> KvCache<T, A> {
     pub fn add_sequence(&mut self) -> SeqId {
         let id = self.next_id;
         self.next_id += 1;
+        self.version += 1;
         let t = self.tick();
         self.seqs.insert(
             id,
@@ -380,6 +397,7 @@ impl<T, A: Arena<T>> KvCache<T, A> {
             *s.pages.last_mut().expect("partial implies a page") = copy;
         }
         let t = self.tick();
+        self.version += 1;
         let s = self.seqs.get_mut(&id).expect("checked above");
         s.pages.extend(fresh);
         let slots = (held..held + n)
@@ -439,6 +457,7 @@ impl<T, A: Arena<T>> KvCache<T, A> {
         }
         let child = self.next_id;
         self.next_id += 1;
+        self.version += 1;
         let t = self.tick();
         self.seqs.insert(
             child,
@@ -460,6 +479,7 @@ impl<T, A: Arena<T>> KvCache<T, A> {
             .release_all(&pages)
             .map_err(|source| CacheError::Alloc { seq: id, source })?;
         self.seqs.remove(&id);
+        self.version += 1;
         Ok(self.alloc.free_pages() + self.alloc.evictable_pages() - before)
     }
 

@@ -150,8 +150,7 @@ pub trait Device {
 /// Checks that `layer` (elements of an arena of `len`) is a whole number
 /// of pages that starts on a page boundary: the `*_in` launches index pages
 /// from the range's start.
-#[cfg(any(feature = "cpu", feature = "hip"))]
-fn whole_pages(
+pub(crate) fn whole_pages(
     layout: &KvLayoutSpec,
     layer: &std::ops::Range<usize>,
     len: usize,
@@ -296,104 +295,6 @@ impl Device for Cpu<'_> {
             k,
             v,
         )
-    }
-}
-
-#[cfg(feature = "hip")]
-impl Device for crate::hip::HipDevice {
-    type Arena<T: Element> = crate::hip::HipArena<T>;
-
-    fn new_arena<T: Element>(&self, elems: usize) -> Result<Self::Arena<T>, RuntimeError> {
-        self.make_current()?;
-        Ok(crate::hip::HipArena::zeroed(elems)?)
-    }
-
-    fn decode_in<Q: Element, T: Element>(
-        &self,
-        spec: &AttentionSpec,
-        params: &Params<'_>,
-        q: &[Q],
-        arena: &Self::Arena<T>,
-        layer: std::ops::Range<usize>,
-        table: &PageTable,
-        out: &mut [Q],
-    ) -> Result<(), RuntimeError> {
-        whole_pages(&spec.kv, &layer, arena.len())?;
-        let kv = arena.layer(layer)?;
-        crate::hip::HipDevice::decode_resident(self, spec, None, params, q, kv, table, out)
-    }
-
-    fn prefill_in<Q: Element, T: Element>(
-        &self,
-        spec: &AttentionSpec,
-        params: &Params<'_>,
-        q: &[Q],
-        qo_indptr: &[i32],
-        arena: &Self::Arena<T>,
-        layer: std::ops::Range<usize>,
-        table: &PageTable,
-        out: &mut [Q],
-    ) -> Result<(), RuntimeError> {
-        whole_pages(&spec.kv, &layer, arena.len())?;
-        let kv = arena.layer(layer)?;
-        crate::hip::HipDevice::prefill_resident(
-            self, spec, None, params, q, qo_indptr, kv, table, out,
-        )
-    }
-
-    fn append_in<S: Element, T: Element>(
-        &self,
-        layout: &KvLayoutSpec,
-        scales: Option<KvScales<'_>>,
-        k_new: &[S],
-        v_new: &[S],
-        slots: &[i64],
-        arena: &mut Self::Arena<T>,
-        layer: std::ops::Range<usize>,
-    ) -> Result<(), RuntimeError> {
-        whole_pages(layout, &layer, arena.len())?;
-        let kv = arena.layer(layer)?;
-        crate::hip::HipDevice::append_resident(self, layout, None, scales, k_new, v_new, slots, kv)
-    }
-
-    fn decode_ext<Q: Element, T: Element>(
-        &self,
-        spec: &AttentionSpec,
-        params: &Params<'_>,
-        q: &[Q],
-        k: &[T],
-        v: &[T],
-        table: &PageTable,
-        out: &mut [Q],
-    ) -> Result<(), RuntimeError> {
-        crate::hip::HipDevice::decode_ext(self, spec, None, params, q, k, v, table, out)
-    }
-
-    fn prefill<Q: Element, T: Element>(
-        &self,
-        spec: &AttentionSpec,
-        params: &Params<'_>,
-        q: &[Q],
-        qo_indptr: &[i32],
-        k: &[T],
-        v: &[T],
-        table: &PageTable,
-        out: &mut [Q],
-    ) -> Result<(), RuntimeError> {
-        crate::hip::HipDevice::prefill(self, spec, None, params, q, qo_indptr, k, v, table, out)
-    }
-
-    fn append_ext<S: Element, T: Element>(
-        &self,
-        layout: &KvLayoutSpec,
-        scales: Option<KvScales<'_>>,
-        k_new: &[S],
-        v_new: &[S],
-        slots: &[i64],
-        k: &mut [T],
-        v: &mut [T],
-    ) -> Result<(), RuntimeError> {
-        crate::hip::HipDevice::append_ext(self, layout, None, scales, k_new, v_new, slots, k, v)
     }
 }
 

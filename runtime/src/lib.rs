@@ -19,9 +19,15 @@
 //!   and [`check`], which runs any generated kernel on seeded random paged
 //!   inputs against it (the numeric tests and `attnforge check` share it).
 //!
-//! - [`hip::HipDevice`], on hip-sys (feature `hip`): code objects from the
-//!   build-time registry or compiled at run time with hiprtc (cached on
-//!   disk). **Never run on a GPU yet**: no launch has been tested on hardware.
+//! - [`launch`], the GPU launch path written once against the
+//!   [`driver::Driver`] seam: device views, streams, plan once per step
+//!   into a workspace, one launch per layer (two with split-K), nothing
+//!   allocated, copied or synchronized per launch;
+//! - [`driver::cpu::CpuDriver`], which runs that path here with the CPU
+//!   backend's kernels and records every driver call, and
+//!   [`driver::hip::HipDriver`] on hip-sys (feature `hip`): code objects
+//!   from the build-time registry or compiled at run time with hiprtc
+//!   (cached on disk). **The HIP driver has never run on a GPU yet.**
 //!
 //! ```
 //! use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, KvScale, Order, Arch};
@@ -50,6 +56,7 @@ pub mod check;
 #[cfg(feature = "cpu")]
 pub mod cpu;
 pub mod device;
+pub mod driver;
 pub mod hip;
 pub mod launch;
 pub mod plan;
@@ -104,6 +111,55 @@ pub enum RuntimeError {
     /// The HIP device could not be used, or a HIP call failed.
     #[error(transparent)]
     Hip(#[from] hip::HipError),
+    /// A driver call failed (or queued work failed when its stream ran it).
+    #[error(transparent)]
+    Driver(#[from] driver::DriverError),
+    /// A view of another element type than the spec's; nothing was queued.
+    #[error("{what}: the spec needs {spec} but the view holds {given}")]
+    ViewDType {
+        /// The view.
+        what: String,
+        /// The spec's dtype.
+        spec: attnforge_codegen::DType,
+        /// The view's.
+        given: attnforge_codegen::DType,
+    },
+    /// An object of one device used with another; nothing was queued.
+    #[error("{what} is on device {found}, but the launch is on device {expected}")]
+    WrongDevice {
+        /// The object.
+        what: String,
+        /// Its device.
+        found: u32,
+        /// The stream's device.
+        expected: u32,
+    },
+    /// Memory with queued work on another stream; nothing was queued.
+    #[error(
+        "{what} has queued work on stream {stream}, not yet synchronized: synchronize it          before using the memory on stream {asked}"
+    )]
+    Busy {
+        /// The memory.
+        what: String,
+        /// The stream with queued work on it.
+        stream: u64,
+        /// The stream asked for.
+        asked: u64,
+    },
+    /// A step plan that no longer holds, or is for another batch, spec or
+    /// cache; nothing was queued.
+    #[error("stale or mismatched step plan: {0}")]
+    StalePlan(String),
+    /// A step does not fit in its workspace; nothing was queued.
+    #[error("the step needs {need} {what} but the workspace holds {have}: make it with larger WorkspaceLimits")]
+    Workspace {
+        /// What is short (batch, pages, new tokens, splits, ...).
+        what: &'static str,
+        /// What the step needs.
+        need: u64,
+        /// What the workspace holds.
+        have: u64,
+    },
     /// The launch was refused, or checked mode found problems.
     #[cfg(feature = "cpu")]
     #[error(transparent)]

@@ -7,7 +7,10 @@
 use attnforge_codegen::codeobj::amdgpu_elf_objects;
 use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
 use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
+use attnforge_runtime::driver::hip::HipDriver;
+use attnforge_runtime::driver::Driver;
 use attnforge_runtime::hip::{rtc, HipDevice, HipError};
+use attnforge_runtime::launch::Gpu;
 
 fn spec() -> AttentionSpec {
     AttentionSpec {
@@ -90,14 +93,15 @@ fn hiprtc_errors_carry_the_log() {
 
 #[test]
 fn decode_on_a_hip_device_matches_the_cpu() {
-    let device = match HipDevice::new(0) {
-        Ok(d) => d,
+    let device = match HipDriver::new(0, None) {
+        Ok(d) => Gpu::new(d),
         Err(e) => {
             println!("skipped: {e}");
             return;
         }
     };
     use attnforge_runtime::cpu::{CpuDevice, Mode};
+    use attnforge_runtime::device::Device;
     use attnforge_runtime::PageTable;
     use half::f16;
     let s = spec();
@@ -113,13 +117,11 @@ fn decode_on_a_hip_device_matches_the_cpu() {
         .map(|i| f16::from_f32(((i % 5) as f32 - 2.0) / 2.0))
         .collect();
     let (mut gpu, mut cpu) = (vec![f16::ZERO; q.len()], vec![f16::ZERO; q.len()]);
-    device
-        .decode(&s, None, &q, &k, &v, &table, &mut gpu)
-        .unwrap();
+    device.decode(&s, &q, &k, &v, &table, &mut gpu).unwrap();
     CpuDevice::new()
         .decode(
             &s,
-            device.arch().target(),
+            device.driver().target(),
             Mode::Checked,
             &q,
             &k,
@@ -191,8 +193,8 @@ fn a_gpu_resident_cache_matches_a_host_cache_step_for_step() {
     };
     let cpu = steps(&cpu, &s);
     assert!(cpu.1.iter().all(|x| x.is_finite()) && cpu.0.iter().all(|x| x.is_finite()));
-    let device = match HipDevice::new(0) {
-        Ok(d) => d,
+    let device = match HipDriver::new(0, None) {
+        Ok(d) => Gpu::new(d),
         Err(e) => {
             println!("skipped the GPU half: {e}");
             return;

@@ -341,6 +341,12 @@ impl CpuKernel {
         self.kernel.block_dim
     }
 
+    /// The IR it was compiled from (its parameters, in order, and which
+    /// buffers it writes).
+    pub fn ir(&self) -> &Kernel {
+        &self.kernel
+    }
+
     /// Runs a kernel compiled in checked mode: every access is checked, so
     /// this is safe whatever the arguments hold.
     pub fn launch_checked(&self, grid: [u32; 3], args: &mut [Arg<'_>]) -> Result<(), LaunchError> {

@@ -1,8 +1,10 @@
 //! The HIP device, in three layers (as cudarc does):
 //! - [`sys`]: raw FFI (`hip-sys`, plus hiprtc);
 //! - [`result`]: every call returns a `Result` with HIP's own error string;
-//! - this module: owning types (`HipDevice`, `DeviceBuffer`, `Module`) and
-//!   validated launches of attnforge's kernels.
+//! - this module: [`HipDevice`] (a device opened, its arch and compute
+//!   units). Memory, streams, modules and launches are the HIP driver's
+//!   ([`crate::driver::hip::HipDriver`]), under the launch path every
+//!   device shares ([`crate::launch`]).
 //!
 //! Code objects come from the build-time registry (an item's `HIP`
 //! constant) or, for specs built at run time, from hiprtc via [`rtc`],
@@ -122,8 +124,3 @@ impl HipDevice {
         self.ordinal
     }
 }
-
-#[cfg(feature = "hip")]
-mod launch;
-#[cfg(feature = "hip")]
-pub use launch::{DeviceBuffer, DeviceKv, HipArena, Module};

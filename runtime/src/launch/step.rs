@@ -1,0 +1,409 @@
+//! Plan once per step: the batch's page table, lengths, slot mapping and
+//! split-K decisions, built on the host and uploaded in one copy into a
+//! [`Workspace`] allocated up front; every layer's launches reuse it.
+//!
+//! The uploaded block, in `i32`s: `slots` (the new tokens' slots, as
+//! `i64`), `kv_indptr` (batch + 1), `kv_indices` (the pages), then
+//! `kv_last_page_len` (batch) and, for a prefill, `qo_indptr` (batch + 1).
+//! The split-K partials have buffers of their own in the workspace.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use attnforge_codegen::kernels::PREFILL_ROWS;
+use attnforge_codegen::{AttentionSpec, KvLayoutSpec};
+
+use super::memory::{DeviceBuffer, Gpu, Stream, View};
+use crate::driver::Driver;
+use crate::plan::{plan_decode, DecodePlan, Split, MAX_SPLITS};
+use crate::table::{validate_slots, PageTable};
+use crate::RuntimeError;
+
+/// What a [`Workspace`] holds room for, per step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkspaceLimits {
+    /// Sequences in a step's batch.
+    pub max_batch: u32,
+    /// Pages in a step's page table, all sequences together.
+    pub max_pages: u32,
+    /// New tokens in a step (appended rows; a prefill's query rows).
+    pub max_new_tokens: u32,
+    /// Split-K chunks per sequence ([`MAX_SPLITS`] covers every
+    /// [`Split::Auto`] plan).
+    pub max_splits: u32,
+}
+
+impl WorkspaceLimits {
+    /// Room for `max_batch` sequences over `max_pages` pages with
+    /// `max_new_tokens` new tokens, and any automatic split.
+    pub fn new(max_batch: u32, max_pages: u32, max_new_tokens: u32) -> WorkspaceLimits {
+        WorkspaceLimits {
+            max_batch,
+            max_pages,
+            max_new_tokens,
+            max_splits: MAX_SPLITS,
+        }
+    }
+
+    /// `i32`s of the uploaded block at these limits.
+    fn meta_len(&self) -> Option<usize> {
+        let b = self.max_batch as usize;
+        (self.max_new_tokens as usize)
+            .checked_mul(2)?
+            .checked_add(self.max_pages as usize)?
+            .checked_add(b.checked_mul(3)?)?
+            .checked_add(2)
+    }
+}
+
+pub(crate) struct WsInner<D: Driver> {
+    pub(crate) generation: AtomicU64,
+    pub(crate) meta: DeviceBuffer<i32, D>,
+    pub(crate) part_out: DeviceBuffer<f32, D>,
+    pub(crate) part_ml: DeviceBuffer<f32, D>,
+}
+
+/// Device memory for one step's plan and split-K partials, allocated once
+/// (sized by [`WorkspaceLimits`] and the largest query row of the specs it
+/// serves) and reused by every step.
+pub struct Workspace<D: Driver> {
+    inner: Arc<WsInner<D>>,
+    limits: WorkspaceLimits,
+    /// Partial rows' capacity: query heads × splits × batch, and head_dim.
+    heads: usize,
+    head_dim: usize,
+    compute_units: u32,
+    ordinal: u32,
+    /// The host side of the upload, reserved up front.
+    staging: Vec<i32>,
+}
+
+impl<D: Driver> std::fmt::Debug for Workspace<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace")
+            .field("limits", &self.limits)
+            .field("ordinal", &self.ordinal)
+            .finish()
+    }
+}
+
+impl<D: Driver> Workspace<D> {
+    /// A workspace on `gpu` for steps within `limits`, for attentions of
+    /// `specs` (their largest query heads and head_dim size the partials).
+    pub fn new(
+        gpu: &Gpu<D>,
+        specs: &[AttentionSpec],
+        limits: WorkspaceLimits,
+    ) -> Result<Workspace<D>, RuntimeError> {
+        let heads = specs.iter().map(|s| s.q_heads as usize).max().unwrap_or(0);
+        let head_dim = specs
+            .iter()
+            .map(|s| s.kv.head_dim as usize)
+            .max()
+            .unwrap_or(0);
+        let too_large = || RuntimeError::Shape(format!("a workspace for {limits:?} is too large"));
+        let rows = (limits.max_batch as usize)
+            .checked_mul(heads)
+            .and_then(|r| r.checked_mul(limits.max_splits as usize))
+            .ok_or_else(too_large)?;
+        let meta_len = limits.meta_len().ok_or_else(too_large)?;
+        let mut staging = Vec::new();
+        staging
+            .try_reserve_exact(meta_len)
+            .map_err(|_| too_large())?;
+        Ok(Workspace {
+            inner: Arc::new(WsInner {
+                generation: AtomicU64::new(0),
+                meta: gpu.alloc(meta_len)?,
+                part_out: gpu.alloc(rows.checked_mul(head_dim).ok_or_else(too_large)?)?,
+                part_ml: gpu.alloc(rows.checked_mul(2).ok_or_else(too_large)?)?,
+            }),
+            limits,
+            heads,
+            head_dim,
+            compute_units: gpu.driver().compute_units(),
+            ordinal: gpu.ordinal(),
+            staging,
+        })
+    }
+
+    /// What it holds room for.
+    pub fn limits(&self) -> &WorkspaceLimits {
+        &self.limits
+    }
+}
+
+/// One spec's part of a plan.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpecPlan {
+    pub(crate) spec: AttentionSpec,
+    pub(crate) decode: DecodePlan,
+    /// Prefill query tiles (the grid's x); 0 for a decode step.
+    pub(crate) tiles: u32,
+}
+
+/// Where each array of the uploaded block starts, in `i32`s.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Offsets {
+    pub(crate) slots: usize,
+    pub(crate) kv_indptr: usize,
+    pub(crate) kv_indices: usize,
+    pub(crate) last_page_len: usize,
+    pub(crate) qo_indptr: usize,
+    pub(crate) end: usize,
+}
+
+/// One step's plan, uploaded into a workspace: what every layer's launches
+/// of the step read. Valid until the workspace is planned again, and (for
+/// a plan made by a cache) until the cache's sequences or pages change.
+pub struct StepPlan<D: Driver> {
+    pub(crate) ws: Arc<WsInner<D>>,
+    pub(crate) generation: u64,
+    pub(crate) cache: Option<(u64, u64)>,
+    pub(crate) ordinal: u32,
+    pub(crate) layout: KvLayoutSpec,
+    pub(crate) batch: u32,
+    pub(crate) tokens: u32,
+    /// Query rows of a prefill step (`None`: a decode step).
+    pub(crate) prefill_rows: Option<u32>,
+    /// Pages a layer's arena must hold: the highest page named, plus one.
+    pub(crate) pages_needed: u64,
+    pub(crate) offsets: Offsets,
+    pub(crate) specs: Vec<SpecPlan>,
+}
+
+impl<D: Driver> std::fmt::Debug for StepPlan<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepPlan")
+            .field("batch", &self.batch)
+            .field("tokens", &self.tokens)
+            .field("prefill_rows", &self.prefill_rows)
+            .field("specs", &self.specs)
+            .finish()
+    }
+}
+
+/// What a step plan is built from.
+pub(crate) struct StepInput<'a> {
+    pub(crate) specs: &'a [AttentionSpec],
+    pub(crate) layout: KvLayoutSpec,
+    pub(crate) table: &'a PageTable,
+    pub(crate) slots: &'a [i64],
+    /// New query tokens per sequence, for a prefill step.
+    pub(crate) q_lens: Option<&'a [u32]>,
+    pub(crate) split: Split,
+    /// Pages in each layer's arena.
+    pub(crate) arena_pages: u64,
+    pub(crate) cache: Option<(u64, u64)>,
+}
+
+fn short(what: &'static str, need: u64, have: u64) -> RuntimeError {
+    RuntimeError::Workspace { what, need, have }
+}
+
+impl<D: Driver> Workspace<D> {
+    /// Validates a step, plans it, and queues its one upload on `stream`.
+    pub(crate) fn plan(
+        &mut self,
+        stream: &Stream<D>,
+        input: StepInput<'_>,
+    ) -> Result<StepPlan<D>, RuntimeError> {
+        stream.same_device("workspace", self.ordinal)?;
+        let StepInput {
+            specs,
+            layout,
+            table,
+            slots,
+            q_lens,
+            split,
+            arena_pages,
+            cache,
+        } = input;
+        for s in specs {
+            s.validate()?;
+            if s.kv != layout {
+                return Err(RuntimeError::Shape(format!(
+                    "the attention's layout {:?} is not the cache's {layout:?}",
+                    s.kv
+                )));
+            }
+        }
+        table.validate(&layout, arena_pages)?;
+        validate_slots(slots, &layout, arena_pages)?;
+        let batch = table.batch();
+        let l = &self.limits;
+        let check = |what, need: usize, have: u32| {
+            if need > have as usize {
+                Err(short(what, need as u64, have as u64))
+            } else {
+                Ok(())
+            }
+        };
+        check("batch", batch, l.max_batch)?;
+        check("pages", table.indices.len(), l.max_pages)?;
+        check("new tokens", slots.len(), l.max_new_tokens)?;
+        let lens: Vec<usize> = (0..batch)
+            .map(|b| table.seq_len(b, layout.page_size))
+            .collect();
+        // A prefill's query rows, checked against each sequence's KV.
+        let qo: Option<Vec<i32>> = match q_lens {
+            None => None,
+            Some(q) => {
+                if q.len() != batch {
+                    return Err(RuntimeError::Shape(format!(
+                        "{batch} sequences but {} query lengths",
+                        q.len()
+                    )));
+                }
+                for (b, (&n, &kv)) in q.iter().zip(&lens).enumerate() {
+                    if n as usize > kv {
+                        return Err(RuntimeError::Shape(format!(
+                            "sequence {b}: {n} new query tokens but {kv} tokens of KV; \
+                             append the new tokens' K/V before prefill"
+                        )));
+                    }
+                }
+                let qo = crate::device::qo_indptr(q)?;
+                check("new tokens", qo[batch] as usize, l.max_new_tokens)?;
+                Some(qo)
+            }
+        };
+        let mut plans = Vec::with_capacity(specs.len());
+        for s in specs {
+            let decode = plan_decode(s, lens.iter().copied(), split, self.compute_units)?;
+            if decode.split {
+                check("splits", decode.splits as usize, l.max_splits)?;
+            }
+            check("query heads", s.q_heads as usize, self.heads as u32)?;
+            check("head_dim", s.kv.head_dim as usize, self.head_dim as u32)?;
+            let tiles = match &qo {
+                None => 0,
+                Some(qo) => {
+                    let rows = qo.windows(2).map(|w| (w[1] - w[0]) as u64).max();
+                    let packed = rows.unwrap_or(0) * s.group_size() as u64;
+                    u32::try_from(packed.div_ceil(PREFILL_ROWS as u64))
+                        .map_err(|_| RuntimeError::Shape("too many query tiles".into()))?
+                }
+            };
+            plans.push(SpecPlan {
+                spec: *s,
+                decode,
+                tiles,
+            });
+        }
+        // The block, packed: every offset even, so the slots stay 8-aligned.
+        let st = &mut self.staging;
+        st.clear();
+        let mut off = Offsets::default();
+        for &s in slots {
+            st.extend_from_slice(&[s as i32, (s >> 32) as i32]);
+        }
+        let sl = |st: &Vec<i32>| st.len();
+        off.kv_indptr = sl(st);
+        st.extend_from_slice(&table.indptr);
+        off.kv_indices = sl(st);
+        st.extend_from_slice(&table.indices);
+        off.last_page_len = sl(st);
+        st.extend_from_slice(&table.last_page_len);
+        off.qo_indptr = sl(st);
+        if let Some(qo) = &qo {
+            st.extend_from_slice(qo);
+        }
+        off.end = sl(st);
+        let pages_needed = table
+            .indices
+            .iter()
+            .map(|&p| p as i64 + 1)
+            .chain(
+                slots
+                    .iter()
+                    .map(|&s| s.div_euclid(layout.page_size as i64) + 1),
+            )
+            .max()
+            .unwrap_or(0)
+            .max(0) as u64;
+        let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        if off.end > 0 {
+            upload_meta(stream, &self.inner.meta, &self.staging)?;
+        }
+        Ok(StepPlan {
+            ws: self.inner.clone(),
+            generation,
+            cache,
+            ordinal: self.ordinal,
+            layout,
+            batch: batch as u32,
+            tokens: slots.len() as u32,
+            prefill_rows: qo.as_ref().map(|q| q[batch] as u32),
+            pages_needed,
+            offsets: off,
+            specs: plans,
+        })
+    }
+}
+
+/// The one upload of a step: `host` into the front of the workspace block.
+fn upload_meta<D: Driver>(
+    stream: &Stream<D>,
+    meta: &DeviceBuffer<i32, D>,
+    host: &[i32],
+) -> Result<(), RuntimeError> {
+    let view = meta.view().slice(0..host.len())?;
+    // The block is written in stream order: a plan never overwrites what
+    // an earlier step's queued launches read before they ran.
+    super::memory::upload_view(stream, view, host)
+}
+
+impl<D: Driver> StepPlan<D> {
+    /// Checks that the plan is the workspace's latest, for this device.
+    pub(crate) fn check_current(&self, stream: &Stream<D>) -> Result<(), RuntimeError> {
+        stream.same_device("step plan", self.ordinal)?;
+        if self.ws.generation.load(Ordering::Acquire) != self.generation {
+            return Err(RuntimeError::StalePlan(
+                "its workspace was planned again since: plan once per step, then run \
+                 that step's layers with the newest plan"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This plan's part for `spec`.
+    pub(crate) fn for_spec(&self, spec: &AttentionSpec) -> Result<&SpecPlan, RuntimeError> {
+        self.specs.iter().find(|p| p.spec == *spec).ok_or_else(|| {
+            RuntimeError::StalePlan(format!(
+                "the plan was made for {} spec(s), not for this one ({} query heads, \
+                 window {:?}): list every spec the step runs when planning it",
+                self.specs.len(),
+                spec.q_heads,
+                spec.sliding_window
+            ))
+        })
+    }
+
+    /// `n` `i32`s of the uploaded block from `at`.
+    pub(crate) fn meta(&self, at: usize, n: usize) -> Result<View<'_, i32, D>, RuntimeError> {
+        self.ws.meta.view().slice(at..at + n)
+    }
+
+    /// Sequences in the step.
+    pub fn batch(&self) -> u32 {
+        self.batch
+    }
+
+    /// New tokens the step appends.
+    pub fn new_tokens(&self) -> u32 {
+        self.tokens
+    }
+
+    /// Whether `spec`'s decode runs split-K (two launches) in this step.
+    pub fn splits(&self, spec: &AttentionSpec) -> Option<u32> {
+        self.specs.iter().find(|p| p.spec == *spec).map(|p| {
+            if p.decode.split {
+                p.decode.splits
+            } else {
+                1
+            }
+        })
+    }
+}

@@ -50,6 +50,7 @@ pub use attnforge_codegen::{
 /// Everything a model file needs.
 pub mod prelude {
     pub use crate::runtime::device::AttentionHandle;
+    pub use crate::runtime::launch::{Gpu, Kernels, LaunchParams, Workspace, WorkspaceLimits};
     pub use crate::runtime::{KvScales, Params, Split};
     pub use crate::{
         attention, kv_layout, Alibi, Arch, Attention, AttentionSpec, DType, HipKernels, KernelKind,

@@ -205,3 +205,79 @@ fn an_fp8_cache_quantizes_on_append_and_decodes_with_its_scales() {
         .unwrap_err();
     assert!(matches!(e, RuntimeError::DType { .. }), "{e}");
 }
+
+/// The same item on the launch path (the CPU driver running exactly the
+/// gfx90a kernels): its kernels loaded once, one plan per step, per layer
+/// an append and an attention launch, against the reference.
+#[test]
+fn the_attention_item_plans_once_per_step_on_the_launch_path() {
+    use attnforge::runtime::driver::cpu::CpuDriver;
+    let gpu = Gpu::new(CpuDriver::new(Arch::Gfx90a.target(), Mode::Checked));
+    let stream = gpu.stream().unwrap();
+    let kernels = Small::kernels(&gpu).unwrap();
+    let mut cache = Small::new_cache_on_gpu::<_, f32>(&gpu, &stream, 2, 16).unwrap();
+    let mut ws = Workspace::new(&gpu, &[Small::SPEC], WorkspaceLimits::new(2, 16, 16)).unwrap();
+    let (row, q_row) = (2 * 16, 4 * 16);
+    let vals = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7 + seed * 13) % 17) as f32 / 17.0 - 0.5)
+            .collect()
+    };
+    let f = |x: &[f32]| x.iter().map(|&e| e as f64).collect::<Vec<_>>();
+    let seqs = [cache.add_sequence(), cache.add_sequence()];
+    // A prompt step (9 and 4 tokens), then a decode step.
+    for (step, lens) in [[9usize, 4], [1, 1]].into_iter().enumerate() {
+        let mut slots = Vec::new();
+        for (s, n) in seqs.iter().zip(lens) {
+            slots.extend(cache.append_tokens(*s, n).unwrap());
+        }
+        let q_lens = lens.map(|n| n as u32);
+        let plan = if step == 0 {
+            Small::plan_prefill(&mut cache, &mut ws, &stream, &seqs, &q_lens, &slots)
+        } else {
+            Small::plan_decode(&mut cache, &mut ws, &stream, &seqs, &slots, Split::Auto)
+        }
+        .unwrap();
+        let rows = lens[0] + lens[1];
+        for layer in 0..2 {
+            let k = gpu
+                .upload(&stream, &vals(rows * row, layer as usize))
+                .unwrap();
+            let v = gpu
+                .upload(&stream, &vals(rows * row, 5 + layer as usize))
+                .unwrap();
+            cache
+                .append_step(&kernels, &stream, &plan, layer, k.view(), v.view())
+                .unwrap();
+            let q_host = vals(rows * q_row, 9 + step);
+            let q = gpu.upload(&stream, &q_host).unwrap();
+            let mut out = gpu.alloc::<f32>(rows * q_row).unwrap();
+            let p = LaunchParams::default();
+            let (qv, ov) = (q.view(), out.view_mut());
+            if step == 0 {
+                cache
+                    .prefill_step(&kernels, &stream, &plan, layer, &p, qv, ov)
+                    .unwrap();
+            } else {
+                cache
+                    .decode_step(&kernels, &stream, &plan, layer, &p, qv, ov)
+                    .unwrap();
+            }
+            let got = out.read(&stream).unwrap();
+            let table = cache.page_table(&seqs).unwrap();
+            let (kh, vh) = cache.layer_to_host(layer).unwrap();
+            let qo = [0, lens[0] as i32, rows as i32];
+            let want = reference::prefill_with(
+                &Small::SPEC,
+                &reference::Variants::default(),
+                &f(&q_host),
+                &qo,
+                &f(&kh),
+                &f(&vh),
+                &table,
+            );
+            let err = reference::rel_l2(&f(&got), &want);
+            assert!(err < 1e-5, "step {step}, layer {layer}: {err:.1e}");
+        }
+    }
+}

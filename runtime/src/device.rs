@@ -11,7 +11,8 @@ use crate::arena::Arena;
 #[cfg(feature = "cpu")]
 use crate::arena::HostArena;
 use crate::cache::{CacheError, KvCache, SeqId};
-use crate::launch::Element;
+use crate::driver::Driver;
+use crate::launch::{DeviceArena, Element, Gpu, Kernels, StepPlan, Stream, Workspace};
 use crate::plan::{KvScales, Params};
 use crate::table::PageTable;
 use crate::RuntimeError;
@@ -567,6 +568,51 @@ pub trait AttentionHandle: Attention {
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         cache.decode_ext_with(device, &Self::SPEC, params, layer, batch, q, out)
+    }
+
+    /// This attention's kernels, loaded on `gpu` (the launch path:
+    /// plan once per step, then per layer `append_step` and
+    /// `decode_step`/`prefill_step` on the cache).
+    fn kernels<D: Driver>(gpu: &Gpu<D>) -> Result<Kernels<D>, RuntimeError> {
+        Kernels::load(gpu, &Self::SPEC)
+    }
+
+    /// A cache for this attention in `gpu`'s memory, zeroed on `stream`,
+    /// with its sliding window.
+    fn new_cache_on_gpu<D: Driver, T: Element>(
+        gpu: &Gpu<D>,
+        stream: &Stream<D>,
+        layers: u32,
+        max_pages: u32,
+    ) -> Result<KvCache<T, DeviceArena<T, D>>, RuntimeError> {
+        Ok(
+            KvCache::new_on_gpu(gpu, stream, Self::SPEC.kv, layers, max_pages)?
+                .with_sliding_window(Self::SPEC.sliding_window)?,
+        )
+    }
+
+    /// Plans a decode step of this attention (see [`KvCache::plan_decode`]).
+    fn plan_decode<D: Driver, T: Element>(
+        cache: &mut KvCache<T, DeviceArena<T, D>>,
+        ws: &mut Workspace<D>,
+        stream: &Stream<D>,
+        batch: &[SeqId],
+        slots: &[i64],
+        split: crate::plan::Split,
+    ) -> Result<StepPlan<D>, RuntimeError> {
+        cache.plan_decode(ws, stream, &[Self::SPEC], batch, slots, split)
+    }
+
+    /// Plans a prefill step of this attention (see [`KvCache::plan_prefill`]).
+    fn plan_prefill<D: Driver, T: Element>(
+        cache: &mut KvCache<T, DeviceArena<T, D>>,
+        ws: &mut Workspace<D>,
+        stream: &Stream<D>,
+        batch: &[SeqId],
+        q_lens: &[u32],
+        slots: &[i64],
+    ) -> Result<StepPlan<D>, RuntimeError> {
+        cache.plan_prefill(ws, stream, &[Self::SPEC], batch, q_lens, slots)
     }
 
     /// Prefill for a ragged batch at one layer: `batch[i]` brings

@@ -129,6 +129,8 @@ struct State {
     next_stream: u64,
     queues: HashMap<u64, Vec<Op>>,
     trace: Vec<Call>,
+    /// Whether `synchronize` runs queued work (else it drops it).
+    dry: bool,
 }
 
 /// Where the CPU driver's addresses start (so address 0 is never valid).
@@ -250,7 +252,7 @@ impl State {
 /// The CPU driver: a [`CpuDevice`]'s kernels for one target and mode,
 /// behind the driver seam.
 pub struct CpuDriver {
-    device: CpuDevice,
+    device: Arc<CpuDevice>,
     target: Target,
     mode: Mode,
     ordinal: u32,
@@ -270,8 +272,14 @@ impl std::fmt::Debug for CpuDriver {
 impl CpuDriver {
     /// A driver running `target`'s kernels in `mode`, as device 0.
     pub fn new(target: Target, mode: Mode) -> CpuDriver {
+        CpuDriver::with_kernels(Arc::default(), target, mode)
+    }
+
+    /// A driver whose kernels come from `device`'s cache (drivers sharing
+    /// one compile each kernel once).
+    pub fn with_kernels(device: Arc<CpuDevice>, target: Target, mode: Mode) -> CpuDriver {
         CpuDriver {
-            device: CpuDevice::new(),
+            device,
             target,
             mode,
             ordinal: 0,
@@ -313,6 +321,14 @@ impl CpuDriver {
     pub fn allocated(&self) -> (usize, usize) {
         let s = self.state();
         (s.memory.len(), s.memory.values().map(|a| a.bytes).sum())
+    }
+
+    /// With `dry`, `synchronize` drops queued work instead of running it
+    /// (every call is still checked, counted and recorded): for measuring
+    /// the launch path's host-side cost without the kernels' run time.
+    /// Outputs are then garbage; never for results.
+    pub fn set_dry_run(&self, dry: bool) {
+        self.state().dry = dry;
     }
 
     /// Operations queued on streams and not yet run.
@@ -390,6 +406,9 @@ impl Driver for CpuDriver {
         let mut s = self.state();
         s.trace.push(Call::Synchronize);
         let ops = s.queues.remove(&stream.0).unwrap_or_default();
+        if s.dry {
+            return Ok(());
+        }
         let mut ops = ops.into_iter();
         for op in ops.by_ref() {
             let name = op.name();

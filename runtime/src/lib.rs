@@ -47,8 +47,6 @@
 //! assert!((out[0] - 23.0 / 6.0).abs() < 1e-5);
 //! ```
 
-pub mod alloc;
-pub mod arena;
 pub mod bench;
 mod cache;
 #[cfg(feature = "cpu")]
@@ -61,10 +59,11 @@ pub mod hip;
 pub mod launch;
 pub mod plan;
 pub mod reference;
-mod table;
 
 pub use alloc::{AllocError, BlockHash, PageAllocator, PageId};
 pub use arena::{Arena, HostArena};
+pub(crate) use cache::table;
+pub use cache::{alloc, arena};
 pub use cache::{BlockTable, CacheError, KvCache, SeqId};
 pub use plan::{plan_decode, DecodePlan, KvScales, Params, Split};
 pub use table::{validate_slots, PageTable, TableError};

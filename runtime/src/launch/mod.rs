@@ -31,12 +31,11 @@
 //! let (layers, max_pages) = (2, 8);
 //! let mut cache = KvCache::<f32, _>::new_on_gpu(&gpu, &stream, kv, layers, max_pages)?;
 //! let mut ws = Workspace::new(&gpu, &[spec], WorkspaceLimits::new(4, 8, 16))?;
-//! // The engine's activations, in device memory.
-//! let mut q = gpu.alloc_zeroed::<f32>(&stream, 2 * 8)?;
-//! let mut out = gpu.alloc::<f32>(2 * 8)?;
-//! let k_new = gpu.upload(&stream, &[0.5f32; 8])?;
-//! let v_new = gpu.upload(&stream, &[1.0f32; 8])?;
-//! q.upload(&stream, &[1.0; 16])?;
+//! // The engine's activations, in device memory (or its own, through the
+//! // `unsafe` View::from_raw).
+//! let q = gpu.upload(&stream, &[1.0f32; 16])?;
+//! let mut out = gpu.alloc::<f32>(16)?;
+//! let (k_new, v_new) = (gpu.upload(&stream, &[0.5f32; 8])?, gpu.upload(&stream, &[1.0f32; 8])?);
 //!
 //! // One decode step: bookkeeping, one plan, then per layer an append and
 //! // a decode, all queued on the stream.

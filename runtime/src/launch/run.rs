@@ -179,7 +179,7 @@ impl<D: Driver> Kernels<D> {
             )
             .set(
                 Slot::KvIndices,
-                plan.meta(o.kv_indices, o.last_page_len - o.kv_indices)?
+                plan.meta(o.kv_indices, o.n_indices)?
                     .arg(stream, "workspace")?,
             )
             .set(

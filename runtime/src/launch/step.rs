@@ -2,10 +2,13 @@
 //! split-K decisions, built on the host and uploaded in one copy into a
 //! [`Workspace`] allocated up front; every layer's launches reuse it.
 //!
-//! The uploaded block, in `i32`s: `slots` (the new tokens' slots, as
-//! `i64`), `kv_indptr` (batch + 1), `kv_indices` (the pages), then
-//! `kv_last_page_len` (batch) and, for a prefill, `qo_indptr` (batch + 1).
-//! The split-K partials have buffers of their own in the workspace.
+//! The uploaded block, in `i32`s, at offsets fixed by the workspace's
+//! limits (so every step's launches get the same pointers, as a captured
+//! graph needs): `kv_indptr` (room for max_batch + 1), `kv_last_page_len`
+//! (max_batch), `qo_indptr` (max_batch + 1), padding to an even offset,
+//! `slots` (max_new_tokens `i64`s), then `kv_indices` (max_pages). A step
+//! uploads the block up to its last page index, in one copy. The split-K
+//! partials have buffers of their own in the workspace.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,14 +48,26 @@ impl WorkspaceLimits {
         }
     }
 
-    /// `i32`s of the uploaded block at these limits.
-    fn meta_len(&self) -> Option<usize> {
+    /// Where each array of the uploaded block starts at these limits, and
+    /// its length in `i32`s.
+    fn layout(&self) -> Option<(Offsets, usize)> {
         let b = self.max_batch as usize;
-        (self.max_new_tokens as usize)
-            .checked_mul(2)?
-            .checked_add(self.max_pages as usize)?
-            .checked_add(b.checked_mul(3)?)?
-            .checked_add(2)
+        let mut off = Offsets {
+            kv_indptr: 0,
+            last_page_len: b.checked_add(1)?,
+            ..Offsets::default()
+        };
+        off.qo_indptr = off.last_page_len.checked_add(b)?;
+        off.slots = off
+            .qo_indptr
+            .checked_add(b)?
+            .checked_add(1)?
+            .next_multiple_of(2);
+        off.kv_indices = off
+            .slots
+            .checked_add((self.max_new_tokens as usize).checked_mul(2)?)?;
+        let len = off.kv_indices.checked_add(self.max_pages as usize)?;
+        Some((off, len))
     }
 }
 
@@ -74,6 +89,7 @@ pub struct Workspace<D: Driver> {
     head_dim: usize,
     compute_units: u32,
     ordinal: u32,
+    offsets: Offsets,
     /// The host side of the upload, reserved up front.
     staging: Vec<i32>,
 }
@@ -106,7 +122,7 @@ impl<D: Driver> Workspace<D> {
             .checked_mul(heads)
             .and_then(|r| r.checked_mul(limits.max_splits as usize))
             .ok_or_else(too_large)?;
-        let meta_len = limits.meta_len().ok_or_else(too_large)?;
+        let (offsets, meta_len) = limits.layout().ok_or_else(too_large)?;
         let mut staging = Vec::new();
         staging
             .try_reserve_exact(meta_len)
@@ -123,6 +139,7 @@ impl<D: Driver> Workspace<D> {
             head_dim,
             compute_units: gpu.driver().compute_units(),
             ordinal: gpu.ordinal(),
+            offsets,
             staging,
         })
     }
@@ -150,7 +167,8 @@ pub(crate) struct Offsets {
     pub(crate) kv_indices: usize,
     pub(crate) last_page_len: usize,
     pub(crate) qo_indptr: usize,
-    pub(crate) end: usize,
+    /// Page indices in this step's table.
+    pub(crate) n_indices: usize,
 }
 
 /// One step's plan, uploaded into a workspace: what every layer's launches
@@ -291,25 +309,25 @@ impl<D: Driver> Workspace<D> {
                 tiles,
             });
         }
-        // The block, packed: every offset even, so the slots stay 8-aligned.
+        // The block at its fixed offsets, up to the last page index.
+        let off = Offsets {
+            n_indices: table.indices.len(),
+            ..self.offsets
+        };
         let st = &mut self.staging;
         st.clear();
-        let mut off = Offsets::default();
-        for &s in slots {
-            st.extend_from_slice(&[s as i32, (s >> 32) as i32]);
-        }
-        let sl = |st: &Vec<i32>| st.len();
-        off.kv_indptr = sl(st);
-        st.extend_from_slice(&table.indptr);
-        off.kv_indices = sl(st);
-        st.extend_from_slice(&table.indices);
-        off.last_page_len = sl(st);
-        st.extend_from_slice(&table.last_page_len);
-        off.qo_indptr = sl(st);
+        st.resize(off.kv_indices + off.n_indices, 0);
+        let put =
+            |st: &mut Vec<i32>, at: usize, xs: &[i32]| st[at..at + xs.len()].copy_from_slice(xs);
+        put(st, off.kv_indptr, &table.indptr);
+        put(st, off.last_page_len, &table.last_page_len);
         if let Some(qo) = &qo {
-            st.extend_from_slice(qo);
+            put(st, off.qo_indptr, qo);
         }
-        off.end = sl(st);
+        for (i, &s) in slots.iter().enumerate() {
+            put(st, off.slots + 2 * i, &[s as i32, (s >> 32) as i32]);
+        }
+        put(st, off.kv_indices, &table.indices);
         let pages_needed = table
             .indices
             .iter()
@@ -323,9 +341,7 @@ impl<D: Driver> Workspace<D> {
             .unwrap_or(0)
             .max(0) as u64;
         let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        if off.end > 0 {
-            upload_meta(stream, &self.inner.meta, &self.staging)?;
-        }
+        upload_meta(stream, &self.inner.meta, &self.staging)?;
         Ok(StepPlan {
             ws: self.inner.clone(),
             generation,

@@ -1,4 +1,7 @@
-//! The KV cache: sequences, their pages, and the arenas holding every layer.
+//! The cache bookkeeping layer: the page allocator ([`alloc`]), where K
+//! and V live ([`arena`]), page tables and slot mappings ([`table`]), and
+//! the KV cache itself: sequences, their pages, and the arenas holding
+//! every layer.
 //!
 //! ```text
 //! K arena: [layer][page][page_size · kv_heads · head_dim]  (the layout's order inside)
@@ -14,10 +17,15 @@ use std::collections::BTreeMap;
 
 use attnforge_codegen::KvLayoutSpec;
 
-use crate::alloc::{AllocError, PageAllocator, PageId};
-use crate::arena::{Arena, HostArena};
+pub mod alloc;
+pub mod arena;
+pub mod table;
+
+use alloc::{AllocError, PageAllocator, PageId};
+use arena::{Arena, HostArena};
+use table::PageTable;
+
 use crate::plan::KvScales;
-use crate::table::PageTable;
 
 /// A layer's fp8 K and V scales.
 pub(crate) type Scales = (Vec<f32>, Vec<f32>);

@@ -4,7 +4,8 @@
 //! of every step against the reference.
 
 use attnforge_codegen::DType;
-use attnforge_runtime::{reference, SeqId, Split};
+use attnforge_codegen::{AttentionSpec, KvLayoutSpec, KvScale};
+use attnforge_runtime::{reference, KvCache, SeqId, Split};
 
 use super::*;
 
@@ -162,4 +163,102 @@ fn a_serving_loop_on_the_launch_path_matches_the_reference_at_every_step() {
     assert_eq!(s.cache.seq_len(a).unwrap(), 17);
     assert!(s.cache.seq_pages(a).unwrap().len() < 17usize.div_ceil(4));
     s.cache.check_invariants().unwrap();
+}
+
+/// An fp8 cache on the launch path: its per-head scales uploaded once, when
+/// set, and passed by the cache to the append (f32 rows quantized) and the
+/// prefill; a layer without scales is refused before anything is queued.
+#[test]
+fn an_fp8_cache_keeps_its_scales_on_the_device() {
+    use attnforge_codegen::F8E4M3;
+    use attnforge_runtime::check::dequantize;
+    use attnforge_runtime::{KvScales, RuntimeError};
+    let kv = KvLayoutSpec {
+        dtype: DType::F8E4M3,
+        scale: KvScale::PerHead,
+        ..spec().kv
+    };
+    let spec = AttentionSpec {
+        kv,
+        q_dtype: Some(DType::F16),
+        sliding_window: None,
+        ..spec()
+    };
+    let gpu = gpu(0);
+    let stream = gpu.stream().unwrap();
+    let kernels = Kernels::load(&gpu, &spec).unwrap();
+    let mut cache = KvCache::<F8E4M3, _>::new_on_gpu(&gpu, &stream, kv, 2, 8).unwrap();
+    let mut ws = Workspace::new(&gpu, &[spec], WorkspaceLimits::new(1, 8, 8)).unwrap();
+    let seq = cache.add_sequence();
+    let slots = cache.append_tokens(seq, 7).unwrap();
+    let plan = cache
+        .plan_prefill(&mut ws, &stream, &[spec], &[seq], &[7], &slots)
+        .unwrap();
+    let rows: Vec<f32> = values(7 * ROW, 11)
+        .iter()
+        .map(|x| 3.0 * x.to_f32())
+        .collect();
+    let k_new = gpu.upload(&stream, &rows).unwrap();
+    let v_new = gpu
+        .upload(&stream, &rows[..].iter().rev().copied().collect::<Vec<_>>())
+        .unwrap();
+    // Layer 1 has no scales yet: refused, nothing queued.
+    cache
+        .set_kv_scales(
+            0,
+            KvScales {
+                k: &[1.5, 2.0],
+                v: &[1.25, 1.75],
+            },
+        )
+        .unwrap();
+    stream.synchronize().unwrap();
+    let queued = gpu.driver().queued();
+    let e = cache
+        .append_step(&kernels, &stream, &plan, 1, k_new.view(), v_new.view())
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            RuntimeError::Param {
+                param: "kv_scales",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(gpu.driver().queued(), queued);
+    cache
+        .append_step(&kernels, &stream, &plan, 0, k_new.view(), v_new.view())
+        .unwrap();
+    let q_host = values(7 * Q_ROW, 12);
+    let q = gpu.upload(&stream, &q_host).unwrap();
+    let mut out = gpu.alloc::<f16>(7 * Q_ROW).unwrap();
+    cache
+        .prefill_step(
+            &kernels,
+            &stream,
+            &plan,
+            0,
+            &no_params(),
+            q.view(),
+            out.view_mut(),
+        )
+        .unwrap();
+    let got = out.read(&stream).unwrap();
+    let table = cache.page_table(&[seq]).unwrap();
+    let (k, v) = cache.layer_to_host(0).unwrap();
+    let want = reference::prefill_with(
+        &spec,
+        &reference::Variants::default(),
+        &f64s(&q_host),
+        &[0, 7],
+        &dequantize(&kv, &k, Some(&[1.5, 2.0])),
+        &dequantize(&kv, &v, Some(&[1.25, 1.75])),
+        &table,
+    );
+    let err = reference::rel_l2(&f64s(&got), &want);
+    assert!(err <= reference::tolerance(DType::F16), "{err:.1e}");
+    // The append quantized x / scale (K head 0's first row, element 0).
+    assert_eq!(k[slots[0] as usize * ROW], F8E4M3::from_f32(rows[0] / 1.5));
 }

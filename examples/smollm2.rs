@@ -17,8 +17,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use attnforge::prelude::*;
-use attnforge::runtime::cpu::{CpuDevice, Mode};
-use attnforge::runtime::device::Cpu;
+use attnforge::runtime::cpu::Mode;
+use attnforge::runtime::driver::cpu::CpuDriver;
+use attnforge::runtime::launch::Gpu;
 use attnforge_llama::{default_model_path, Engine, Model, TextStream};
 use clap::Parser;
 use half::f16;
@@ -82,18 +83,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         model.config.kv_heads,
         model.config.head_dim
     );
-    let cpu = CpuDevice::new();
     let mode = if args.checked {
         Mode::Checked
     } else {
         Mode::Fast
     };
-    let device = Cpu {
-        device: &cpu,
-        target: Arch::Host.target(),
-        mode,
-    };
-    let mut engine = Engine::<f32, f16, _>::new(&model, SmolLM2::SPEC, device, args.max_pages)?;
+    // The launch path on the CPU driver: one stream, the kernels loaded
+    // once, the cache, a workspace and the activations' buffers in its
+    // memory; each step planned once, one append and one attention launch
+    // per layer.
+    let gpu = Gpu::new(CpuDriver::new(Arch::Host.target(), mode));
+    let mut engine = Engine::<f32, f16, _>::new(&model, SmolLM2::SPEC, gpu, args.max_pages)?;
     let text = if args.chat {
         format!(
             "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",

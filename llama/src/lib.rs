@@ -14,21 +14,30 @@
 //! GGUF whose heads or head_dim differ from the declaration is refused with
 //! [`LlamaError::SpecMismatch`].
 //!
-//! Prompts are processed token by token through append and decode (there is
-//! no prefill kernel yet), so a batch of prompts runs as one ragged batch:
-//! each step feeds every live sequence one token.
+//! Attention runs on attnforge's launch path ([`attnforge_runtime::launch`])
+//! over any [`Driver`]: the engine holds a [`Gpu`], a stream, the
+//! attention's kernels (loaded once), a cache whose arenas live in the
+//! device's memory, a workspace and the activations' device buffers
+//! ([`DeviceState`]). Each step is planned once (its page table and slots
+//! uploaded in one copy), then every layer queues one append and one
+//! attention launch and reads its output back. A batch of prompts runs as
+//! one ragged batch: a sequence in its prompt feeds all of it at once (one
+//! prefill per layer), one generating feeds its last token; a step where
+//! every sequence feeds one token is a decode.
 //!
 //! ```no_run
 //! use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
 //! use attnforge_llama::{Engine, Model};
-//! use attnforge_runtime::{cpu::{CpuDevice, Mode}, device::Cpu};
+//! use attnforge_runtime::cpu::Mode;
+//! use attnforge_runtime::driver::cpu::CpuDriver;
+//! use attnforge_runtime::launch::Gpu;
 //!
 //! let kv = KvLayoutSpec { page_size: 16, kv_heads: 3, head_dim: 64, dtype: DType::F16, order: Order::Nhd, scale: KvScale::Unscaled };
 //! let spec = AttentionSpec { causal: true, q_dtype: Some(DType::F32), ..AttentionSpec::new(kv, 9) };
 //! let model = Model::load(&attnforge_llama::default_model_path()).unwrap();
-//! let cpu = CpuDevice::new();
-//! let device = Cpu { device: &cpu, target: Arch::Host.target(), mode: Mode::Fast };
-//! let mut engine = Engine::<f32, half::f16, _>::new(&model, spec, device, 256).unwrap();
+//! // The CPU driver: the same launch path a GPU's driver gets.
+//! let gpu = Gpu::new(CpuDriver::new(Arch::Host.target(), Mode::Fast));
+//! let mut engine = Engine::<f32, half::f16, _>::new(&model, spec, gpu, 256).unwrap();
 //! let prompt = model.tokenizer.encode("The capital of France is", true);
 //! let out = engine.generate(&[prompt], 16, |_, _| {}).unwrap();
 //! println!("{}", model.tokenizer.decode(&out.tokens[0]));
@@ -43,11 +52,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use attnforge_codegen::AttentionSpec;
-use attnforge_runtime::cpu::Element;
-use attnforge_runtime::device::Device;
+use attnforge_runtime::driver::Driver;
+use attnforge_runtime::launch::{DeviceArena, Element, Gpu};
 use attnforge_runtime::{CacheError, KvCache, RuntimeError, SeqId};
 
-pub use model::{Config, Model, Rows};
+pub use model::{Config, DeviceState, Model, Rows};
 pub use tokenizer::{TextStream, TokenId, Tokenizer};
 
 /// The file name of the SmolLM2 model the set-up script installs.
@@ -151,13 +160,11 @@ pub struct Output {
     pub peak_pages: usize,
 }
 
-/// A model with its KV cache on a device.
-pub struct Engine<'m, Q, T: Element, D: Device> {
+/// A model with its KV cache, kernels, workspace and activation buffers on
+/// a device.
+pub struct Engine<'m, Q, T, D: Driver> {
     model: &'m Model,
-    spec: AttentionSpec,
-    device: D,
-    cache: KvCache<T, D::Arena<T>>,
-    _q: std::marker::PhantomData<Q>,
+    dev: DeviceState<Q, T, D>,
 }
 
 struct Live {
@@ -167,45 +174,31 @@ struct Live {
     done: bool,
 }
 
-impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T, D> {
-    /// An engine whose cache holds `max_pages` pages per layer. Fails if the
-    /// spec does not describe the model, its cache is fp8, or `T` is not
-    /// the spec's dtype.
+impl<'m, Q: Element, T: Element, D: Driver> Engine<'m, Q, T, D> {
+    /// An engine on `gpu` whose cache holds `max_pages` pages per layer:
+    /// a stream, the spec's kernels (loaded here, once), the cache, a
+    /// workspace and the activations' buffers (grown when a step needs
+    /// more). Fails if the spec does not describe the model, its cache is
+    /// fp8, or `T`/`Q` are not the spec's KV/query dtypes.
     pub fn new(
         model: &'m Model,
         spec: AttentionSpec,
-        device: D,
+        gpu: Gpu<D>,
         max_pages: u32,
     ) -> Result<Self, LlamaError> {
         model.config.check_spec(&spec)?;
-        if spec.kv.dtype.is_fp8() {
-            return Err(LlamaError::Fp8Cache(spec.kv.dtype));
-        }
-        if T::DTYPE != spec.kv.dtype {
-            return Err(LlamaError::DType {
-                spec: spec.kv.dtype,
-                given: T::DTYPE,
-            });
-        }
-        if Q::DTYPE != spec.query_dtype() {
-            return Err(LlamaError::DType {
-                spec: spec.query_dtype(),
-                given: Q::DTYPE,
-            });
-        }
-        let cache = KvCache::new_on(&device, spec.kv, model.config.layers, max_pages)?;
-        Ok(Engine {
-            model,
-            spec,
-            device,
-            cache,
-            _q: std::marker::PhantomData,
-        })
+        let dev = DeviceState::new(gpu, spec, model.config.layers, max_pages)?;
+        Ok(Engine { model, dev })
     }
 
     /// The cache (for page counts).
-    pub fn cache(&self) -> &KvCache<T, D::Arena<T>> {
-        &self.cache
+    pub fn cache(&self) -> &KvCache<T, DeviceArena<T, D>> {
+        self.dev.cache()
+    }
+
+    /// The device side: GPU, stream, kernels, cache, workspace, buffers.
+    pub fn device_state(&self) -> &DeviceState<Q, T, D> {
+        &self.dev
     }
 
     /// Greedy generation of up to `max_new` tokens for each prompt, all in
@@ -221,10 +214,16 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
         if let Some(i) = prompts.iter().position(Vec::is_empty) {
             return Err(LlamaError::EmptyPrompt(i));
         }
+        // Room for the largest step up front: the first feeds every prompt
+        // whole.
+        let rows: usize = prompts.iter().map(Vec::len).sum();
+        let max_pages = self.dev.cache().max_pages();
+        self.dev.reserve(prompts.len(), max_pages, rows)?;
+        let cache = self.dev.cache_mut();
         let mut live: Vec<Live> = prompts
             .iter()
             .map(|p| Live {
-                seq: self.cache.add_sequence(),
+                seq: cache.add_sequence(),
                 prompt: p.clone(),
                 pos: 0,
                 done: max_new == 0,
@@ -237,9 +236,10 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
         let r = self.run(&mut live, max_new, &mut out, &mut on_token);
         // Every sequence leaves, whatever happened; the first error wins.
         let mut cleanup = Ok(());
+        let cache = self.dev.cache_mut();
         for l in &live {
-            if self.cache.seq_len(l.seq).is_ok() {
-                if let Err(e) = self.cache.remove(l.seq) {
+            if cache.seq_len(l.seq).is_ok() {
+                if let Err(e) = cache.remove(l.seq) {
                     cleanup = cleanup.and(Err(e));
                 }
             }
@@ -289,16 +289,18 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
                 seqs.push(l.seq);
                 q_lens.push(new.len() as u32);
                 positions.extend(l.pos..l.pos + new.len());
-                slots.extend(self.cache.append_tokens(l.seq, new.len())?);
+                let cache = self.dev.cache_mut();
+                slots.extend(cache.append_tokens(l.seq, new.len())?);
                 tokens.extend(new);
-                self.cache.touch(l.seq)?;
+                cache.touch(l.seq)?;
             }
-            out.peak_pages = out.peak_pages.max(self.cache.allocator().used_pages());
+            out.peak_pages = out
+                .peak_pages
+                .max(self.dev.cache().allocator().used_pages());
+            // Planned once, after every append_tokens and touch of the step.
             let t0 = Instant::now();
-            let logits = self.model.forward::<Q, T, D>(
-                &self.device,
-                &self.spec,
-                &mut self.cache,
+            let logits = self.model.forward(
+                &mut self.dev,
                 &Rows {
                     seqs: &seqs,
                     q_lens: &q_lens,
@@ -322,7 +324,7 @@ impl<'m, Q: Element + Default, T: Element + Default, D: Device> Engine<'m, Q, T,
                 on_token(i, next);
                 if Some(next) == eos || out.tokens[i].len() >= max_new {
                     live[i].done = true;
-                    self.cache.remove(live[i].seq)?;
+                    self.dev.cache_mut().remove(live[i].seq)?;
                 }
             }
             for (&i, &n) in rows.iter().zip(&q_lens) {

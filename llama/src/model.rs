@@ -8,9 +8,12 @@ use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
 use attnforge_codegen::AttentionSpec;
-use attnforge_runtime::cpu::Element;
-use attnforge_runtime::device::Device;
-use attnforge_runtime::{KvCache, Params, SeqId};
+use attnforge_runtime::driver::Driver;
+use attnforge_runtime::launch::{
+    DeviceArena, DeviceBuffer, Element, Gpu, Kernels, LaunchParams, Stream, Workspace,
+    WorkspaceLimits,
+};
+use attnforge_runtime::{KvCache, RuntimeError, SeqId, Split};
 use candle_core::quantized::gguf_file;
 use candle_core::Tensor;
 
@@ -159,7 +162,6 @@ struct Block {
     w_down: Weight,
 }
 
-/// A loaded model: configuration, tokenizer and weights.
 /// The rows of one [`Model::forward`] step, grouped by sequence.
 #[derive(Clone, Copy, Debug)]
 pub struct Rows<'a> {
@@ -175,6 +177,157 @@ pub struct Rows<'a> {
     pub slots: &'a [i64],
 }
 
+/// What [`Model::forward`] runs attention with, on a device: the GPU, the
+/// stream every step's work goes on, the attention's kernels (loaded once),
+/// the KV cache (its arenas in the device's memory), the workspace each step
+/// is planned into, and the activations' device buffers (queries, new K/V
+/// rows, attention output). The buffers and the workspace are reused by
+/// every step and grown only when a step needs more than they hold
+/// ([`DeviceState::reserve`]).
+pub struct DeviceState<Q, T, D: Driver> {
+    spec: AttentionSpec,
+    gpu: Gpu<D>,
+    stream: Stream<D>,
+    kernels: Kernels<D>,
+    cache: KvCache<T, DeviceArena<T, D>>,
+    ws: Workspace<D>,
+    bufs: Buffers<Q, T, D>,
+}
+
+/// A step's activations on the device, for up to `rows` rows.
+struct Buffers<Q, T, D: Driver> {
+    rows: usize,
+    /// Queries, [rows][q_heads][head_dim].
+    q: DeviceBuffer<Q, D>,
+    /// New K and V rows, [rows][kv_heads][head_dim].
+    k: DeviceBuffer<T, D>,
+    v: DeviceBuffer<T, D>,
+    /// Attention output, as `q`.
+    out: DeviceBuffer<Q, D>,
+}
+
+/// Elements of one query row and of one K/V row of `spec`.
+fn row_widths(spec: &AttentionSpec) -> (usize, usize) {
+    let d = spec.kv.head_dim as usize;
+    (spec.q_heads as usize * d, spec.kv.kv_heads as usize * d)
+}
+
+impl<Q: Element, T: Element, D: Driver> Buffers<Q, T, D> {
+    fn new(gpu: &Gpu<D>, spec: &AttentionSpec, rows: usize) -> Result<Self, RuntimeError> {
+        let (q_row, kv_row) = row_widths(spec);
+        let n = |width: usize| {
+            rows.checked_mul(width).ok_or_else(|| {
+                RuntimeError::Shape(format!("{rows} rows of {width} elements overflow usize"))
+            })
+        };
+        Ok(Buffers {
+            rows,
+            q: gpu.alloc(n(q_row)?)?,
+            k: gpu.alloc(n(kv_row)?)?,
+            v: gpu.alloc(n(kv_row)?)?,
+            out: gpu.alloc(n(q_row)?)?,
+        })
+    }
+}
+
+impl<Q: Element, T: Element, D: Driver> DeviceState<Q, T, D> {
+    /// `spec`'s attention on `gpu`: a stream, the kernels, a cache of
+    /// `layers` layers of `max_pages` pages, a workspace and buffers (room
+    /// for one page of rows to begin with). Fails if the spec's cache is
+    /// fp8 (the model writes K/V in the cache's own dtype and has no scales
+    /// to quantize with), or `T`/`Q` are not the spec's KV/query dtypes.
+    pub fn new(
+        gpu: Gpu<D>,
+        spec: AttentionSpec,
+        layers: u32,
+        max_pages: u32,
+    ) -> Result<Self, LlamaError> {
+        if spec.kv.dtype.is_fp8() {
+            return Err(LlamaError::Fp8Cache(spec.kv.dtype));
+        }
+        if T::DTYPE != spec.kv.dtype {
+            return Err(LlamaError::DType {
+                spec: spec.kv.dtype,
+                given: T::DTYPE,
+            });
+        }
+        if Q::DTYPE != spec.query_dtype() {
+            return Err(LlamaError::DType {
+                spec: spec.query_dtype(),
+                given: Q::DTYPE,
+            });
+        }
+        let stream = gpu.stream()?;
+        let kernels = Kernels::load(&gpu, &spec)?;
+        let cache = KvCache::<T, _>::new_on_gpu(&gpu, &stream, spec.kv, layers, max_pages)?;
+        let rows = spec.kv.page_size as usize;
+        let limits = WorkspaceLimits::new(1, max_pages, rows as u32);
+        let ws = Workspace::new(&gpu, &[spec], limits)?;
+        let bufs = Buffers::new(&gpu, &spec, rows)?;
+        Ok(DeviceState {
+            spec,
+            gpu,
+            stream,
+            kernels,
+            cache,
+            ws,
+            bufs,
+        })
+    }
+
+    /// The attention spec.
+    pub fn spec(&self) -> &AttentionSpec {
+        &self.spec
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Gpu<D> {
+        &self.gpu
+    }
+
+    /// The stream every step's work goes on.
+    pub fn stream(&self) -> &Stream<D> {
+        &self.stream
+    }
+
+    /// The KV cache.
+    pub fn cache(&self) -> &KvCache<T, DeviceArena<T, D>> {
+        &self.cache
+    }
+
+    /// The KV cache, for a step's bookkeeping (`add_sequence`,
+    /// `append_tokens`, `touch`, `remove`).
+    pub fn cache_mut(&mut self) -> &mut KvCache<T, DeviceArena<T, D>> {
+        &mut self.cache
+    }
+
+    /// Makes room for a step of `batch` sequences whose page tables hold
+    /// `pages` pages in all, bringing `rows` new rows: the buffers and the
+    /// workspace are made anew (larger) only where they hold less.
+    pub fn reserve(&mut self, batch: usize, pages: usize, rows: usize) -> Result<(), RuntimeError> {
+        if rows > self.bufs.rows {
+            self.bufs = Buffers::new(&self.gpu, &self.spec, rows)?;
+        }
+        let l = *self.ws.limits();
+        let at_least = |n: usize, have: u32| {
+            u32::try_from(n)
+                .map(|n| n.max(have))
+                .map_err(|_| RuntimeError::Shape(format!("a step of {n} sequences, pages or rows")))
+        };
+        let want = WorkspaceLimits {
+            max_batch: at_least(batch, l.max_batch)?,
+            max_pages: at_least(pages, l.max_pages)?,
+            max_new_tokens: at_least(rows, l.max_new_tokens)?,
+            ..l
+        };
+        if want != l {
+            self.ws = Workspace::new(&self.gpu, &[self.spec], want)?;
+        }
+        Ok(())
+    }
+}
+
+/// A loaded model: configuration, tokenizer and weights.
 pub struct Model {
     /// Hyper-parameters.
     pub config: Config,
@@ -348,17 +501,18 @@ impl Model {
 
     /// One step for a batch of sequences: sequence `rows.seqs[s]` feeds
     /// the next `rows.q_lens[s]` rows of `rows.tokens`, at `rows.positions`,
-    /// into cache slots `rows.slots` (from [`KvCache::append_tokens`]). K/V
-    /// are appended, and attention runs as one decode per layer when every
-    /// sequence feeds one token, else as one ragged prefill per layer
-    /// (causal, over each sequence's cached tokens and its new ones).
-    /// Returns the logits of the rows listed in `want_logits` (in that
-    /// order), `vocab` values each.
-    pub fn forward<Q: Element + Default, T: Element + Default, D: Device>(
+    /// into cache slots `rows.slots` (from [`KvCache::append_tokens`] on
+    /// `dev`'s cache, called, with any `touch`, before this step: the step
+    /// is planned once, from the cache as it is now). Per layer, K/V are
+    /// appended and attention runs as one decode when every sequence feeds
+    /// one token, else as one ragged prefill (causal, over each sequence's
+    /// cached tokens and its new ones), on `dev`'s stream; the attention
+    /// output is read back (a synchronization) for the layer's output
+    /// projection. Returns the logits of the rows listed in `want_logits`
+    /// (in that order), `vocab` values each.
+    pub fn forward<Q: Element, T: Element, D: Driver>(
         &self,
-        device: &D,
-        spec: &AttentionSpec,
-        cache: &mut KvCache<T, D::Arena<T>>,
+        dev: &mut DeviceState<Q, T, D>,
         rows: &Rows<'_>,
         want_logits: &[usize],
     ) -> Result<Vec<f32>, LlamaError> {
@@ -385,6 +539,14 @@ impl Model {
                 slots.len()
             )));
         }
+        self.config.check_spec(&dev.spec)?;
+        if dev.cache.layers() as usize != self.blocks.len() {
+            return Err(LlamaError::Shape(format!(
+                "the cache has {} layers, the model {}",
+                dev.cache.layers(),
+                self.blocks.len()
+            )));
+        }
         let decode = q_lens.iter().all(|&n| n == 1);
         let c = &self.config;
         let (b, h) = (tokens.len(), c.hidden);
@@ -400,11 +562,34 @@ impl Model {
             }
             x.extend_from_slice(&self.embed[t * h..(t + 1) * h]);
         }
+        // Room for the step, then its one plan: the page table, lengths and
+        // slots go to the device once, whatever the number of layers.
+        let pages = seqs
+            .iter()
+            .try_fold(0usize, |n, &s| dev.cache.seq_pages(s).map(|p| n + p.len()))?;
+        dev.reserve(seqs.len(), pages, b)?;
+        let DeviceState {
+            spec,
+            stream,
+            kernels,
+            cache,
+            ws,
+            bufs,
+            ..
+        } = dev;
+        let specs = std::slice::from_ref(&*spec);
+        let plan = if decode {
+            cache.plan_decode(ws, stream, specs, seqs, slots, Split::Auto)?
+        } else {
+            cache.plan_prefill(ws, stream, specs, seqs, q_lens, slots)?
+        };
+        let params = LaunchParams::default();
+        let (nq, nkv) = (b * qh * d, b * kvh * d);
         let mut xn = vec![0f32; b * h];
-        let mut q_t = vec![Q::default(); b * qh * d];
-        let mut k_t = vec![T::default(); b * kvh * d];
-        let mut v_t = vec![T::default(); b * kvh * d];
-        let mut attn_t = vec![Q::default(); b * qh * d];
+        let mut q_t = vec![Q::default(); nq];
+        let mut k_t = vec![T::default(); nkv];
+        let mut v_t = vec![T::default(); nkv];
+        let mut attn_t = vec![Q::default(); nq];
         let rot = self.rotations(positions);
         fn convert<E: Element>(src: &[f32], dst: &mut [E]) {
             for (o, &v) in dst.iter_mut().zip(src) {
@@ -427,22 +612,27 @@ impl Model {
             convert(&q, &mut q_t);
             convert(&k, &mut k_t);
             convert(&v, &mut v_t);
-            cache.append_with(device, layer, slots, &k_t, &v_t)?;
+            // The layer's rows go up (the host slices may be reused at
+            // once), then its append and attention are queued.
+            bufs.k.view_mut().slice(0..nkv)?.upload(stream, &k_t)?;
+            bufs.v.view_mut().slice(0..nkv)?.upload(stream, &v_t)?;
+            bufs.q.view_mut().slice(0..nq)?.upload(stream, &q_t)?;
+            let (k_new, v_new) = (bufs.k.view().slice(0..nkv)?, bufs.v.view().slice(0..nkv)?);
+            cache.append_step(kernels, stream, &plan, layer, k_new, v_new)?;
+            let (qv, out) = (
+                bufs.q.view().slice(0..nq)?,
+                bufs.out.view_mut().slice(0..nq)?,
+            );
             if decode {
-                cache.decode_with(device, spec, layer, seqs, &q_t, &mut attn_t)?;
+                cache.decode_step(kernels, stream, &plan, layer, &params, qv, out)?;
             } else {
-                let params = Params::default();
-                cache.prefill_with(
-                    device,
-                    spec,
-                    &params,
-                    layer,
-                    seqs,
-                    q_lens,
-                    &q_t,
-                    &mut attn_t,
-                )?;
+                cache.prefill_step(kernels, stream, &plan, layer, &params, qv, out)?;
             }
+            // Reading back synchronizes the stream.
+            bufs.out
+                .view()
+                .slice(0..nq)?
+                .read_into(stream, &mut attn_t)?;
             let attn: Vec<f32> = attn_t.iter().map(|v| v.to_f64() as f32).collect();
             let o = blk.wo.matmul(&attn, b)?;
             for (xv, ov) in x.iter_mut().zip(&o) {

@@ -9,8 +9,9 @@
 
 use attnforge_codegen::{Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
 use attnforge_llama::{default_model_path, Engine, LlamaError, Model};
-use attnforge_runtime::cpu::{CpuDevice, Mode};
-use attnforge_runtime::device::Cpu;
+use attnforge_runtime::cpu::Mode;
+use attnforge_runtime::driver::cpu::{Call, CpuDriver};
+use attnforge_runtime::launch::Gpu;
 use half::f16;
 use std::sync::OnceLock;
 
@@ -46,18 +47,15 @@ fn model() -> &'static Model {
     })
 }
 
-fn device() -> &'static CpuDevice {
-    static D: OnceLock<CpuDevice> = OnceLock::new();
-    D.get_or_init(CpuDevice::new)
+/// The CPU driver on the host target, fast mode: the kernels the old
+/// per-call CPU device ran. One per engine, so tests running in parallel
+/// do not queue behind each other's synchronizations.
+fn gpu() -> Gpu<CpuDriver> {
+    Gpu::new(CpuDriver::new(Arch::Host.target(), Mode::Fast))
 }
 
-fn engine() -> Engine<'static, f32, f16, Cpu<'static>> {
-    let dev = Cpu {
-        device: device(),
-        target: Arch::Host.target(),
-        mode: Mode::Fast,
-    };
-    Engine::new(model(), spec(9, 64), dev, 96).unwrap()
+fn engine() -> Engine<'static, f32, f16, CpuDriver> {
+    Engine::new(model(), spec(9, 64), gpu(), 96).unwrap()
 }
 
 struct Case {
@@ -189,13 +187,66 @@ fn a_batch_gives_the_same_tokens_as_each_prompt_alone() {
     eng.cache().check_invariants().unwrap();
 }
 
+/// On the launch path a step is planned once: one upload of its plan, then
+/// per layer the new K/V rows and the queries go up, an append and one
+/// attention launch are queued, and the output comes back (one download,
+/// one synchronization). Nothing is allocated or copied within the device
+/// once the engine has room for the step.
+#[test]
+fn each_step_is_planned_once_and_runs_two_launches_per_layer() {
+    let gpu = gpu();
+    let mut eng = Engine::<f32, f16, _>::new(model(), spec(9, 64), gpu.clone(), 16).unwrap();
+    let layers = model().config.layers as usize;
+    // Fewer prompt tokens than a page: the buffers made with the engine hold
+    // them. Two new tokens: a prefill step, then a decode step.
+    let prompt = model().tokenizer.encode("The capital of France is", true);
+    assert!(prompt.len() <= 16);
+    let mark = gpu.driver().calls();
+    let out = eng.generate(&[prompt], 2, |_, _| {}).unwrap();
+    assert_eq!(out.tokens[0].len(), 2);
+    let trace = gpu.driver().trace_since(mark);
+    let count = |f: &dyn Fn(&Call) -> bool| trace.iter().filter(|c| f(c)).count();
+    let steps = 2;
+    assert_eq!(
+        count(&|c| matches!(c, Call::Upload(_))),
+        steps * (1 + 3 * layers)
+    );
+    assert_eq!(
+        count(&|c| matches!(c, Call::Launch(..))),
+        steps * 2 * layers
+    );
+    let launched = |what: &str| count(&|c| matches!(c, Call::Launch(s, _) if s.contains(what)));
+    assert_eq!(launched("append"), steps * layers, "{trace:?}");
+    assert_eq!(launched("prefill"), layers, "{trace:?}");
+    assert_eq!(count(&|c| matches!(c, Call::Download(_))), steps * layers);
+    assert_eq!(count(&|c| matches!(c, Call::Synchronize)), steps * layers);
+    let none = |c: &Call| matches!(c, Call::Allocate(_) | Call::Copy(_) | Call::Load(_));
+    assert_eq!(count(&none), 0, "{trace:?}");
+}
+
+/// A step larger than the engine's buffers and workspace grows them; it
+/// does not fail.
+#[test]
+fn a_batch_larger_than_the_first_buffers_grows_them() {
+    let mut eng = engine();
+    let one = model().tokenizer.encode("The capital of France is", true);
+    let alone = eng
+        .generate(std::slice::from_ref(&one), 4, |_, _| {})
+        .unwrap();
+    // Many prompts, more rows than a page and more sequences than one.
+    let long: Vec<u32> = one.iter().copied().cycle().take(3 * one.len()).collect();
+    let prompts = vec![one.clone(), long.clone(), one.clone(), long, one];
+    let out = eng.generate(&prompts, 4, |_, _| {}).unwrap();
+    assert_eq!(out.tokens.len(), 5);
+    for i in [0, 2, 4] {
+        assert_eq!(out.tokens[i], alone.tokens[0]);
+    }
+    assert_eq!(eng.cache().allocator().used_pages(), 0);
+}
+
 #[test]
 fn a_spec_that_does_not_describe_the_model_is_refused() {
-    let dev = || Cpu {
-        device: device(),
-        target: Arch::Host.target(),
-        mode: Mode::Fast,
-    };
+    let dev = gpu;
     let e = Engine::<f32, f16, _>::new(model(), spec(8, 64), dev(), 16)
         .err()
         .unwrap();
@@ -241,11 +292,7 @@ fn a_spec_that_does_not_describe_the_model_is_refused() {
 
 #[test]
 fn a_full_cache_is_a_typed_error_and_leaves_nothing_behind() {
-    let dev = Cpu {
-        device: device(),
-        target: Arch::Host.target(),
-        mode: Mode::Fast,
-    };
+    let dev = gpu();
     // Two pages of 16 tokens: a 20-token prompt plus 20 new tokens needs three.
     let mut eng = Engine::<f32, f16, _>::new(model(), spec(9, 64), dev, 2).unwrap();
     let prompt = vec![504u32; 20];

@@ -194,7 +194,7 @@ fn a_batch_gives_the_same_tokens_as_each_prompt_alone() {
 /// once the engine has room for the step.
 #[test]
 fn each_step_is_planned_once_and_runs_two_launches_per_layer() {
-    let gpu = gpu();
+    let gpu = Gpu::new(CpuDriver::new(Arch::Host.target(), Mode::Fast).recording());
     let mut eng = Engine::<f32, f16, _>::new(model(), spec(9, 64), gpu.clone(), 16).unwrap();
     let layers = model().config.layers as usize;
     // Fewer prompt tokens than a page: the buffers made with the engine hold

@@ -53,7 +53,7 @@ fn kernels_cache() -> Arc<CpuDevice> {
 /// A device of its own (its own trace), with the shared kernels, checked.
 pub fn gpu(ordinal: u32) -> Gpu<CpuDriver> {
     let d = CpuDriver::with_kernels(kernels_cache(), Arch::Host.target(), Mode::Checked);
-    Gpu::new(d.with_ordinal(ordinal))
+    Gpu::new(d.with_ordinal(ordinal).recording())
 }
 
 /// Everything an engine sets up once.

@@ -129,8 +129,18 @@ struct State {
     next_stream: u64,
     queues: HashMap<u64, Vec<Op>>,
     trace: Vec<Call>,
+    /// Whether calls are recorded in `trace`.
+    recording: bool,
     /// Whether `synchronize` runs queued work (else it drops it).
     dry: bool,
+}
+
+impl State {
+    fn record(&mut self, call: impl FnOnce() -> Call) {
+        if self.recording {
+            self.trace.push(call());
+        }
+    }
 }
 
 /// Where the CPU driver's addresses start (so address 0 is never valid).
@@ -291,6 +301,18 @@ impl CpuDriver {
         }
     }
 
+    /// The same driver, recording every call for [`CpuDriver::trace`]
+    /// (off by default: a trace grows with every call).
+    pub fn recording(self) -> CpuDriver {
+        self.set_recording(true);
+        self
+    }
+
+    /// Starts or stops recording calls (what is recorded stays).
+    pub fn set_recording(&self, on: bool) {
+        self.state().recording = on;
+    }
+
     /// The same driver posing as device `ordinal` (to test that objects of
     /// one device are refused on another).
     pub fn with_ordinal(mut self, ordinal: u32) -> CpuDriver {
@@ -302,7 +324,7 @@ impl CpuDriver {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every call so far, in order.
+    /// Every call so far, in order, when [`CpuDriver::recording`].
     pub fn trace(&self) -> Vec<Call> {
         self.state().trace.clone()
     }
@@ -338,7 +360,7 @@ impl CpuDriver {
 
     fn enqueue(&self, stream: &CpuStream, op: Op, call: Call) -> Result<(), DriverError> {
         let mut s = self.state();
-        s.trace.push(call);
+        s.record(|| call);
         s.queues.entry(stream.0).or_default().push(op);
         Ok(())
     }
@@ -374,21 +396,21 @@ impl Driver for CpuDriver {
         // Addresses are never reused, with a gap after each allocation.
         s.next_addr += (bytes as u64).div_ceil(256) * 256 + 256;
         s.memory.insert(addr, Allocation { data, bytes });
-        s.trace.push(Call::Allocate(bytes));
+        s.record(|| Call::Allocate(bytes));
         Ok(DevicePtr(addr))
     }
 
     unsafe fn free(&self, ptr: DevicePtr) {
         let mut s = self.state();
         s.memory.remove(&ptr.0);
-        s.trace.push(Call::Free);
+        s.record(|| Call::Free);
     }
 
     fn create_stream(&self) -> Result<CpuStream, DriverError> {
         let mut s = self.state();
         let id = s.next_stream;
         s.next_stream += 1;
-        s.trace.push(Call::CreateStream);
+        s.record(|| Call::CreateStream);
         Ok(CpuStream(id))
     }
 
@@ -399,12 +421,12 @@ impl Driver for CpuDriver {
     unsafe fn destroy_stream(&self, stream: &CpuStream) {
         let mut s = self.state();
         s.queues.remove(&stream.0);
-        s.trace.push(Call::DestroyStream);
+        s.record(|| Call::DestroyStream);
     }
 
     fn synchronize(&self, stream: &CpuStream) -> Result<(), DriverError> {
         let mut s = self.state();
-        s.trace.push(Call::Synchronize);
+        s.record(|| Call::Synchronize);
         let ops = s.queues.remove(&stream.0).unwrap_or_default();
         if s.dry {
             return Ok(());
@@ -477,7 +499,7 @@ impl Driver for CpuDriver {
                 symbol: name.clone(),
                 message: e.to_string(),
             })?;
-        self.state().trace.push(Call::Load(name));
+        self.state().record(|| Call::Load(name));
         Ok(CpuFunction { kernel })
     }
 

@@ -274,3 +274,51 @@ fn queued_work_keeps_its_memory_and_other_streams_wait_for_it() {
 
 use attnforge_codegen::DType;
 use attnforge_runtime::reference;
+
+/// A view made from a raw device pointer (memory an engine's own allocator
+/// owns) launches like a tracked one and gives the same bits.
+#[test]
+fn a_raw_pointer_view_launches_like_a_tracked_one() {
+    use attnforge_runtime::launch::{View, ViewMut};
+    let (mut s, seqs, slots) = ready();
+    let plan = s
+        .cache
+        .plan_prefill(&mut s.ws, &s.stream, &[spec()], &seqs, &[5, 5], &slots)
+        .unwrap();
+    let (kn, vn) = (
+        buffer(&s, &values(10 * ROW, 3)),
+        buffer(&s, &values(10 * ROW, 4)),
+    );
+    s.cache
+        .append_step(&s.kernels, &s.stream, &plan, 0, kn.view(), vn.view())
+        .unwrap();
+    let q = buffer(&s, &values(10 * Q_ROW, 5));
+    let mut tracked = s.gpu.alloc::<f16>(10 * Q_ROW).unwrap();
+    let p = no_params();
+    let (c, k, st) = (&s.cache, &s.kernels, &s.stream);
+    c.prefill_step(k, st, &plan, 0, &p, q.view(), tracked.view_mut())
+        .unwrap();
+    let want = tracked.read(st).unwrap();
+    // The "engine's own" memory: the addresses of buffers kept alive here.
+    let own_q = buffer(&s, &values(10 * Q_ROW, 5));
+    let own_out = s.gpu.alloc::<f16>(10 * Q_ROW).unwrap();
+    // SAFETY: both addresses are live allocations of this device holding
+    // 10 · Q_ROW f16s, kept alive (and untouched elsewhere) until the
+    // stream is synchronized below.
+    let (rq, ro) = unsafe {
+        (
+            View::<f16, _>::from_raw(&s.gpu, own_q.view().ptr(), 10 * Q_ROW),
+            ViewMut::<f16, _>::from_raw(&s.gpu, own_out.view().ptr(), 10 * Q_ROW),
+        )
+    };
+    c.prefill_step(k, st, &plan, 0, &p, rq, ro).unwrap();
+    st.synchronize().unwrap();
+    assert_eq!(own_out.read(st).unwrap(), want);
+    // A raw view too short is refused like any other.
+    // SAFETY: as above (a shorter range of the same allocation).
+    let short = unsafe { View::<f16, _>::from_raw(&s.gpu, own_q.view().ptr(), 10 * Q_ROW - 1) };
+    // SAFETY: as above.
+    let ro = unsafe { ViewMut::<f16, _>::from_raw(&s.gpu, own_out.view().ptr(), 10 * Q_ROW) };
+    let e = c.prefill_step(k, st, &plan, 0, &p, short, ro).unwrap_err();
+    assert!(matches!(e, RuntimeError::Shape(_)), "{e}");
+}

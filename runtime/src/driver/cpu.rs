@@ -128,6 +128,10 @@ struct State {
     next_addr: u64,
     next_stream: u64,
     queues: HashMap<u64, Vec<Op>>,
+    /// Streams whose queued work failed, with the first error: every
+    /// later synchronize of the stream reports it (a GPU's errors are
+    /// sticky too), so work queued behind it never passes as done.
+    failed: HashMap<u64, String>,
     trace: Vec<Call>,
     /// Whether calls are recorded in `trace`.
     recording: bool,
@@ -143,22 +147,40 @@ impl State {
     }
 }
 
-/// Where the CPU driver's addresses start (so address 0 is never valid).
+/// Where the CPU drivers' addresses start (so address 0 is never valid);
+/// each driver gets an address space of its own, [`SPACE`] bytes wide, so
+/// an address of one driver is in no allocation of another.
 const BASE: u64 = 0x1_0000_0000;
+const SPACE: u64 = 1 << 44;
+
+static NEXT_SPACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl State {
     /// The bytes `ptr..ptr + len` of one live allocation.
     fn span(&mut self, ptr: DevicePtr, len: usize) -> Result<*mut u8, String> {
+        if len == 0 {
+            // Nothing is read or written through an empty span.
+            return Ok(std::ptr::NonNull::<u128>::dangling().as_ptr().cast());
+        }
+        let nowhere = || {
+            format!(
+                "address {:#x} is in no allocation of this driver (freed, never \
+                 allocated, or another driver's)",
+                ptr.0
+            )
+        };
         let (&base, a) = self
             .memory
             .range_mut(..=ptr.0)
             .next_back()
-            .ok_or_else(|| format!("address {:#x} is in no allocation", ptr.0))?;
+            .ok_or_else(nowhere)?;
         let off = (ptr.0 - base) as usize;
+        if off >= a.bytes {
+            return Err(nowhere());
+        }
         if off.checked_add(len).is_none_or(|end| end > a.bytes) {
             return Err(format!(
-                "{len} bytes at {:#x} run past the allocation of {} bytes at {base:#x} \
-                 (freed, or never allocated)",
+                "{len} bytes at {:#x} run past the allocation of {} bytes at {base:#x}",
                 ptr.0, a.bytes
             ));
         }
@@ -294,7 +316,9 @@ impl CpuDriver {
             mode,
             ordinal: 0,
             state: Mutex::new(State {
-                next_addr: BASE,
+                next_addr: BASE
+                    + SPACE
+                        * (NEXT_SPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1024),
                 next_stream: 1,
                 ..State::default()
             }),
@@ -428,15 +452,23 @@ impl Driver for CpuDriver {
         let mut s = self.state();
         s.record(|| Call::Synchronize);
         let ops = s.queues.remove(&stream.0).unwrap_or_default();
+        if let Some(first) = s.failed.get(&stream.0) {
+            return Err(DriverError::Queued {
+                op: format!("{} operation(s) after an earlier failure", ops.len()),
+                message: first.clone(),
+            });
+        }
         if s.dry {
             return Ok(());
         }
-        let mut ops = ops.into_iter();
-        for op in ops.by_ref() {
+        for op in ops {
             let name = op.name();
             if let Err(message) = s.run(op, self.mode) {
                 // What follows a failed operation does not run, as on a GPU
-                // whose stream is in an error state.
+                // whose stream is in an error state, and the stream stays
+                // failed.
+                let message = format!("{name}: {message}");
+                s.failed.insert(stream.0, message.clone());
                 return Err(DriverError::Queued { op: name, message });
             }
         }

@@ -66,6 +66,15 @@ impl HipDriver {
         &self.device
     }
 
+    /// Work on the null stream goes to the thread's current device: make
+    /// it this one (a created stream belongs to its device already).
+    fn on_device(&self, s: &HipStream) -> Result<(), DriverError> {
+        if s.0.is_null() {
+            self.current()?;
+        }
+        Ok(())
+    }
+
     fn current(&self) -> Result<(), DriverError> {
         // SAFETY: a plain call with an ordinal checked in `HipDevice::new`.
         check(unsafe { sys::hipSetDevice(self.device.ordinal()) }).map_err(call("hipSetDevice"))
@@ -119,11 +128,13 @@ impl Driver for HipDriver {
     }
 
     fn synchronize(&self, stream: &HipStream) -> Result<(), DriverError> {
+        self.on_device(stream)?;
         // SAFETY: a live stream handle (or the null stream).
         check(unsafe { sys::hipStreamSynchronize(stream.0) }).map_err(call("hipStreamSynchronize"))
     }
 
     unsafe fn upload(&self, s: &HipStream, dst: DevicePtr, src: &[u8]) -> Result<(), DriverError> {
+        self.on_device(s)?;
         // SAFETY: the caller's promise; pageable memory is staged before
         // the call returns, so `src` may be reused at once.
         check(unsafe {
@@ -144,6 +155,7 @@ impl Driver for HipDriver {
         dst: *mut u8,
         len: usize,
     ) -> Result<(), DriverError> {
+        self.on_device(s)?;
         // SAFETY: the caller's promise (`dst` valid until synchronized).
         check(unsafe { sys::hipMemcpyDtoHAsync(dst.cast(), src.0 as *mut c_void, len, s.0) })
             .map_err(call("hipMemcpyDtoHAsync"))
@@ -156,6 +168,7 @@ impl Driver for HipDriver {
         src: DevicePtr,
         bytes: usize,
     ) -> Result<(), DriverError> {
+        self.on_device(s)?;
         // SAFETY: the caller's promise (both ranges live).
         check(unsafe {
             sys::hipMemcpyDtoDAsync(dst.0 as *mut c_void, src.0 as *mut c_void, bytes, s.0)
@@ -164,6 +177,7 @@ impl Driver for HipDriver {
     }
 
     unsafe fn zero(&self, s: &HipStream, dst: DevicePtr, bytes: usize) -> Result<(), DriverError> {
+        self.on_device(s)?;
         // SAFETY: the caller's promise (the range is live).
         check(unsafe { sys::hipMemsetD8Async(dst.0 as *mut c_void, 0, bytes, s.0) })
             .map_err(call("hipMemsetD8Async"))
@@ -177,8 +191,10 @@ impl Driver for HipDriver {
             message,
         };
         let arch = self.device.arch();
+        // The registry's object of this kind is the item's own spec's: use
+        // it only when it is this kernel.
         let bytes = match self.registry.map(|r| r.find(spec.kind(), arch)) {
-            Some(Ok(o)) => o.bytes.to_vec(),
+            Some(Ok(o)) if o.symbol == name => o.bytes.to_vec(),
             _ => {
                 let k = generate(spec, arch.target()).map_err(|e| no_code(e.to_string()))?;
                 rtc::compile_cached(&k.to_string(), arch, &rtc::default_cache_dir())
@@ -210,9 +226,16 @@ impl Driver for HipDriver {
         block: u32,
         args: &[KernelArg],
     ) -> Result<(), DriverError> {
+        if args.len() > MAX_ARGS {
+            return Err(DriverError::Call {
+                call: "hipModuleLaunchKernel",
+                message: format!("{} arguments: at most {MAX_ARGS}", args.len()),
+            });
+        }
+        self.on_device(s)?;
         // The values, then pointers to them, as hipModuleLaunchKernel takes.
         let mut values = [0u64; MAX_ARGS];
-        let n = args.len().min(MAX_ARGS);
+        let n = args.len();
         for (v, a) in values.iter_mut().zip(args) {
             *v = match *a {
                 KernelArg::Buffer { ptr, .. } => ptr.0,

@@ -122,6 +122,7 @@ impl<T: Pod + Default + Clone, D: Driver> Arena<T> for DeviceArena<T, D> {
             ));
         }
         let size = std::mem::size_of::<T>();
+        let _submit = self.stream.submit();
         for b in [&self.k, &self.v] {
             let arg = |r: Range<usize>| {
                 b.view()

@@ -8,7 +8,7 @@ use attnforge_codegen::ir::Param;
 use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
 use attnforge_codegen::AttentionSpec;
 
-use super::memory::Gpu;
+use super::memory::{Gpu, Stream};
 use crate::driver::{Driver, DriverError, KernelArg, MAX_ARGS};
 use crate::RuntimeError;
 
@@ -120,9 +120,8 @@ impl<D: Driver> Loaded<D> {
     /// The arguments were validated against the kernel: every access it
     /// makes with them on `grid` is in bounds.
     pub(crate) unsafe fn launch(
-        &self,
-        driver: &D,
-        stream: &D::Stream,
+        self: &Arc<Self>,
+        stream: &Stream<D>,
         grid: [u32; 3],
         args: &Args,
     ) -> Result<(), RuntimeError> {
@@ -136,8 +135,18 @@ impl<D: Driver> Loaded<D> {
                 ),
             })?;
         }
+        // The stream keeps the kernel loaded until the launch has run.
+        stream.use_kernel(self);
         // SAFETY: the caller's promise; the list is in parameter order.
-        unsafe { driver.launch(stream, &self.f, grid, self.block, &list[..self.n])? };
+        unsafe {
+            stream.driver().launch(
+                &stream.inner.raw,
+                &self.f,
+                grid,
+                self.block,
+                &list[..self.n],
+            )?
+        };
         Ok(())
     }
 }

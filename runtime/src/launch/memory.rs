@@ -144,12 +144,15 @@ impl<D: Driver> Gpu<D> {
         stream: &Stream<D>,
         len: usize,
     ) -> Result<DeviceBuffer<T, D>, RuntimeError> {
+        stream.same_device("stream", self.ordinal())?;
         let b = DeviceBuffer::new(self, len)?;
+        let _submit = stream.submit();
         stream.use_alloc(&b.alloc, "buffer")?;
         // SAFETY: the range is the whole live allocation, which the stream
         // now keeps alive until it is synchronized.
         unsafe {
-            self.driver
+            stream
+                .driver()
                 .zero(&stream.inner.raw, b.alloc.ptr, b.bytes())?
         };
         Ok(b)
@@ -172,12 +175,19 @@ pub(crate) struct StreamInner<D: Driver> {
     pub(crate) raw: D::Stream,
     id: u64,
     owned: bool,
+    /// Held while work is checked and queued, and while a synchronize
+    /// waits and releases: what a stream tracks is always what it queued.
+    submit: Mutex<()>,
     /// Allocations with queued work on this stream.
     pending: Mutex<Vec<Arc<Alloc<D>>>>,
+    /// Kernels with queued launches on this stream (a module is not
+    /// unloaded under them).
+    kernels: Mutex<Vec<Arc<Loaded<D>>>>,
 }
 
 impl<D: Driver> StreamInner<D> {
     fn synchronize(&self) -> Result<(), RuntimeError> {
+        let _submit = self.submit.lock().unwrap_or_else(|e| e.into_inner());
         let r = self.driver.synchronize(&self.raw);
         // Whether or not queued work failed, none is left on the device.
         let done = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
@@ -185,6 +195,10 @@ impl<D: Driver> StreamInner<D> {
             *a.busy.lock().unwrap_or_else(|e| e.into_inner()) = 0;
         }
         drop(done);
+        self.kernels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         Ok(r?)
     }
 }
@@ -233,7 +247,9 @@ impl<D: Driver> Stream<D> {
                 raw,
                 id: next_id(),
                 owned,
+                submit: Mutex::new(()),
                 pending: Mutex::new(Vec::with_capacity(64)),
+                kernels: Mutex::new(Vec::with_capacity(8)),
             }),
         }
     }
@@ -256,6 +272,21 @@ impl<D: Driver> Stream<D> {
 
     pub(crate) fn driver(&self) -> &D {
         &self.inner.driver
+    }
+
+    /// Holds the stream for one submission: every check and enqueue of one
+    /// operation happens under it, so a concurrent synchronize cannot
+    /// release what is being queued.
+    pub(crate) fn submit(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner.submit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `k` loaded until the stream's queued launches of it have run.
+    pub(crate) fn use_kernel(&self, k: &Arc<Loaded<D>>) {
+        let mut ks = self.inner.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        if !ks.iter().any(|x| Arc::ptr_eq(x, k)) {
+            ks.push(k.clone());
+        }
     }
 
     /// Records that queued work on this stream uses `a`: refused when
@@ -510,18 +541,22 @@ macro_rules! view_common {
                         host.len()
                     )));
                 }
-                self.arg(stream, "download")?;
-                // SAFETY: the view's range is live (tracked by the stream, or
-                // promised by `from_raw`'s caller); `host` is borrowed
-                // exclusively until the synchronize below returns.
-                unsafe {
-                    stream.driver().download(
-                        &stream.inner.raw,
-                        self.ptr,
-                        host.as_mut_ptr().cast(),
-                        std::mem::size_of_val(host),
-                    )?
-                };
+                {
+                    let _submit = stream.submit();
+                    self.arg(stream, "download")?;
+                    // SAFETY: the view's range is live (tracked by the
+                    // stream, or promised by `from_raw`'s caller); `host` is
+                    // borrowed exclusively until the synchronize below
+                    // returns.
+                    unsafe {
+                        stream.driver().download(
+                            &stream.inner.raw,
+                            self.ptr,
+                            host.as_mut_ptr().cast(),
+                            std::mem::size_of_val(host),
+                        )?
+                    };
+                }
                 stream.synchronize()
             }
         }
@@ -562,6 +597,7 @@ impl<'a, T: Pod, D: Driver> ViewMut<'a, T, D> {
                 self.len
             )));
         }
+        let _submit = stream.submit();
         self.arg(stream, "upload")?;
         // SAFETY: T is Pod, so its bytes are plain data; the range is live
         // (above).

@@ -4,6 +4,8 @@
 //! prefill one, an append one, and nothing is allocated, copied or waited
 //! for.
 
+use std::sync::Arc;
+
 use attnforge_codegen::kernels::{append_source_dtype, KernelSpec};
 use attnforge_codegen::KvLayoutSpec;
 
@@ -230,6 +232,9 @@ impl<D: Driver> Kernels<D> {
         q: View<'_, Q, D>,
         out: ViewMut<'_, Q, D>,
     ) -> Result<(), RuntimeError> {
+        // The plan stays current, and the stream tracks what is queued,
+        // from the first check to the last enqueue.
+        let (_plan, _submit) = (plan.hold(), stream.submit());
         self.check_common::<T>(stream, plan, (kv.k.len(), kv.v.len()))?;
         if plan.prefill_rows.is_some() {
             return Err(RuntimeError::StalePlan(
@@ -245,14 +250,13 @@ impl<D: Driver> Kernels<D> {
         if batch == 0 {
             return Ok(());
         }
-        let (d, raw) = (stream.driver(), &stream.inner.raw);
         if !sp.decode.split {
             let ks = KernelSpec::Decode(self.spec);
             // SAFETY: the plan's table was validated against arenas of at
             // least `pages_needed` pages, which the K/V views hold; q/out
             // have the batch's shape and the variant buffers one value per
             // query head (checked above).
-            return unsafe { self.decode.launch(d, raw, ks.grid(batch, 1), &args) };
+            return unsafe { self.decode.launch(stream, ks.grid(batch, 1), &args) };
         }
         let rows = batch as usize * self.spec.q_heads as usize * sp.decode.splits as usize;
         let part_out = plan
@@ -278,11 +282,11 @@ impl<D: Driver> Kernels<D> {
         // planning) and splits · chunk_tokens covers every visible token.
         unsafe {
             self.split
-                .launch(d, raw, ks.grid(batch, sp.decode.splits), &args)?
+                .launch(stream, ks.grid(batch, sp.decode.splits), &args)?
         };
         let ms = KernelSpec::DecodeMerge(self.spec);
         // SAFETY: the partials and out have the shapes the merge reads.
-        unsafe { self.merge.launch(d, raw, ms.grid(batch, 1), &args) }
+        unsafe { self.merge.launch(stream, ms.grid(batch, 1), &args) }
     }
 
     /// Prefill for the plan's ragged batch over one layer's K/V (the new
@@ -296,6 +300,9 @@ impl<D: Driver> Kernels<D> {
         q: View<'_, Q, D>,
         out: ViewMut<'_, Q, D>,
     ) -> Result<(), RuntimeError> {
+        // The plan stays current, and the stream tracks what is queued,
+        // from the first check to the last enqueue.
+        let (_plan, _submit) = (plan.hold(), stream.submit());
         self.check_common::<T>(stream, plan, (kv.k.len(), kv.v.len()))?;
         let Some(rows) = plan.prefill_rows else {
             return Err(RuntimeError::StalePlan(
@@ -317,14 +324,7 @@ impl<D: Driver> Kernels<D> {
         // SAFETY: the table and qo_indptr were validated when planning (every
         // sequence's new rows within its KV), q/out hold qo_indptr's rows,
         // and the grid covers the longest sequence's query tiles.
-        unsafe {
-            self.prefill.launch(
-                stream.driver(),
-                &stream.inner.raw,
-                ks.grid(batch, sp.tiles),
-                &args,
-            )
-        }
+        unsafe { self.prefill.launch(stream, ks.grid(batch, sp.tiles), &args) }
     }
 
     /// Appends the plan's new tokens (rows of `k_new`/`v_new` in the
@@ -357,7 +357,7 @@ impl<D: Driver> Kernels<D> {
 /// [`Kernels::append`] makes, for callers that loaded only the append.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn append_with<S: Element, T: Element, D: Driver>(
-    append: &Loaded<D>,
+    append: &Arc<Loaded<D>>,
     layout: &KvLayoutSpec,
     ordinal: u32,
     stream: &Stream<D>,
@@ -367,6 +367,8 @@ pub(crate) fn append_with<S: Element, T: Element, D: Driver>(
     k_new: View<'_, S, D>,
     v_new: View<'_, S, D>,
 ) -> Result<(), RuntimeError> {
+    // As for decode: the plan current, the stream's tracking exact.
+    let (_plan, _submit) = (plan.hold(), stream.submit());
     check_common::<T, D>(layout, ordinal, stream, plan, (kv.k.len(), kv.v.len()))?;
     check_elem::<S>("k_new/v_new", append_source_dtype(layout))?;
     let scales = layout.scale.len(layout.kv_heads);
@@ -405,19 +407,5 @@ pub(crate) fn append_with<S: Element, T: Element, D: Driver>(
     // SAFETY: every slot was validated against arenas of at least
     // `pages_needed` pages (the K/V views hold them) and the new rows
     // have the tokens' shape.
-    unsafe { launch(append, stream, ks.grid(n as u32, 1), &args) }
-}
-
-/// Queues `k` on `stream`.
-///
-/// # Safety
-/// As [`Loaded::launch`].
-unsafe fn launch<D: Driver>(
-    k: &Loaded<D>,
-    stream: &Stream<D>,
-    grid: [u32; 3],
-    args: &Args,
-) -> Result<(), RuntimeError> {
-    // SAFETY: the caller's promise.
-    unsafe { k.launch(stream.driver(), &stream.inner.raw, grid, args) }
+    unsafe { append.launch(stream, ks.grid(n as u32, 1), &args) }
 }

@@ -72,6 +72,9 @@ impl WorkspaceLimits {
 }
 
 pub(crate) struct WsInner<D: Driver> {
+    /// Held while a plan is uploaded, and by each run from its plan's
+    /// check to its last enqueue: a run never reads a newer plan's block.
+    lock: std::sync::Mutex<()>,
     pub(crate) generation: AtomicU64,
     pub(crate) meta: DeviceBuffer<i32, D>,
     pub(crate) part_out: DeviceBuffer<f32, D>,
@@ -129,6 +132,7 @@ impl<D: Driver> Workspace<D> {
             .map_err(|_| too_large())?;
         Ok(Workspace {
             inner: Arc::new(WsInner {
+                lock: std::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
                 meta: gpu.alloc(meta_len)?,
                 part_out: gpu.alloc(rows.checked_mul(head_dim).ok_or_else(too_large)?)?,
@@ -340,6 +344,7 @@ impl<D: Driver> Workspace<D> {
             .max()
             .unwrap_or(0)
             .max(0) as u64;
+        let _hold = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
         upload_meta(stream, &self.inner.meta, &self.staging)?;
         Ok(StepPlan {
@@ -371,6 +376,11 @@ fn upload_meta<D: Driver>(
 }
 
 impl<D: Driver> StepPlan<D> {
+    /// Holds the workspace against a new plan (see [`WsInner`]'s lock).
+    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.ws.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Checks that the plan is the workspace's latest, for this device.
     pub(crate) fn check_current(&self, stream: &Stream<D>) -> Result<(), RuntimeError> {
         stream.same_device("step plan", self.ordinal)?;

@@ -322,3 +322,37 @@ fn a_raw_pointer_view_launches_like_a_tracked_one() {
     let e = c.prefill_step(k, st, &plan, 0, &p, short, ro).unwrap_err();
     assert!(matches!(e, RuntimeError::Shape(_)), "{e}");
 }
+
+/// Memory of another driver that poses as the same device is in no
+/// allocation of this one: the launch fails when its stream runs it, and
+/// the stream stays failed (work queued behind it never passes as done).
+#[test]
+fn a_foreign_address_fails_its_stream_and_the_failure_sticks() {
+    let (mut s, seqs, slots) = ready();
+    let plan = s
+        .cache
+        .plan_prefill(&mut s.ws, &s.stream, &[spec()], &seqs, &[5, 5], &slots)
+        .unwrap();
+    s.stream.synchronize().unwrap();
+    let other = gpu(0);
+    let foreign = other
+        .upload(&other.default_stream(), &values(10 * Q_ROW, 1))
+        .unwrap();
+    other.default_stream().synchronize().unwrap();
+    let mut out = s.gpu.alloc::<f16>(10 * Q_ROW).unwrap();
+    let (c, k, st) = (&s.cache, &s.kernels, &s.stream);
+    c.prefill_step(
+        k,
+        st,
+        &plan,
+        0,
+        &no_params(),
+        foreign.view(),
+        out.view_mut(),
+    )
+    .unwrap();
+    let e = st.synchronize().unwrap_err();
+    assert!(e.to_string().contains("in no allocation"), "{e}");
+    let e = out.read(st).unwrap_err();
+    assert!(e.to_string().contains("earlier failure"), "{e}");
+}

@@ -17,6 +17,12 @@
 //!   freed and reallocated, a workspace re-planned) for later work on the
 //!   same stream can never overwrite what earlier work still reads.
 //!
+//! A stream also keeps the kernels of its queued launches loaded. One
+//! operation's checks and enqueues, and a synchronize's wait and release,
+//! are serialized per stream, so threads sharing a stream cannot make its
+//! tracking miss what was queued; a run also holds its plan's workspace
+//! from its check to its last enqueue, so a re-plan cannot slip in between.
+//!
 //! Views made from raw pointers ([`View::from_raw`]) are not tracked: their
 //! owner keeps that promise, as the constructor's contract says.
 

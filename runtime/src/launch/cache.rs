@@ -8,7 +8,7 @@ use attnforge_codegen::{AttentionSpec, KvLayoutSpec};
 use super::arena::DeviceArena;
 use super::kernels::Kernels;
 use super::memory::{Gpu, Stream, View, ViewMut};
-use super::run::{LaunchParams, ScaleViews};
+use super::run::{KvView, LaunchParams, ScaleViews};
 use super::step::{StepInput, StepPlan, Workspace};
 use super::Element;
 use crate::cache::{KvCache, SeqId};
@@ -147,6 +147,24 @@ impl<T: Element, D: Driver> KvCache<T, DeviceArena<T, D>> {
         }
     }
 
+    /// What an attention step at `layer` reads from the cache: the plan
+    /// checked against it, the layer's K/V, and `params` with the layer's
+    /// own fp8 scales.
+    fn attention_inputs<'a>(
+        &'a self,
+        plan: &StepPlan<D>,
+        layer: u32,
+        params: &LaunchParams<'a, D>,
+    ) -> Result<(KvView<'a, T, D>, LaunchParams<'a, D>), RuntimeError> {
+        self.check_plan(plan)?;
+        let kv = self.arena().layer(self.layer_range(layer)?)?;
+        let params = LaunchParams {
+            kv_scales: self.scale_views(layer, params.kv_scales)?,
+            ..*params
+        };
+        Ok((kv, params))
+    }
+
     /// Appends the plan's new tokens' K/V rows (in the layout's append
     /// source dtype, [tokens][kv_heads][head_dim]) into `layer`: one launch.
     #[allow(clippy::too_many_arguments)]
@@ -181,12 +199,7 @@ impl<T: Element, D: Driver> KvCache<T, DeviceArena<T, D>> {
         q: View<'_, Q, D>,
         out: ViewMut<'_, Q, D>,
     ) -> Result<(), RuntimeError> {
-        self.check_plan(plan)?;
-        let kv = self.arena().layer(self.layer_range(layer)?)?;
-        let params = LaunchParams {
-            kv_scales: self.scale_views(layer, params.kv_scales)?,
-            ..*params
-        };
+        let (kv, params) = self.attention_inputs(plan, layer, params)?;
         kernels.decode(stream, plan, kv, &params, q, out)
     }
 
@@ -203,12 +216,7 @@ impl<T: Element, D: Driver> KvCache<T, DeviceArena<T, D>> {
         q: View<'_, Q, D>,
         out: ViewMut<'_, Q, D>,
     ) -> Result<(), RuntimeError> {
-        self.check_plan(plan)?;
-        let kv = self.arena().layer(self.layer_range(layer)?)?;
-        let params = LaunchParams {
-            kv_scales: self.scale_views(layer, params.kv_scales)?,
-            ..*params
-        };
+        let (kv, params) = self.attention_inputs(plan, layer, params)?;
         kernels.prefill(stream, plan, kv, &params, q, out)
     }
 }

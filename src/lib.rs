@@ -32,7 +32,7 @@
 //!
 //! // This crate has no build helper, so no code objects were compiled for
 //! // these two items; `attnforge::kernels` shows a crate that has one.
-//! assert!(Llama3::HIP.find(KernelKind::Decode, Arch::Gfx90a).is_err());
+//! assert!(Llama3::CODE_OBJECTS.find(KernelKind::Decode, Arch::Gfx90a).is_err());
 //! ```
 
 extern crate self as attnforge;
@@ -43,7 +43,7 @@ pub use attnforge_macros::{attention, kv_layout};
 pub use attnforge_runtime as runtime;
 
 pub use attnforge_codegen::{
-    Alibi, Arch, Attention, AttentionSpec, CodeObject, DType, HipKernels, KernelKind, KvLayout,
+    Alibi, Arch, Attention, AttentionSpec, CodeObject, CodeObjects, DType, KernelKind, KvLayout,
     KvLayoutSpec, KvScale, Order, SpecError, Target, F8E4M3,
 };
 
@@ -53,7 +53,7 @@ pub mod prelude {
     pub use crate::runtime::launch::{Gpu, Kernels, LaunchParams, Workspace, WorkspaceLimits};
     pub use crate::runtime::{KvScales, Params, Split};
     pub use crate::{
-        attention, kv_layout, Alibi, Arch, Attention, AttentionSpec, DType, HipKernels, KernelKind,
-        KvLayout, KvLayoutSpec, KvScale, Order, Target, F8E4M3,
+        attention, kv_layout, Alibi, Arch, Attention, AttentionSpec, CodeObjects, DType,
+        KernelKind, KvLayout, KvLayoutSpec, KvScale, Order, Target, F8E4M3,
     };
 }

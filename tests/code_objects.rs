@@ -4,7 +4,7 @@
 
 use attnforge::codegen::codeobj::{occupancy, parse_elf, EM_AMDGPU};
 use attnforge::codegen::kernels::symbol;
-use attnforge::{Arch, HipKernels};
+use attnforge::Arch;
 
 #[test]
 fn every_bundled_kernel_has_a_code_object_per_arch() {
@@ -16,20 +16,15 @@ fn every_bundled_kernel_has_a_code_object_per_arch() {
     }
     let mut checked = 0;
     for b in attnforge::kernels::ALL {
-        assert!(
-            matches!(b.hip, HipKernels::Built(_)),
-            "{}: {:?}",
-            b.name,
-            b.hip
-        );
+        assert_eq!(b.objects.hip, None, "{}", b.name);
         for (spec, arch) in b
             .kernels()
             .into_iter()
-            .flat_map(|s| Arch::ALL.map(|a| (s, a)))
+            .flat_map(|s| Arch::AMD.map(|a| (s, a)))
         {
             let sym = symbol(&spec);
             let object = b
-                .hip
+                .objects
                 .find(spec.kind(), arch)
                 .unwrap_or_else(|e| panic!("{}: {e}", b.name));
             assert_eq!(object.symbol, sym);
@@ -63,10 +58,15 @@ fn every_bundled_kernel_has_a_code_object_per_arch() {
     assert_eq!(checked, (6 + 7 * 4) * 3);
     // The crate-wide list holds each distinct object once (two attentions
     // with the same query heads, head_dim and dtype share a merge).
+    let archs: &[Arch] = if cfg!(feature = "cuda") {
+        &Arch::ALL
+    } else {
+        &Arch::AMD
+    };
     let distinct: std::collections::HashSet<(String, Arch)> = attnforge::kernels::ALL
         .iter()
         .flat_map(|b| b.kernels())
-        .flat_map(|s| Arch::ALL.map(|a| (symbol(&s), a)))
+        .flat_map(|s| archs.iter().map(move |&a| (symbol(&s), a)))
         .collect();
     assert_eq!(attnforge::kernels::CODE_OBJECTS.len(), distinct.len());
 }
@@ -79,10 +79,12 @@ fn items_without_a_build_helper_say_so() {
     struct LocalKv;
 
     // This test crate has no build script: no code objects, and a reason.
-    let err = LocalKv::HIP
-        .find(KernelKind::Append, Arch::Gfx90a)
-        .unwrap_err();
-    assert!(err.contains("build.rs"), "{err}");
+    for arch in [Arch::Gfx90a, Arch::Sm90] {
+        let err = LocalKv::CODE_OBJECTS
+            .find(KernelKind::Append, arch)
+            .unwrap_err();
+        assert!(err.contains("build.rs"), "{err}");
+    }
 }
 
 #[path = "support/splitmix.rs"]

@@ -2,14 +2,25 @@
 //! (gfx1030) target, named `<kernel>__<spec>@<arch>`: every bundled spec's
 //! primary kernel (decode or append), and a representative set of the other
 //! kernels (prefill, split-K decode and its merge) and of the variants
-//! (ALiBi computed and given, sinks), and fp8 caches. CI runs with INSTA_UPDATE=no: a change
-//! to the generated code must come with its reviewed snapshot.
+//! (ALiBi computed and given, sinks), and fp8 caches. The CUDA flavour
+//! (`@sm_90`: the same printer, warp 32, 48 KiB of shared memory) for every
+//! kernel of Llama 3, of Gemma 2's local layers (window and soft-cap) and
+//! of the fp8 cache with per-head scales. CI runs with INSTA_UPDATE=no: a
+//! change to the generated code must come with its reviewed snapshot.
 
 use attnforge::codegen::kernels::{attention_kernels, generate, KernelSpec};
 use attnforge::{Alibi, Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
 
+/// The specs whose kernels are also snapshotted in the CUDA flavour.
+const CUDA_SET: &[&str] = &["llama3_8b", "llama3_kv", "gemma2_9b_local", "fp8_per_head"];
+
 fn snapshot(kernel: &KernelSpec, name: &str) {
-    for arch in [Arch::Gfx90a, Arch::Gfx1030] {
+    let cuda: &[Arch] = if CUDA_SET.contains(&name) {
+        &[Arch::Sm90]
+    } else {
+        &[]
+    };
+    for &arch in [Arch::Gfx90a, Arch::Gfx1030].iter().chain(cuda) {
         let k =
             generate(kernel, arch.target()).unwrap_or_else(|e| panic!("{name} for {arch}: {e}"));
         let file = format!("{}__{}@{}", kernel.kind(), name, arch);

@@ -30,6 +30,7 @@ pub mod build;
 pub mod codeobj;
 #[cfg(feature = "cpu")]
 pub mod cpu;
+pub mod cubin;
 pub mod fp8;
 pub mod frontend;
 pub mod hip;
@@ -41,8 +42,8 @@ pub mod spec;
 pub mod target;
 
 pub use fp8::F8E4M3;
-pub use registry::{CodeObject, HipKernels, KernelKind};
+pub use registry::{CodeObject, CodeObjects, KernelKind};
 pub use spec::{
     Alibi, Attention, AttentionSpec, DType, KvLayout, KvLayoutSpec, KvScale, Order, SpecError,
 };
-pub use target::{Arch, Target};
+pub use target::{Arch, Target, Vendor};

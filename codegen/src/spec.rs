@@ -510,8 +510,9 @@ pub trait KvLayout {
     const NAME: &'static str;
     /// The layout.
     const SPEC: KvLayoutSpec;
-    /// The HIP code objects compiled for this layout at build time (append).
-    const HIP: crate::registry::HipKernels;
+    /// The code objects compiled for this layout at build time (append),
+    /// for every arch and vendor the build compiled.
+    const CODE_OBJECTS: crate::registry::CodeObjects;
 
     /// The KV append kernel of this layout, generated for `target`.
     fn append_kernel(
@@ -535,8 +536,9 @@ pub trait Attention {
     const NAME: &'static str;
     /// The attention.
     const SPEC: AttentionSpec;
-    /// The HIP code objects compiled for this attention at build time (decode).
-    const HIP: crate::registry::HipKernels;
+    /// The code objects compiled for this attention at build time (decode,
+    /// split-K decode and merge, prefill), for every arch and vendor.
+    const CODE_OBJECTS: crate::registry::CodeObjects;
 
     /// The prefill kernel of this attention, generated for `target`.
     fn prefill_kernel(

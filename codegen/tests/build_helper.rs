@@ -181,7 +181,16 @@ fn a_hipcc_failure_shows_its_command_and_whole_log() {
         .compile()
         .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, BuildError::Hipcc { .. }), "{text}");
+    assert!(
+        matches!(
+            err,
+            BuildError::Compiler {
+                compiler: "hipcc",
+                ..
+            }
+        ),
+        "{text}"
+    );
     assert!(text.contains("something broke"), "{text}");
     assert!(text.contains("--offload-arch=gfx1030"), "{text}");
     assert!(text.contains(&hipcc.display().to_string()), "{text}");
@@ -342,10 +351,10 @@ fn hipcc_accepts_fp8_kernels_for_every_arch() {
         .file(&file)
         .out_dir(dir.path())
         .shared_cache(matrix_cache())
-        .archs(&Arch::ALL)
+        .archs(&Arch::AMD)
         .compile()
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(report.objects.len(), 2 * 5 * Arch::ALL.len());
+    assert_eq!(report.objects.len(), 2 * 5 * Arch::AMD.len());
     assert_objects_hold_their_kernels(&report);
     assert!(report
         .objects

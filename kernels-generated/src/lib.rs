@@ -11,7 +11,7 @@
 //! use attnforge_kernels::specs::Llama3;
 //!
 //! assert_eq!(Llama3::SPEC.group_size(), 4);
-//! match Llama3::HIP.find(KernelKind::Decode, Arch::Gfx90a) {
+//! match Llama3::CODE_OBJECTS.find(KernelKind::Decode, Arch::Gfx90a) {
 //!     Ok(object) => assert!(object.bytes.starts_with(b"\x7fELF")),
 //!     Err(reason) => println!("built without HIP: {reason}"),
 //! }
@@ -28,7 +28,7 @@ mod registry {
 }
 
 use attnforge_codegen::kernels::KernelSpec;
-use attnforge_codegen::{Attention, HipKernels, KvLayout};
+use attnforge_codegen::{Attention, CodeObjects, KvLayout};
 
 pub use registry::CODE_OBJECTS;
 
@@ -39,8 +39,8 @@ pub struct Bundled {
     pub name: &'static str,
     /// Its primary kernel: decode for an attention, append for a layout.
     pub kernel: KernelSpec,
-    /// Its code objects.
-    pub hip: HipKernels,
+    /// Its code objects (HIP and CUDA).
+    pub objects: CodeObjects,
 }
 
 impl Bundled {
@@ -58,7 +58,7 @@ const fn layout<T: KvLayout>() -> Bundled {
     Bundled {
         name: T::NAME,
         kernel: KernelSpec::Append(T::SPEC),
-        hip: T::HIP,
+        objects: T::CODE_OBJECTS,
     }
 }
 
@@ -66,7 +66,7 @@ const fn attention<T: Attention>() -> Bundled {
     Bundled {
         name: T::NAME,
         kernel: KernelSpec::Decode(T::SPEC),
-        hip: T::HIP,
+        objects: T::CODE_OBJECTS,
     }
 }
 

@@ -61,15 +61,15 @@ pub fn layout_tokens(spec: &KvLayoutSpec, krate: &TokenStream) -> TokenStream {
     }
 }
 
-/// The `HIP` constant: the build helper's registry file, or why there is none.
-pub fn hip_tokens(krate: &TokenStream, registry: Option<&Path>) -> TokenStream {
+/// The `CODE_OBJECTS` constant: the build helper's registry file, or why there is none.
+pub fn code_object_tokens(krate: &TokenStream, registry: Option<&Path>) -> TokenStream {
     match registry.and_then(|p| p.to_str()) {
         Some(path) => quote!({
             #[allow(unused_imports)]
             use #krate as __attnforge;
             include!(#path)
         }),
-        None => quote!(#krate::HipKernels::NotBuilt(#krate::registry::NO_BUILD_HELPER)),
+        None => quote!(#krate::CodeObjects::not_built(#krate::registry::NO_BUILD_HELPER)),
     }
 }
 
@@ -83,13 +83,13 @@ pub fn kv_layout(
     let ident = &p.ident;
     let name = &p.name;
     let spec = layout_tokens(&p.spec, krate);
-    let hip = hip_tokens(krate, registry);
+    let objects = code_object_tokens(krate, registry);
     quote! {
         #item
         impl #krate::KvLayout for #ident {
             const NAME: &'static str = #name;
             const SPEC: #krate::KvLayoutSpec = #spec;
-            const HIP: #krate::HipKernels = #hip;
+            const CODE_OBJECTS: #krate::CodeObjects = #objects;
         }
     }
 }
@@ -124,7 +124,7 @@ pub fn attention(
         Alibi::Given => quote!(#krate::Alibi::Given),
     });
     let sinks = p.sinks;
-    let hip = hip_tokens(krate, registry);
+    let objects = code_object_tokens(krate, registry);
     // The query dtype's rule against the layout first, at `q_dtype` (or at
     // `kv` when it is missing), then every rule at `q_heads`.
     let q_dtype_check = quote_spanned! {p.span_of("q_dtype")=>
@@ -159,7 +159,7 @@ pub fn attention(
                 alibi: #alibi,
                 sinks: #sinks,
             };
-            const HIP: #krate::HipKernels = #hip;
+            const CODE_OBJECTS: #krate::CodeObjects = #objects;
         }
         #q_dtype_check
         #check

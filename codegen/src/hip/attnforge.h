@@ -1,17 +1,45 @@
 // attnforge device helpers.
 //
-// The HIP printer copies this file verbatim into every generated translation
+// The printer copies this file verbatim into every generated translation
 // unit, after defining AF_WARP_SIZE (the target's warp size) and AF_BLOCK_DIM
 // (the kernel's fixed block size), so that each unit compiles on its own with
-// hipcc or hiprtc. Keep it free of anything target-specific beyond those two.
+// hipcc or hiprtc (AMD) and with nvcc or NVRTC (NVIDIA). The kernel text is
+// the same for both vendors; only this header branches, on __CUDACC__.
+// Keep it free of anything target-specific beyond those two macros.
+
+#ifndef AF_WARP_SIZE
+#error "AF_WARP_SIZE must be defined before attnforge.h"
+#endif
+
+#if defined(__CUDACC__)
+// ---- NVIDIA (nvcc, NVRTC) ----
+#include <cuda_fp16.h>
+
+// Every NVIDIA warp has 32 threads: a kernel generated for wave64 must never
+// be compiled here, its shuffles and reductions assume 64 lanes.
+static_assert(AF_WARP_SIZE == 32, "attnforge: kernel generated for another warp size");
+
+// HIP's shuffles act on the whole warp, always converged in attnforge's
+// kernels (the verifier requires warp-uniform control flow around them):
+// the _sync forms with every lane in the mask.
+template <typename T>
+__device__ __forceinline__ T af_shfl_xor(T v, int mask, int width) {
+  return __shfl_xor_sync(0xffffffffu, v, mask, width);
+}
+template <typename T>
+__device__ __forceinline__ T af_shfl_down(T v, unsigned int delta, int width) {
+  return __shfl_down_sync(0xffffffffu, v, delta, width);
+}
+template <typename T>
+__device__ __forceinline__ T af_shfl(T v, int lane, int width) {
+  return __shfl_sync(0xffffffffu, v, lane, width);
+}
+#else
+// ---- AMD (hipcc, hiprtc) ----
 // hiprtc provides the HIP headers itself; hipcc needs them included.
 #if !defined(__HIPCC_RTC__)
 #include <hip/hip_runtime.h>
 #include <hip/hip_fp16.h>
-#endif
-
-#ifndef AF_WARP_SIZE
-#error "AF_WARP_SIZE must be defined before attnforge.h"
 #endif
 
 // A kernel generated for wave64 must never be compiled for wave32 or back:
@@ -19,6 +47,20 @@
 #if defined(__HIP_DEVICE_COMPILE__) && defined(__AMDGCN_WAVEFRONT_SIZE)
 static_assert(__AMDGCN_WAVEFRONT_SIZE == AF_WARP_SIZE,
               "attnforge: kernel generated for another wavefront size");
+#endif
+
+template <typename T>
+__device__ __forceinline__ T af_shfl_xor(T v, int mask, int width) {
+  return __shfl_xor(v, mask, width);
+}
+template <typename T>
+__device__ __forceinline__ T af_shfl_down(T v, unsigned int delta, int width) {
+  return __shfl_down(v, delta, width);
+}
+template <typename T>
+__device__ __forceinline__ T af_shfl(T v, int lane, int width) {
+  return __shfl(v, lane, width);
+}
 #endif
 
 // bfloat16 as its bit pattern; converted through f32 (round to nearest even).
@@ -151,7 +193,7 @@ __device__ __forceinline__ af_vec<To, N> af_cvt(af_vec<From, N> x) {
 // Butterfly reductions over the whole warp; every lane receives the result.
 template <typename T>
 __device__ __forceinline__ T af_warp_sum(T x) {
-  for (int o = AF_WARP_SIZE / 2; o > 0; o >>= 1) x += __shfl_xor(x, o, AF_WARP_SIZE);
+  for (int o = AF_WARP_SIZE / 2; o > 0; o >>= 1) x += af_shfl_xor(x, o, AF_WARP_SIZE);
   return x;
 }
 
@@ -182,6 +224,6 @@ __device__ __forceinline__ af_vec<float, N> af_min(af_vec<float, N> a, af_vec<fl
 
 template <typename T>
 __device__ __forceinline__ T af_warp_max(T x) {
-  for (int o = AF_WARP_SIZE / 2; o > 0; o >>= 1) x = af_max(x, __shfl_xor(x, o, AF_WARP_SIZE));
+  for (int o = AF_WARP_SIZE / 2; o > 0; o >>= 1) x = af_max(x, af_shfl_xor(x, o, AF_WARP_SIZE));
   return x;
 }

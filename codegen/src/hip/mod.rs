@@ -223,16 +223,16 @@ impl Printer<'_> {
                 let v = self.expr(value);
                 let call = match op {
                     Collective::ShuffleXor { mask, width } => {
-                        format!("__shfl_xor({v}, {}, {width})", self.expr(mask))
+                        format!("af_shfl_xor({v}, {}, {width})", self.expr(mask))
                     }
                     Collective::ShuffleDown { delta, width } => {
                         format!(
-                            "__shfl_down({v}, (unsigned int)({}), {width})",
+                            "af_shfl_down({v}, (unsigned int)({}), {width})",
                             self.expr(delta)
                         )
                     }
                     Collective::ShuffleIdx { lane, width } => {
-                        format!("__shfl({v}, {}, {width})", self.expr(lane))
+                        format!("af_shfl({v}, {}, {width})", self.expr(lane))
                     }
                     Collective::WarpSum => format!("af_warp_sum({v})"),
                     Collective::WarpMax => format!("af_warp_max({v})"),

@@ -7,7 +7,7 @@
 use std::ffi::{c_void, CString};
 
 use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
-use attnforge_codegen::{HipKernels, Target};
+use attnforge_codegen::{CodeObjects, Target};
 
 use super::{DevicePtr, Driver, DriverError, KernelArg, MAX_ARGS};
 use crate::hip::result::{check, HipStatus};
@@ -49,12 +49,15 @@ impl Drop for HipFunction {
 /// objects where it has them (hiprtc, cached on disk, for the rest).
 pub struct HipDriver {
     device: HipDevice,
-    registry: Option<&'static HipKernels>,
+    registry: Option<&'static CodeObjects>,
 }
 
 impl HipDriver {
     /// Opens device `ordinal` (see [`HipDevice::new`]).
-    pub fn new(ordinal: i32, registry: Option<&'static HipKernels>) -> Result<HipDriver, HipError> {
+    pub fn new(
+        ordinal: i32,
+        registry: Option<&'static CodeObjects>,
+    ) -> Result<HipDriver, HipError> {
         Ok(HipDriver {
             device: HipDevice::new(ordinal)?,
             registry,

@@ -27,7 +27,7 @@ pub mod hip {
     use super::{DevicePtr, Driver, DriverError, KernelArg};
     use crate::hip::HipError;
     use attnforge_codegen::kernels::KernelSpec;
-    use attnforge_codegen::{HipKernels, Target};
+    use attnforge_codegen::{CodeObjects, Target};
 
     /// The HIP driver, absent: [`HipDriver::new`] says why.
     #[derive(Debug)]
@@ -37,7 +37,7 @@ pub mod hip {
         /// Always [`HipError::NotCompiledWithHip`].
         pub fn new(
             _ordinal: i32,
-            _registry: Option<&'static HipKernels>,
+            _registry: Option<&'static CodeObjects>,
         ) -> Result<HipDriver, HipError> {
             Err(HipError::NotCompiledWithHip)
         }

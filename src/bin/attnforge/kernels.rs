@@ -2,7 +2,7 @@
 //! code object hipcc built for every arch.
 
 use attnforge::codegen::kernels::{generate, symbol, KernelSpec};
-use attnforge::{Arch, HipKernels};
+use attnforge::Arch;
 
 use crate::{table, Failure};
 
@@ -54,14 +54,7 @@ pub fn run(a: Args) -> Result<(), Failure> {
             let objects: Vec<(Arch, Result<usize, String>)> = Arch::ALL
                 .iter()
                 .map(|&arch| {
-                    let size = match b.hip {
-                        HipKernels::Built(_) => b
-                            .hip
-                            .find(spec.kind(), arch)
-                            .map(|o| o.bytes.len())
-                            .map_err(|e| e.to_string()),
-                        HipKernels::NotBuilt(reason) => Err(reason.to_string()),
-                    };
+                    let size = b.objects.find(spec.kind(), arch).map(|o| o.bytes.len());
                     (arch, size)
                 })
                 .collect();

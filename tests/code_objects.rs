@@ -1,8 +1,10 @@
-//! Every code object built at build time is an AMDGPU ELF for its arch and
-//! holds its kernel: the function symbol, its `.kd` kernel descriptor, and
-//! its resources in the metadata note.
+//! Every code object built at build time is an AMDGPU ELF (or, for the
+//! NVIDIA archs, a cubin) for its arch and holds its kernel: the function
+//! symbol, its `.kd` kernel descriptor, and its resources in the metadata
+//! note (ptxas's report for cubins). No bundled kernel spills on any arch.
 
 use attnforge::codegen::codeobj::{occupancy, parse_elf, EM_AMDGPU};
+use attnforge::codegen::cubin::{parse_cubin, parse_ptxas_log, EM_CUDA};
 use attnforge::codegen::kernels::symbol;
 use attnforge::Arch;
 
@@ -69,6 +71,108 @@ fn every_bundled_kernel_has_a_code_object_per_arch() {
         .flat_map(|s| archs.iter().map(move |&a| (symbol(&s), a)))
         .collect();
     assert_eq!(attnforge::kernels::CODE_OBJECTS.len(), distinct.len());
+}
+
+#[test]
+fn every_bundled_kernel_has_a_cubin_for_sm_80_and_sm_90() {
+    if !cfg!(feature = "cuda") {
+        println!("skipped: attnforge was built without its `cuda` feature, so no cubins exist");
+        return;
+    }
+    let mut checked = 0;
+    for b in attnforge::kernels::ALL {
+        assert_eq!(b.objects.cuda, None, "{}", b.name);
+        for spec in b.kernels() {
+            for arch in Arch::NVIDIA {
+                let sym = symbol(&spec);
+                let object = b
+                    .objects
+                    .find(spec.kind(), arch)
+                    .unwrap_or_else(|e| panic!("{}: {e}", b.name));
+                assert_eq!((object.symbol, object.arch), (&sym[..], arch));
+                let cubin = parse_cubin(object.bytes)
+                    .unwrap_or_else(|e| panic!("{} for {arch}: not a cubin: {e}", b.name));
+                assert_eq!(cubin.elf.machine, EM_CUDA);
+                assert_eq!(
+                    cubin.arch(),
+                    arch.name(),
+                    "{}: e_flags {:#x}",
+                    b.name,
+                    cubin.elf.flags
+                );
+                assert!(
+                    cubin.has_function(&sym),
+                    "{sym} for {arch}: {:?}",
+                    cubin.elf.symbols
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, (6 + 7 * 4) * 2);
+}
+
+/// The bundled specs through the build helper, every arch, with the shared
+/// object cache the kernels crate's build script fills (so nothing is
+/// compiled twice): each object's resources, as the compiler reports them.
+#[test]
+fn no_bundled_kernel_spills_on_any_arch() {
+    use attnforge::codegen::build::{find_nvcc, user_cache_dir, Build};
+    if !cfg!(feature = "hip") {
+        println!("skipped: attnforge was built without its `hip` feature");
+        return;
+    }
+    assert!(
+        find_nvcc().is_some(),
+        "no nvcc: run scripts/setup.sh (it installs NVIDIA's compiler from PyPI)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut build = Build::new();
+    build
+        .file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/kernels-generated/src/specs.rs"
+        ))
+        .out_dir(dir.path())
+        .archs(&Arch::ALL)
+        .hip(true)
+        .cuda(true);
+    if let Some(cache) = user_cache_dir() {
+        build.shared_cache(cache.join("objects"));
+    }
+    let report = build.compile().unwrap_or_else(|e| panic!("{e}"));
+    let mut spills = Vec::new();
+    let mut seen = [0usize; 2];
+    for o in &report.objects {
+        let bytes = std::fs::read(&o.path).unwrap();
+        let at = format!("{} at {}", o.symbol, o.arch);
+        if Arch::NVIDIA.contains(&o.arch) {
+            let log = std::fs::read_to_string(o.log.as_ref().expect("nvcc's log")).unwrap();
+            let r = parse_ptxas_log(&log)
+                .into_iter()
+                .find(|r| r.name == o.symbol)
+                .unwrap_or_else(|| panic!("{at}: ptxas reported nothing:\n{log}"));
+            assert!(r.registers > 0, "{at}: {r:?}");
+            if r.spill_stores > 0 || r.spill_loads > 0 {
+                spills.push(format!("{at}: {r:?}"));
+            }
+            seen[1] += 1;
+        } else {
+            let elf = parse_elf(&bytes).unwrap();
+            let r = elf.kernel_resources(&o.symbol).unwrap();
+            if r.vgpr_spills > 0 || r.sgpr_spills > 0 {
+                spills.push(format!("{at}: {r:?}"));
+            }
+            seen[0] += 1;
+        }
+    }
+    assert!(
+        spills.is_empty(),
+        "spilling kernels:\n{}",
+        spills.join("\n")
+    );
+    // Each distinct kernel once per arch.
+    assert_eq!(seen, [33 * 3, 33 * 2], "{:?}", report.objects.len());
 }
 
 #[test]
@@ -146,8 +250,17 @@ fn damaged_code_objects_and_bundles_are_errors_not_panics() {
     use attnforge::codegen::codeobj::{amdgpu_elf_objects, parse_offload_bundle};
     let objects: Vec<&[u8]> = attnforge::kernels::CODE_OBJECTS
         .iter()
+        .filter(|o| Arch::AMD.contains(&o.arch))
         .map(|o| o.bytes)
         .take(4)
+        .collect();
+    // Cubins too, where the build made them: the same reader under the
+    // cubin's identification.
+    let cubins: Vec<&[u8]> = attnforge::kernels::CODE_OBJECTS
+        .iter()
+        .filter(|o| Arch::NVIDIA.contains(&o.arch))
+        .map(|o| o.bytes)
+        .take(2)
         .collect();
     if objects.is_empty() {
         println!(
@@ -171,11 +284,13 @@ fn damaged_code_objects_and_bundles_are_errors_not_panics() {
     let mut r = Rng(0xc0de);
     let (mut ok, mut refused) = (0, 0);
     for case in 0..10_000 {
-        let input = match case % 2 {
-            0 => damage(&mut r, objects[case / 2 % objects.len()]),
+        let input = match case % 3 {
+            0 => damage(&mut r, objects[case / 3 % objects.len()]),
+            1 if !cubins.is_empty() => damage(&mut r, cubins[case / 3 % cubins.len()]),
             _ => damage(&mut r, &good),
         };
         let run = std::panic::catch_unwind(|| {
+            let _ = parse_cubin(&input).map(|c| c.sm);
             let elf = parse_elf(&input).map(|e| e.symbols.len() + e.resources().len());
             let all = amdgpu_elf_objects(&input).map(|v| v.len());
             if let Ok(entries) = parse_offload_bundle(&input) {

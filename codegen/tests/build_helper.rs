@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use attnforge_codegen::build::{Build, BuildError};
-use attnforge_codegen::registry::HIP_DISABLED;
+use attnforge_codegen::registry::{CUDA_DISABLED, HIP_DISABLED};
 use attnforge_codegen::Arch;
 
 const SPECS: &str = r#"
@@ -134,8 +134,141 @@ fn with_hip_off_the_registry_says_why() {
     assert_eq!(report.items.len(), 2);
     assert!(report.objects.is_empty());
     let reg = std::fs::read_to_string(dir.path().join("attnforge/registry/Small.rs")).unwrap();
-    assert!(reg.contains("NotBuilt"), "{reg}");
-    assert!(reg.contains(&format!("{HIP_DISABLED:?}")));
+    assert!(
+        reg.contains(&format!("hip: Some({HIP_DISABLED:?})")),
+        "{reg}"
+    );
+    // CUDA is off by default.
+    assert!(
+        reg.contains(&format!("cuda: Some({CUDA_DISABLED:?})")),
+        "{reg}"
+    );
+}
+
+/// NVIDIA's compiler, as the build helper finds it (the test command's
+/// set-up installs it from PyPI when no system CUDA exists). Missing, the
+/// test fails: it does not skip.
+fn nvcc() -> PathBuf {
+    attnforge_codegen::build::find_nvcc()
+        .expect("no nvcc: run scripts/setup.sh (it installs NVIDIA's compiler from PyPI)")
+}
+
+#[test]
+fn a_missing_nvcc_names_what_to_do() {
+    let (dir, file) = scratch(SPECS);
+    let err = Build::new()
+        .file(&file)
+        .out_dir(dir.path())
+        .archs(&[Arch::Sm90])
+        .cuda(true)
+        .nvcc("/nonexistent/nvcc")
+        .compile()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, BuildError::NoNvcc { .. }), "{text}");
+    assert!(text.contains("scripts/setup.sh"), "{text}");
+    assert!(text.contains("`cuda` feature"), "{text}");
+    // With CUDA off, NVIDIA archs compile nothing and ask for no nvcc.
+    let report = Build::new()
+        .file(&file)
+        .out_dir(dir.path())
+        .archs(&[Arch::Sm90])
+        .nvcc("/nonexistent/nvcc")
+        .compile()
+        .unwrap();
+    assert!(report.objects.is_empty());
+}
+
+#[cfg(unix)]
+#[test]
+fn an_nvcc_failure_shows_its_command_and_whole_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, file) = scratch(SPECS);
+    let nvcc = dir.path().join("fake-nvcc");
+    std::fs::write(
+        &nvcc,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo fake nvcc 13.0; exit 0; }\n\
+         echo 'kernel.cu(3): error: identifier \"x\" is undefined' >&2\nexit 2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&nvcc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = Build::new()
+        .file(&file)
+        .out_dir(dir.path())
+        .archs(&[Arch::Sm80])
+        .hip(false)
+        .cuda(true)
+        .nvcc(&nvcc)
+        .compile()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            BuildError::Compiler {
+                compiler: "nvcc",
+                arch: Arch::Sm80,
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(text.contains("is undefined"), "{text}");
+    assert!(
+        text.contains("-arch=sm_80") && text.contains("-cubin"),
+        "{text}"
+    );
+    assert!(text.contains(&nvcc.display().to_string()), "{text}");
+}
+
+#[test]
+fn cubins_are_cached_with_their_ptxas_log_and_a_damaged_entry_is_rebuilt() {
+    let nvcc = nvcc();
+    let src = "use attnforge_macros::*;\n\
+        #[kv_layout(page_size = 8, kv_heads = 1, head_dim = 32, dtype = f16)]\n\
+        pub struct TinyKv;\n";
+    let cache = tempfile::tempdir().expect("temp dir");
+    let build = || {
+        let (dir, file) = scratch(src);
+        let report = Build::new()
+            .file(&file)
+            .out_dir(dir.path())
+            .shared_cache(cache.path())
+            .archs(&[Arch::Sm90])
+            .cuda(true)
+            .nvcc(&nvcc)
+            .compile()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_cubins_hold_their_kernels(&report);
+        (dir, report)
+    };
+    let (_a, first) = build();
+    assert_eq!((first.compiled(), first.cached()), (1, 0));
+    let (_b, second) = build();
+    assert_eq!((second.compiled(), second.cached()), (0, 1));
+    let entry = |ext: &str| {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == ext))
+            .unwrap_or_else(|| panic!("a cached .{ext}"))
+    };
+    // A cubin without its log is not whole: rebuilt, and the cache repaired.
+    std::fs::remove_file(entry("log")).unwrap();
+    let (_c, third) = build();
+    assert_eq!((third.compiled(), third.cached()), (1, 0));
+    // A damaged cubin is rebuilt too.
+    std::fs::write(entry("cubin"), b"not a cubin").unwrap();
+    let (_d, fourth) = build();
+    assert_eq!((fourth.compiled(), fourth.cached()), (1, 0));
+    assert!(std::fs::read(entry("cubin"))
+        .unwrap()
+        .starts_with(b"\x7fELF"));
+    let reg = std::fs::read_to_string(_d.path().join("attnforge/registry/TinyKv.rs")).unwrap();
+    assert!(
+        reg.contains("cuda: None") && reg.contains("Arch::Sm90"),
+        "{reg}"
+    );
 }
 
 #[test]
@@ -286,7 +419,7 @@ fn matrix_cache() -> PathBuf {
 }
 
 #[test]
-fn hipcc_accepts_every_dtype_order_head_dim_and_variant() {
+fn hipcc_and_nvcc_accept_every_dtype_order_head_dim_and_variant() {
     if !have_hipcc() {
         return;
     }
@@ -326,10 +459,23 @@ fn hipcc_accepts_every_dtype_order_head_dim_and_variant() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.objects.len(), n * 2);
     assert_objects_hold_their_kernels(&report);
+    // The same matrix through nvcc, for both NVIDIA archs.
+    let report = Build::new()
+        .file(&file)
+        .out_dir(dir.path())
+        .shared_cache(matrix_cache())
+        .archs(&Arch::NVIDIA)
+        .hip(false)
+        .cuda(true)
+        .nvcc(nvcc())
+        .compile()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.objects.len(), n * 2);
+    assert_cubins_hold_their_kernels(&report);
 }
 
 #[test]
-fn hipcc_accepts_fp8_kernels_for_every_arch() {
+fn hipcc_and_nvcc_accept_fp8_kernels_for_every_arch() {
     if !have_hipcc() {
         return;
     }
@@ -351,20 +497,54 @@ fn hipcc_accepts_fp8_kernels_for_every_arch() {
         .file(&file)
         .out_dir(dir.path())
         .shared_cache(matrix_cache())
-        .archs(&Arch::AMD)
+        .archs(&Arch::ALL)
+        .cuda(true)
+        .nvcc(nvcc())
         .compile()
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(report.objects.len(), 2 * 5 * Arch::AMD.len());
+    assert_eq!(report.objects.len(), 2 * 5 * Arch::ALL.len());
     assert_objects_hold_their_kernels(&report);
+    assert_cubins_hold_their_kernels(&report);
     assert!(report
         .objects
         .iter()
         .any(|o| o.symbol.starts_with("af_append_fp8_e4m3_sh")));
 }
 
-/// Every object of a build is an AMDGPU ELF for its arch holding its kernel.
+/// Every NVIDIA object of a build is a cubin for its arch holding its
+/// kernel, and ptxas reported the kernel's resources in its log.
+fn assert_cubins_hold_their_kernels(report: &attnforge_codegen::build::BuildReport) {
+    use attnforge_codegen::cubin::{parse_cubin, parse_ptxas_log};
+    for o in report
+        .objects
+        .iter()
+        .filter(|o| Arch::NVIDIA.contains(&o.arch))
+    {
+        let cubin = parse_cubin(&std::fs::read(&o.path).unwrap()).unwrap();
+        assert_eq!(cubin.arch(), o.arch.name(), "{}", o.path.display());
+        assert!(
+            cubin.has_function(&o.symbol),
+            "{} lacks {}",
+            o.path.display(),
+            o.symbol
+        );
+        let log = std::fs::read_to_string(o.log.as_ref().unwrap()).unwrap();
+        let r = parse_ptxas_log(&log);
+        assert!(
+            r.iter()
+                .any(|r| r.name == o.symbol && r.arch == o.arch.name() && r.registers > 0),
+            "{log}"
+        );
+    }
+}
+
+/// Every AMD object of a build is an AMDGPU ELF for its arch holding its kernel.
 fn assert_objects_hold_their_kernels(report: &attnforge_codegen::build::BuildReport) {
-    for o in &report.objects {
+    for o in report
+        .objects
+        .iter()
+        .filter(|o| Arch::AMD.contains(&o.arch))
+    {
         let bytes = std::fs::read(&o.path).unwrap();
         let elf = attnforge_codegen::codeobj::parse_elf(&bytes).unwrap();
         assert_eq!(elf.arch(), Some(o.arch.name()));

@@ -9,7 +9,7 @@ use crate::{table, Failure};
 pub struct Args {
     #[command(flatten)]
     spec: SpecArgs,
-    /// The GPU arch: gfx90a, gfx940 or gfx1030.
+    /// The GPU arch: gfx90a, gfx940, gfx1030 (HIP) or sm_80, sm_90 (CUDA).
     #[arg(long)]
     arch: String,
     /// The kernel; every kernel of the spec when left out.

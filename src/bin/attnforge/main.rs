@@ -5,6 +5,7 @@
 //! attnforge emit   --layout "page_size=16, kv_heads=8, head_dim=128, dtype=f16" \
 //!                  --attention "q_heads=32, causal" --arch gfx90a --kernel decode
 //! attnforge build  --layout ... --attention ... --arch all
+//! attnforge resources
 //! attnforge check  --layout ... --attention ...
 //! attnforge bench  --layout ... --attention ...
 //! attnforge kernels
@@ -20,6 +21,7 @@ mod build;
 mod check;
 mod emit;
 mod kernels;
+mod resources;
 mod spec;
 mod table;
 
@@ -38,11 +40,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print a kernel of the spec as HIP C++.
+    /// Print a kernel of the spec as HIP C++ (CUDA C++ for sm_80, sm_90).
     Emit(emit::Args),
-    /// Compile the spec's kernels with hipcc and print each code object's
-    /// registers, spills, LDS and occupancy.
+    /// Compile the spec's kernels with hipcc and nvcc and print each code
+    /// object's registers, spills, shared memory and occupancy.
     Build(build::Args),
+    /// Every bundled kernel's registers, spills, shared memory and
+    /// occupancy at every arch; exits 1 if any spills.
+    Resources(resources::Args),
     /// Run every kernel of the spec on the CPU backend, fast and checked,
     /// on random paged inputs against the f64 reference.
     Check(check::Args),
@@ -72,6 +77,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Emit(a) => emit::run(a),
         Command::Build(a) => build::run(a),
+        Command::Resources(a) => resources::run(a),
         Command::Check(a) => check::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Kernels(a) => kernels::run(a),

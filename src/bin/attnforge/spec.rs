@@ -121,7 +121,7 @@ pub fn archs(text: &str, host_allowed: bool) -> Result<Vec<Arch>, Failure> {
         }
         match Arch::from_name(name).or((name == "host").then_some(Arch::Host)) {
             Some(Arch::Host) if !host_allowed => return Err(Failure::Usage(
-                "--arch host: the host target has no GPU code; choose gfx90a, gfx940 or gfx1030"
+                "--arch host: the host target has no GPU code; choose gfx90a, gfx940, gfx1030, sm_80 or sm_90"
                     .into(),
             )),
             Some(a) => out.push(a),

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, unit, snapshot, compile-fail, build-helper,
-# code-object and doc tests. Installs missing system packages first.
+# code-object (HIP code objects and CUDA cubins) and doc tests. Installs
+# missing system packages and NVIDIA's compiler (from PyPI) first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export INSTA_UPDATE=no   # a changed snapshot fails; it is never written
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
+# The `cuda` feature: the bundled kernels are built into cubins too (nvcc),
+# and the CUDA device is compiled (it has no GPU to run on here).
+features=(--features attnforge/cuda)
+cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 # A GPU-only runtime builds without the CPU backend (so without LLVM): the
 # launch layer (element types, validation) is not the CPU device's.
 if cargo tree -p attnforge-runtime --no-default-features --features hip -e normal \
@@ -15,7 +19,7 @@ if cargo tree -p attnforge-runtime --no-default-features --features hip -e norma
   exit 1
 fi
 cargo clippy -p attnforge-runtime --no-default-features --features hip -- -D warnings
-cargo test --workspace
+cargo test --workspace "${features[@]}"
 # The fuzzing layer and the bad-input tests again in the release profile,
 # where integer overflow wraps instead of panicking: neither profile may
 # hide a bug (tests/README.md, "fuzzing").

@@ -347,3 +347,52 @@ fn build_compiles_with_hipcc_and_reads_each_objects_resources() {
     assert!(text.contains("af_append_f16_nhd_p16_h2_d64"), "{text}");
     assert!(text.contains("\n1 code object: "), "{text}");
 }
+
+#[test]
+fn build_compiles_cubins_with_nvcc_and_reads_ptxas_resources() {
+    assert!(
+        attnforge::codegen::build::find_nvcc().is_some(),
+        "no nvcc: run scripts/setup.sh (it installs NVIDIA's compiler from PyPI)"
+    );
+    let out = std::env::temp_dir().join(format!("attnforge-cli-nvcc-{}", std::process::id()));
+    let v = json(&attnforge(&[
+        "build",
+        "--layout",
+        LAYOUT,
+        "--attention",
+        ATTENTION,
+        "--kernel",
+        "decode",
+        "--arch",
+        "sm_80,sm_90",
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    let objects = v.as_array().unwrap();
+    assert_eq!(objects.len(), 2, "{v}");
+    let want = symbol(&KernelSpec::Decode(spec()));
+    for (o, arch) in objects.iter().zip(["sm_80", "sm_90"]) {
+        assert_eq!(
+            (o["symbol"].as_str(), o["arch"].as_str()),
+            (Some(&want[..]), Some(arch))
+        );
+        let bytes = std::fs::read(o["path"].as_str().unwrap()).unwrap();
+        let cubin = attnforge::codegen::cubin::parse_cubin(&bytes).unwrap();
+        assert_eq!(cubin.arch(), arch);
+        // The figures are ptxas's own lines for this kernel and arch.
+        let log = std::fs::read_to_string(o["log"].as_str().unwrap()).unwrap();
+        let used = log
+            .lines()
+            .skip_while(|l| !l.contains(&format!("'{want}' for '{arch}'")))
+            .find(|l| l.contains("Used "))
+            .unwrap_or_else(|| panic!("{log}"));
+        assert!(
+            used.contains(&format!("Used {} registers", o["registers"])),
+            "{used} vs {o}"
+        );
+        assert_eq!(o["spill_stores"], 0, "{o}");
+        assert!(o["warps_per_sm"].as_u64().unwrap() >= 4, "{o}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -112,3 +112,34 @@ fn generated_hip_of_fp8_caches() {
         }
     }
 }
+
+/// The CUDA kernels are the wave32 kernels the CPU backend proves at
+/// gfx1030 (the numeric tests' wave32 target): for every bundled kernel,
+/// the sm_80 and sm_90 text is gfx1030's but for the line naming the
+/// target. Where a kernel ever differs (a shared-memory limit that binds),
+/// this fails, and that kernel needs its own numeric cases at sm_90.
+#[test]
+fn nvidia_kernels_are_the_wave32_kernels_the_cpu_backend_proves() {
+    let strip = |text: String| -> String {
+        text.lines()
+            .filter(|l| !l.starts_with("// target:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut compared = 0;
+    for b in attnforge::kernels::ALL {
+        for kernel in b.kernels() {
+            let amd = strip(
+                generate(&kernel, Arch::Gfx1030.target())
+                    .unwrap()
+                    .to_string(),
+            );
+            for arch in Arch::NVIDIA {
+                let nv = strip(generate(&kernel, arch.target()).unwrap().to_string());
+                assert!(nv == amd, "{} at {arch} differs from gfx1030", b.name);
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, (6 + 7 * 4) * 2);
+}

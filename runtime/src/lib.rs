@@ -27,7 +27,10 @@
 //!   backend's kernels and records every driver call, and
 //!   [`driver::hip::HipDriver`] on hip-sys (feature `hip`): code objects
 //!   from the build-time registry or compiled at run time with hiprtc
-//!   (cached on disk). **The HIP driver has never run on a GPU yet.**
+//!   (cached on disk); [`driver::cuda::CudaDriver`] on the CUDA driver API
+//!   through cudarc (feature `cuda`): cubins from the registry or compiled
+//!   at run time with NVRTC (cached on disk). **Neither GPU driver has run
+//!   on a GPU yet.**
 //!
 //! ```
 //! use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, KvScale, Order, Arch};
@@ -53,6 +56,7 @@ mod cache;
 pub mod check;
 #[cfg(feature = "cpu")]
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod driver;
 pub mod hip;
@@ -110,6 +114,9 @@ pub enum RuntimeError {
     /// The HIP device could not be used, or a HIP call failed.
     #[error(transparent)]
     Hip(#[from] hip::HipError),
+    /// The CUDA device could not be used, or a CUDA call failed.
+    #[error(transparent)]
+    Cuda(#[from] cuda::CudaError),
     /// A driver call failed (or queued work failed when its stream ran it).
     #[error(transparent)]
     Driver(#[from] driver::DriverError),

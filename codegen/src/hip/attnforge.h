@@ -63,6 +63,12 @@ __device__ __forceinline__ T af_shfl(T v, int lane, int width) {
 }
 #endif
 
+// +inf and the default quiet NaN by their bits: every compiler attnforge
+// targets (hipcc, hiprtc, nvcc, NVRTC) folds these; not all know GCC's
+// __builtin_inff/__builtin_nanf.
+__device__ __forceinline__ float af_inf() { return __uint_as_float(0x7f800000u); }
+__device__ __forceinline__ float af_nan() { return __uint_as_float(0x7fc00000u); }
+
 // bfloat16 as its bit pattern; converted through f32 (round to nearest even).
 struct af_bf16 {
   unsigned short bits;

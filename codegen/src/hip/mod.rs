@@ -75,15 +75,11 @@ fn ty(t: Ty) -> String {
 }
 
 fn f32_lit(v: f32) -> String {
+    // The header's functions, not GCC's builtins: NVRTC has none of those.
     if v.is_nan() {
-        "__builtin_nanf(\"\")".into()
+        "af_nan()".into()
     } else if v.is_infinite() {
-        if v > 0.0 {
-            "__builtin_inff()"
-        } else {
-            "(-__builtin_inff())"
-        }
-        .into()
+        if v > 0.0 { "af_inf()" } else { "(-af_inf())" }.into()
     } else {
         // `{:?}` is the shortest text that reads back as the same f32.
         let s = format!("{v:?}");

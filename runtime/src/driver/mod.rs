@@ -4,7 +4,7 @@
 //!
 //! The launch logic (argument marshalling, grids and blocks, the
 //! workspace's layout, the plan's upload, split-K's two launches) is
-//! written once, in [`crate::launch`], against [`Driver`]. Two drivers
+//! written once, in [`crate::launch`], against [`Driver`]. Three drivers
 //! implement it:
 //! - [`cpu::CpuDriver`] (feature `cpu`): device memory is host memory
 //!   behind fake device addresses, streams are queues executed in order at
@@ -14,104 +14,29 @@
 //!   the reference.
 //! - [`hip::HipDriver`] (feature `hip`): the same calls on hip-sys
 //!   (`hipMallocAsync`-free: `hipMalloc`, `hipMemcpy*Async`,
-//!   `hipModuleLaunchKernel`, `hipStreamSynchronize`). Only this thin FFI
-//!   layer stays untested without a GPU.
+//!   `hipModuleLaunchKernel`, `hipStreamSynchronize`). It has not run on
+//!   a GPU.
+//! - [`cuda::CudaDriver`] (feature `cuda`): the same calls on the CUDA
+//!   driver API through cudarc (`cuMemAlloc`, `cuMemcpy*Async`,
+//!   `cuLaunchKernel`, `cuStreamSynchronize`), cubins from the registry or
+//!   NVRTC. It has not run on a GPU either: here only its constructor's
+//!   "no device" answer and NVRTC's compilation are tested.
+//!
+//! Only these two thin FFI layers stay untested without a GPU.
 
 #[cfg(feature = "cpu")]
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "hip")]
 pub mod hip;
-/// Without the `hip` feature: a driver that cannot be made.
+#[cfg(not(all(feature = "hip", feature = "cuda")))]
+#[macro_use]
+mod absent;
 #[cfg(not(feature = "hip"))]
-pub mod hip {
-    use super::{DevicePtr, Driver, DriverError, KernelArg};
-    use crate::hip::HipError;
-    use attnforge_codegen::kernels::KernelSpec;
-    use attnforge_codegen::{CodeObjects, Target};
-
-    /// The HIP driver, absent: [`HipDriver::new`] says why.
-    #[derive(Debug)]
-    pub enum HipDriver {}
-
-    impl HipDriver {
-        /// Always [`HipError::NotCompiledWithHip`].
-        pub fn new(
-            _ordinal: i32,
-            _registry: Option<&'static CodeObjects>,
-        ) -> Result<HipDriver, HipError> {
-            Err(HipError::NotCompiledWithHip)
-        }
-    }
-
-    impl Driver for HipDriver {
-        type Stream = ();
-        type Function = ();
-        fn ordinal(&self) -> u32 {
-            match *self {}
-        }
-        fn target(&self) -> Target {
-            match *self {}
-        }
-        fn compute_units(&self) -> u32 {
-            match *self {}
-        }
-        fn allocate(&self, _: usize) -> Result<DevicePtr, DriverError> {
-            match *self {}
-        }
-        unsafe fn free(&self, _: DevicePtr) {
-            match *self {}
-        }
-        fn create_stream(&self) -> Result<(), DriverError> {
-            match *self {}
-        }
-        fn default_stream(&self) {
-            match *self {}
-        }
-        unsafe fn destroy_stream(&self, _: &()) {
-            match *self {}
-        }
-        fn synchronize(&self, _: &()) -> Result<(), DriverError> {
-            match *self {}
-        }
-        unsafe fn upload(&self, _: &(), _: DevicePtr, _: &[u8]) -> Result<(), DriverError> {
-            match *self {}
-        }
-        unsafe fn download(
-            &self,
-            _: &(),
-            _: DevicePtr,
-            _: *mut u8,
-            _: usize,
-        ) -> Result<(), DriverError> {
-            match *self {}
-        }
-        unsafe fn copy(
-            &self,
-            _: &(),
-            _: DevicePtr,
-            _: DevicePtr,
-            _: usize,
-        ) -> Result<(), DriverError> {
-            match *self {}
-        }
-        unsafe fn zero(&self, _: &(), _: DevicePtr, _: usize) -> Result<(), DriverError> {
-            match *self {}
-        }
-        fn load(&self, _: &KernelSpec) -> Result<(), DriverError> {
-            match *self {}
-        }
-        unsafe fn launch(
-            &self,
-            _: &(),
-            _: &(),
-            _: [u32; 3],
-            _: u32,
-            _: &[KernelArg],
-        ) -> Result<(), DriverError> {
-            match *self {}
-        }
-    }
-}
+absent_driver!(hip, HipDriver, HipError, NotCompiledWithHip);
+#[cfg(not(feature = "cuda"))]
+absent_driver!(cuda, CudaDriver, CudaError, NotCompiledWithCuda);
 
 use attnforge_codegen::kernels::KernelSpec;
 use attnforge_codegen::Target;

@@ -13,12 +13,17 @@ features=(--features attnforge/cuda)
 cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 # A GPU-only runtime builds without the CPU backend (so without LLVM): the
 # launch layer (element types, validation) is not the CPU device's.
-if cargo tree -p attnforge-runtime --no-default-features --features hip -e normal \
-    | grep -q inkwell; then
-  echo "attnforge-runtime with --features hip alone depends on inkwell (LLVM)" >&2
-  exit 1
-fi
-cargo clippy -p attnforge-runtime --no-default-features --features hip -- -D warnings
+for gpu in hip cuda; do
+  if cargo tree -p attnforge-runtime --no-default-features --features "$gpu" -e normal \
+      | grep -q inkwell; then
+    echo "attnforge-runtime with --features $gpu alone depends on inkwell (LLVM)" >&2
+    exit 1
+  fi
+  cargo clippy -p attnforge-runtime --no-default-features --features "$gpu" -- -D warnings
+done
+# The GPU check's CUDA runner (scripts/gpu-check.sh) is built this way:
+# no LLVM, the bundled kernels' cubins.
+cargo clippy -p attnforge-gpu-check --no-default-features --features cuda -- -D warnings
 cargo test --workspace "${features[@]}"
 # The fuzzing layer and the bad-input tests again in the release profile,
 # where integer overflow wraps instead of panicking: neither profile may

@@ -5,7 +5,7 @@
 
 use attnforge::codegen::codeobj::{occupancy, parse_elf, EM_AMDGPU};
 use attnforge::codegen::cubin::{parse_cubin, parse_ptxas_log, EM_CUDA};
-use attnforge::codegen::kernels::symbol;
+use attnforge::codegen::kernels::{symbol, KernelSpec};
 use attnforge::Arch;
 
 #[test]
@@ -110,6 +110,31 @@ fn every_bundled_kernel_has_a_cubin_for_sm_80_and_sm_90() {
         }
     }
     assert_eq!(checked, (6 + 7 * 4) * 2);
+}
+
+/// An attention item's constant also finds its layout's append, so one
+/// item's registry serves every kernel a device loads for it.
+#[test]
+fn an_attention_items_objects_include_its_layouts_append() {
+    use attnforge::kernels::specs::{Llama3, Llama3Kv};
+    use attnforge::{Attention, KernelKind, KvLayout};
+    if !cfg!(feature = "hip") {
+        println!("skipped: attnforge was built without its `hip` feature");
+        return;
+    }
+    let archs: &[Arch] = if cfg!(feature = "cuda") {
+        &Arch::ALL
+    } else {
+        &Arch::AMD
+    };
+    for &arch in archs {
+        let ours = Llama3::CODE_OBJECTS.find(KernelKind::Append, arch).unwrap();
+        let layouts = Llama3Kv::CODE_OBJECTS
+            .find(KernelKind::Append, arch)
+            .unwrap();
+        assert_eq!(ours.symbol, symbol(&KernelSpec::Append(Llama3::SPEC.kv)));
+        assert_eq!(ours.bytes, layouts.bytes, "{arch}");
+    }
 }
 
 /// The bundled specs through the build helper, every arch, with the shared

@@ -537,7 +537,8 @@ pub trait Attention {
     /// The attention.
     const SPEC: AttentionSpec;
     /// The code objects compiled for this attention at build time (decode,
-    /// split-K decode and merge, prefill), for every arch and vendor.
+    /// split-K decode and merge, prefill, and its layout's append), for
+    /// every arch and vendor.
     const CODE_OBJECTS: crate::registry::CodeObjects;
 
     /// The prefill kernel of this attention, generated for `target`.

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::{BuildError, BuildReport, BuiltObject};
 use crate::frontend;
+use crate::kernels::KernelSpec;
 use crate::registry::{CUDA_DISABLED, HIP_DISABLED};
 use crate::target::Vendor;
 
@@ -52,7 +53,13 @@ pub(super) fn write(out_dir: &Path, report: &BuildReport) -> Result<(), BuildErr
         reason(Vendor::Nvidia, CUDA_DISABLED),
     );
     for item in &report.items {
-        let symbols: Vec<String> = item.kernels.iter().map(crate::kernels::symbol).collect();
+        // An attention's launches append into its layout's cache: its
+        // registry holds the layout's append too, so that one item's
+        // constant serves every kernel a device loads for it.
+        let mut symbols: Vec<String> = item.kernels.iter().map(crate::kernels::symbol).collect();
+        if let Some(KernelSpec::Decode(a)) = item.kernels.first() {
+            symbols.push(crate::kernels::symbol(&KernelSpec::Append(a.kv)));
+        }
         let objs = code_object_tokens(
             report
                 .objects

@@ -25,13 +25,26 @@ if [ -x "$nvcc" ] && [ -f "$dir/.complete" ]; then
     echo "$nvcc"
     exit 0
 fi
+if [ "$(uname -m)" != x86_64 ]; then
+    echo "fetch-cuda: the pinned wheels are for x86_64 Linux; on $(uname -m), install the CUDA toolkit and set CUDA_PATH" >&2
+    exit 1
+fi
+mkdir -p "$root"
+# One install at a time: a second run waits, then finds the first's.
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$root/.lock"
+    flock 9
+    if [ -x "$nvcc" ] && [ -f "$dir/.complete" ]; then
+        echo "$nvcc"
+        exit 0
+    fi
+fi
 
 py="$(command -v python3 || true)"
 if [ -z "$py" ] || ! "$py" -m pip --version >/dev/null 2>&1; then
     echo "fetch-cuda: needs python3 with pip (apt-get install python3-pip)" >&2
     exit 1
 fi
-mkdir -p "$root"
 tmp="$(mktemp -d "$root/.install.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 cat >"$tmp/requirements.txt" <<'REQ'
@@ -64,11 +77,19 @@ for w in found:
                 os.chmod(path, mode)
 PY
 chmod +x "$tmp/tree/nvidia/cu13/bin/"* "$tmp/tree/nvidia/cu13/nvvm/bin/"* 2>/dev/null || true
-if ! "$tmp/tree/nvidia/cu13/bin/nvcc" --version >/dev/null; then
-    echo "fetch-cuda: the installed nvcc does not run" >&2
+# It must compile a kernel (nvcc, cicc, ptxas and the headers), not only start.
+printf '#include <cuda_fp16.h>\nextern "C" __global__ void k(__half* p) { p[0] = __float2half(1.0f); }\n' >"$tmp/k.cu"
+ccbin=()
+if ! command -v g++ >/dev/null 2>&1; then
+    for c in clang++-15 clang++; do
+        if command -v "$c" >/dev/null 2>&1; then ccbin=("-ccbin=$(command -v "$c")"); break; fi
+    done
+fi
+if ! (cd "$tmp" && TMPDIR="$tmp" "$tmp/tree/nvidia/cu13/bin/nvcc" "${ccbin[@]}" -cubin -arch=sm_80 -o k.cubin k.cu) >&2; then
+    echo "fetch-cuda: the installed nvcc does not compile a kernel (see above)" >&2
     exit 1
 fi
 touch "$tmp/tree/.complete"
 rm -rf "$dir"
-mv "$tmp/tree" "$dir"
+mv -T "$tmp/tree" "$dir"
 echo "$nvcc"

@@ -126,11 +126,12 @@ pub fn parse_ptxas_log(log: &str) -> Vec<PtxasResources> {
 }
 
 /// Warps per SM an NVIDIA kernel can keep resident, by the limits of the
-/// CUDA occupancy calculator for its arch: 64K registers per SM allocated
-/// per warp in units of 256, at most 64 warps and 32 blocks per SM, and
-/// shared memory per SM (164 KiB on sm_80, 228 KiB on sm_90, 1 KiB of it
-/// reserved per block). `None` for an arch it does not know or a kernel
-/// that cannot run (more than 255 registers, a block over 1024 threads).
+/// CUDA occupancy calculator for its arch: 64K registers per SM in 4
+/// sub-partitions of 16K, allocated per warp in units of 256; at most 64
+/// warps and 32 blocks per SM; shared memory per SM (164 KiB on sm_80,
+/// 228 KiB on sm_90) allocated in 128-byte units, 1 KiB of it reserved per
+/// block. `None` for an arch it does not know or a kernel that cannot run
+/// (more than 255 registers, a block over 1024 threads, no block fits).
 pub fn nvidia_occupancy(arch: &str, r: &PtxasResources, block_threads: u32) -> Option<u32> {
     let shared_per_sm: u32 = match arch {
         "sm_80" => 164 * 1024,
@@ -141,13 +142,16 @@ pub fn nvidia_occupancy(arch: &str, r: &PtxasResources, block_threads: u32) -> O
         return None;
     }
     let warps_per_block = block_threads.div_ceil(32);
+    // Registers are split over the SM's 4 sub-partitions (16K each), each
+    // holding whole warps.
     let regs_per_warp = (r.registers.max(1) * 32).div_ceil(256) * 256;
-    let by_regs = (65536 / regs_per_warp) / warps_per_block;
+    let by_regs = (16384 / regs_per_warp) * 4 / warps_per_block;
     let by_warps = 64 / warps_per_block;
-    let shared = r.shared_bytes + 1024;
+    // Shared memory is allocated in 128-byte units, plus 1 KiB per block.
+    let shared = r.shared_bytes.div_ceil(128) * 128 + 1024;
     let by_shared = shared_per_sm / shared;
     let blocks = by_regs.min(by_warps).min(by_shared).min(32);
-    Some(blocks * warps_per_block)
+    (blocks > 0).then_some(blocks * warps_per_block)
 }
 
 #[cfg(test)]
@@ -214,5 +218,19 @@ ptxas info    : Used 32 registers, used 0 barriers, 380 bytes cmem[0]
         };
         assert_eq!(nvidia_occupancy("sm_80", &big, 128), Some(12));
         assert_eq!(nvidia_occupancy("sm_75", &big, 128), None);
+        // 88 registers, 2-warp blocks: 5 warps per sub-partition by
+        // registers (16384 / 2816), 20 per SM, 10 blocks (not 65536 / 2816
+        // = 23 warps over the whole SM).
+        let odd = PtxasResources {
+            registers: 88,
+            ..Default::default()
+        };
+        assert_eq!(nvidia_occupancy("sm_90", &odd, 64), Some(20));
+        // A block that can never be resident.
+        let huge = PtxasResources {
+            registers: 255,
+            ..Default::default()
+        };
+        assert_eq!(nvidia_occupancy("sm_90", &huge, 1024), None);
     }
 }

@@ -257,8 +257,12 @@ fn cubins_are_cached_with_their_ptxas_log_and_a_damaged_entry_is_rebuilt() {
     std::fs::remove_file(entry("log")).unwrap();
     let (_c, third) = build();
     assert_eq!((third.compiled(), third.cached()), (1, 0));
+    // A log in which ptxas did not report this kernel is not its log.
+    std::fs::write(entry("log"), "ptxas info    : 0 bytes gmem\n").unwrap();
+    let (_e, fifth) = build();
+    assert_eq!((fifth.compiled(), fifth.cached()), (1, 0));
     // A damaged cubin is rebuilt too.
-    std::fs::write(entry("cubin"), b"not a cubin").unwrap();
+    std::fs::write(entry("cubin"), b"\x7fELF, but not a cubin").unwrap();
     let (_d, fourth) = build();
     assert_eq!((fourth.compiled(), fourth.cached()), (1, 0));
     assert!(std::fs::read(entry("cubin"))

@@ -50,6 +50,8 @@
 //! assert!((out[0] - 23.0 / 6.0).abs() < 1e-5);
 //! ```
 
+#[cfg(any(feature = "hip", feature = "cuda"))]
+mod atomic_file;
 pub mod bench;
 mod cache;
 #[cfg(feature = "cpu")]

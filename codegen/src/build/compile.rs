@@ -5,10 +5,12 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
 use super::{BuildError, BuiltObject};
+use crate::cubin::{parse_cubin, parse_ptxas_log};
 use crate::registry::KernelKind;
 use crate::target::{Arch, Vendor};
 
@@ -133,10 +135,20 @@ fn is_elf(path: &Path) -> bool {
         && magic == *b"\x7fELF"
 }
 
+/// A temporary name beside `to`, private to this process, this call and
+/// `to` (an object and its log never share one, nor two builds of one
+/// process sharing a cache).
+fn temporary(to: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = to.file_name().unwrap_or_default().to_string_lossy();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    to.with_file_name(format!("{name}.tmp{}.{n}", std::process::id()))
+}
+
 /// Copies `from` to `to` through a temporary file beside `to`, so that
 /// `to` is either absent or whole.
 fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
-    let tmp = to.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = temporary(to);
     std::fs::copy(from, &tmp)?;
     std::fs::rename(&tmp, to).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
@@ -145,7 +157,7 @@ fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Writes `text` to `to` through a temporary file beside it.
 fn write_atomic(to: &Path, text: &[u8]) -> std::io::Result<()> {
-    let tmp = to.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = temporary(to);
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, to).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
@@ -199,7 +211,17 @@ impl Job<'_> {
             log: log.clone(),
             compiled,
         };
-        let whole = |obj: &Path, dir: &Path| is_elf(obj) && (!wants_log || log_path(dir).is_file());
+        // An entry is whole when it is an ELF (for nvcc: a cubin for this
+        // arch, and a log in which ptxas reported this kernel).
+        let whole = |obj: &Path, dir: &Path| {
+            if !wants_log {
+                return is_elf(obj);
+            }
+            let cubin = std::fs::read(obj).ok().and_then(|b| parse_cubin(&b).ok());
+            let log = std::fs::read_to_string(log_path(dir)).unwrap_or_default();
+            cubin.is_some_and(|c| c.arch() == arch.name())
+                && parse_ptxas_log(&log).iter().any(|r| r.name == symbol)
+        };
         if whole(&object, self.dir) {
             return Ok(built(false));
         }

@@ -385,19 +385,7 @@ impl Build {
         if let Some(p) = &self.hipcc {
             return Ok(p.clone());
         }
-        if let Some(p) = std::env::var_os("HIPCC") {
-            return Ok(PathBuf::from(p));
-        }
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let candidates = std::env::split_paths(&path)
-            .map(|d| d.join("hipcc"))
-            .chain(std::iter::once(PathBuf::from("/opt/rocm/bin/hipcc")));
-        for c in candidates {
-            if c.is_file() {
-                return Ok(c);
-            }
-        }
-        Err(BuildError::NoHipcc {
+        find_hipcc().ok_or_else(|| BuildError::NoHipcc {
             looked: "$HIPCC, hipcc on PATH, /opt/rocm/bin/hipcc".into(),
         })
     }
@@ -455,6 +443,18 @@ impl Build {
     }
 }
 
+/// hipcc: `$HIPCC`, else `hipcc` on `PATH`, else `/opt/rocm/bin/hipcc`.
+pub fn find_hipcc() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HIPCC").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("hipcc"))
+        .chain(std::iter::once(PathBuf::from("/opt/rocm/bin/hipcc")))
+        .find(|c| c.is_file())
+}
+
 /// The places [`find_nvcc`] looks, in its order (for error messages).
 pub const NVCC_PLACES: &str =
     "$NVCC, $CUDA_PATH/bin/nvcc, nvcc on PATH, /usr/local/cuda/bin/nvcc, \
@@ -489,8 +489,16 @@ pub fn find_nvcc() -> Option<PathBuf> {
                     .join("nvcc")
             })
             .collect();
-        installed.sort();
-        candidates.extend(installed.into_iter().rev());
+        // Newest first, by version number (13.10 after 13.9).
+        let version = |p: &PathBuf| -> Vec<u64> {
+            let dir = p.ancestors().nth(4).and_then(|d| d.file_name());
+            let text = dir
+                .map(|d| d.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            text.split('.').map(|n| n.parse().unwrap_or(0)).collect()
+        };
+        installed.sort_by_key(|p| std::cmp::Reverse(version(p)));
+        candidates.extend(installed);
     }
     candidates.into_iter().find(|c| c.is_file())
 }

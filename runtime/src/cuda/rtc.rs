@@ -52,16 +52,8 @@ pub fn include_dir() -> Option<PathBuf> {
 }
 
 fn cache_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("ATTNFORGE_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("attnforge");
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        return PathBuf::from(h).join(".cache").join("attnforge");
-    }
-    std::env::temp_dir().join("attnforge")
+    attnforge_codegen::build::user_cache_dir()
+        .unwrap_or_else(|| std::env::temp_dir().join("attnforge"))
 }
 
 /// The default cache directory: `nvrtc/` under attnforge's cache
@@ -198,14 +190,9 @@ pub fn compile_cached(
         }
     }
     let bytes = compile(source, arch)?;
-    let io = |source| CudaError::Io {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(cache_dir).map_err(io)?;
-    let tmp = cache_dir.join(format!(".{hash}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    // The cache is best-effort: a read-only or full disk costs a later
+    // compile, never this one's result.
+    let _ = crate::atomic_file::write(&path, &bytes);
     Ok((bytes, true))
 }
 

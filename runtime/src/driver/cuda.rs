@@ -4,6 +4,18 @@
 //! This thin FFI layer is the only part of the launch path that does not
 //! run here: the CPU driver runs everything above it. **No call below has
 //! run on a GPU yet.**
+//!
+//! Two things a host application should know:
+//! - **Uploads** are `cuMemcpyHtoDAsync` from the caller's slice. From
+//!   pageable memory (ordinary Rust memory) the driver stages the bytes
+//!   before the call returns, which is what the seam's `upload` promises.
+//!   Page-locked memory (`cuMemHostAlloc`, `cuMemHostRegister`) makes the
+//!   copy truly asynchronous: such a buffer must not change until its
+//!   stream is synchronized.
+//! - **Contexts**: every call makes the device's primary context current on
+//!   the calling thread (`cuCtxSetCurrent`) and leaves it so, as the CUDA
+//!   runtime does; an application that drives its own contexts on the same
+//!   thread makes its own current again afterwards.
 
 use std::ffi::{c_void, CString};
 

@@ -54,14 +54,9 @@ pub fn compile_cached(
         return Ok((bytes, false));
     }
     let bytes = compile(source, arch)?;
-    let io = |source| HipError::Io {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(cache_dir).map_err(io)?;
-    let tmp = cache_dir.join(format!(".{hash}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    // The cache is best-effort: a read-only or full disk costs a later
+    // compile, never this one's result.
+    let _ = crate::atomic_file::write(&path, &bytes);
     Ok((bytes, true))
 }
 

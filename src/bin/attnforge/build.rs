@@ -67,7 +67,7 @@ pub fn with_spinner<T>(message: &str, f: impl FnOnce() -> T) -> T {
 
 pub fn run(a: Args) -> Result<(), Failure> {
     let spec = a.spec.resolve()?;
-    let archs = spec::archs(&a.arch, false)?;
+    let archs = resources::available(&a.arch, spec::archs(&a.arch, false)?);
     let wanted = spec.select(a.kernel)?;
     let scratch = Scratch::new("build")?;
     let out_dir = a.out_dir.clone().unwrap_or_else(|| scratch.0.join("out"));

@@ -5,7 +5,9 @@
 //! build` prints them for one spec; `attnforge resources` for every
 //! bundled kernel, failing when any spills.
 
-use attnforge::codegen::build::{user_cache_dir, Build, BuildReport, BuiltObject};
+use attnforge::codegen::build::{
+    find_hipcc, find_nvcc, user_cache_dir, Build, BuildReport, BuiltObject,
+};
 use attnforge::codegen::codeobj::{occupancy, parse_elf};
 use attnforge::codegen::cubin::{nvidia_occupancy, parse_cubin, parse_ptxas_log};
 use attnforge::codegen::kernels::{generate, KernelSpec};
@@ -190,6 +192,34 @@ pub fn print(rows: &[Resources], json: bool, report: &BuildReport) {
     ));
 }
 
+/// The archs of an `--arch` list: with `all`, the archs of a vendor whose
+/// compiler is not installed are left out, with a note on stderr; named
+/// archs are kept (their build then says what is missing).
+pub fn available(text: &str, archs: Vec<Arch>) -> Vec<Arch> {
+    if !text.split(',').any(|a| a.trim() == "all") {
+        return archs;
+    }
+    let mut out = archs;
+    for (vendor, found, how) in [
+        (
+            Vendor::Amd,
+            find_hipcc().is_some(),
+            "hipcc is not installed (scripts/setup.sh installs it)",
+        ),
+        (
+            Vendor::Nvidia,
+            find_nvcc().is_some(),
+            "nvcc is not installed (scripts/setup.sh installs it from PyPI)",
+        ),
+    ] {
+        if !found && out.iter().any(|a| a.vendor() == Some(vendor)) {
+            eprintln!("note: --arch all leaves out the {vendor} archs: {how}");
+            out.retain(|a| a.vendor() != Some(vendor));
+        }
+    }
+    out
+}
+
 /// Configures `build` for `archs`: hipcc for the AMD ones, nvcc for the
 /// NVIDIA ones, the user's shared object cache.
 pub fn configure(build: &mut Build, archs: &[Arch]) {
@@ -218,7 +248,7 @@ pub struct Args {
 const BUNDLED_SPECS: &str = include_str!("../../../kernels-generated/src/specs.rs");
 
 pub fn run(a: Args) -> Result<(), Failure> {
-    let archs = spec::archs(&a.arch, false)?;
+    let archs = available(&a.arch, spec::archs(&a.arch, false)?);
     let scratch = crate::build::Scratch::new("resources")?;
     let file = scratch.0.join("specs.rs");
     std::fs::write(&file, BUNDLED_SPECS)?;

@@ -3,8 +3,9 @@
 //! Paged-attention kernels generated for your model's exact shape: declare
 //! the KV page layout and the attention with two attributes, and attnforge
 //! generates the kernels as a structured SIMT IR, prints them as HIP C++ and
-//! compiles them with hipcc at build time for AMD GPUs (gfx90a, gfx940,
-//! gfx1030).
+//! compiles them at build time: with hipcc for AMD GPUs (gfx90a, gfx940,
+//! gfx1030) and, from the same text, with nvcc for NVIDIA GPUs (sm_80,
+//! sm_90; feature `cuda`).
 //!
 //! This is the facade crate: it re-exports the layers below.
 //!
@@ -13,7 +14,7 @@
 //! | [`codegen`] | specs, the one front-end, kernel IR, verifier, HIP printer, build helper |
 //! | `attnforge-macros` | `#[kv_layout]`, `#[attention]` (re-exported here) |
 //! | [`kernels`] | the bundled model specs and their code objects, built at build time |
-//! | [`runtime`] | KV pages, sequences, devices (not written yet) |
+//! | [`runtime`] | KV pages, sequences, the launch path and its drivers (CPU, HIP, CUDA) |
 //!
 //! ```
 //! use attnforge::prelude::*;

@@ -1,10 +1,11 @@
 //! # attnforge-kernels
 //!
 //! The build-only kernels crate: the bundled model specs ([`specs`]) and
-//! the HIP code objects its build script compiled for them, for gfx90a,
-//! gfx940 and gfx1030. It holds no runtime code; the code objects are
-//! embedded constants, reached through each spec's `HIP` constant or
-//! [`CODE_OBJECTS`].
+//! the code objects its build script compiled for them: HIP code objects
+//! for gfx90a, gfx940 and gfx1030 (feature `hip`), CUDA cubins for sm_80
+//! and sm_90 (feature `cuda`). It holds no runtime code; the code objects
+//! are embedded constants, reached through each spec's `CODE_OBJECTS`
+//! constant or the crate-wide [`CODE_OBJECTS`].
 //!
 //! ```
 //! use attnforge_codegen::{Attention, Arch, KernelKind};
@@ -17,8 +18,9 @@
 //! }
 //! ```
 //!
-//! Without the `hip` feature the specs are the same and every `HIP`
-//! constant says the crate was built without HIP code objects.
+//! Without the `hip` (or `cuda`) feature the specs are the same and every
+//! `CODE_OBJECTS` constant says the crate was built without that vendor's
+//! code objects.
 
 pub mod specs;
 

@@ -186,8 +186,10 @@ def markdown(res):
         L.append("| %s | %d | %d | %s | %.2f | %d | %s | %s | %s |" % (
             f["dtype"], f["batch"], f["context"], f["pages"], f["kv_bytes"] / 2 ** 30, f["splits"],
             fmt(f["us_per_step"], ".1f"), fmt(f["gb_per_s"], ".0f" if f["gb_per_s"] >= 100 else ".3g"),
-            fmt(f.get("fraction_of_copy"), ".2f" if (f.get("fraction_of_copy") or 0) >= 0.01 else ".2e")))
-    L += ["", "Divided by the runner's copy bandwidth above (%s GB/s)." % fmt(copy.get("gb_per_s"), ".0f"), "",
+            fmt(f.get("fraction_of_copy"), ".2f" if (f.get("fraction_of_copy") or 0) >= 0.01 else ".2e")
+            + (" (L2)" if f.get("l2_resident") else "")))
+    L += ["", "Divided by the runner's copy bandwidth above (%s GB/s). (L2): K/V under 128 MiB, re-read"
+          " every timed step, so possibly served from L2: not an HBM figure." % fmt(copy.get("gb_per_s"), ".0f"), "",
           "### Prefill (batch 1, causal) beside torch SDPA on the same data, contiguous", "",
           "| tokens | ours µs | ours TFLOP/s | SDPA µs | SDPA TFLOP/s | ours / SDPA time | ours vs SDPA error |",
           "|---|---|---|---|---|---|---|"]

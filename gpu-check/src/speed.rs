@@ -163,7 +163,16 @@ pub struct DecodeFigure {
     pub gb_per_s: f64,
     /// `gb_per_s` over the copy bandwidth.
     pub fraction_of_copy: Option<f64>,
+    /// The step's K/V are under [`L2_RESIDENT_BYTES`]: every timed step
+    /// re-reads the same pages, so after the first they may come from L2,
+    /// and the figure is not HBM bandwidth (it may exceed the copy's).
+    #[serde(default)]
+    pub l2_resident: bool,
 }
+
+/// Twice the L2 of an H100/H200 (50 MB), rounded up: K/V smaller than this
+/// may stay in L2 from one timed step to the next.
+pub const L2_RESIDENT_BYTES: u64 = 128 << 20;
 
 /// One prefill figure.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

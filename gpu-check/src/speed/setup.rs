@@ -194,6 +194,7 @@ impl<Q: RawElement, T: RawElement, D: Driver> Setup<'_, Q, T, D> {
             us_per_step: secs * 1e6,
             gb_per_s: kv_bytes as f64 / secs / 1e9,
             fraction_of_copy: None,
+            l2_resident: kv_bytes < super::L2_RESIDENT_BYTES,
         })
     }
 

@@ -50,8 +50,6 @@
 //! assert!((out[0] - 23.0 / 6.0).abs() < 1e-5);
 //! ```
 
-#[cfg(any(feature = "hip", feature = "cuda"))]
-mod atomic_file;
 pub mod bench;
 mod cache;
 #[cfg(feature = "cpu")]
@@ -65,6 +63,8 @@ pub mod hip;
 pub mod launch;
 pub mod plan;
 pub mod reference;
+#[cfg(any(feature = "hip", feature = "cuda"))]
+mod rtc_cache;
 
 pub use alloc::{AllocError, BlockHash, PageAllocator, PageId};
 pub use arena::{Arena, HostArena};

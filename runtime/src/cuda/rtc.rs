@@ -16,7 +16,6 @@ use std::sync::OnceLock;
 use attnforge_codegen::cubin::parse_cubin;
 use attnforge_codegen::Arch;
 use cudarc::nvrtc::{result, sys};
-use sha2::{Digest, Sha256};
 
 use super::CudaError;
 
@@ -171,29 +170,14 @@ pub fn compile_cached(
     cache_dir: &Path,
 ) -> Result<(Vec<u8>, bool), CudaError> {
     let (major, minor) = version()?;
-    let mut h = Sha256::new();
     let nvrtc = format!("nvrtc {major}.{minor}");
-    for part in [source, arch.name(), &options(arch).join(" "), &nvrtc] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    let hash: String = h
-        .finalize()
-        .iter()
-        .take(12)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let path = cache_dir.join(format!("{hash}.{}.cubin", arch.name()));
-    if let Ok(bytes) = std::fs::read(&path) {
-        if is_cubin_for(&bytes, arch) {
-            return Ok((bytes, false));
-        }
-    }
-    let bytes = compile(source, arch)?;
-    // The cache is best-effort: a read-only or full disk costs a later
-    // compile, never this one's result.
-    let _ = crate::atomic_file::write(&path, &bytes);
-    Ok((bytes, true))
+    crate::rtc_cache::cached(
+        cache_dir,
+        &[source, arch.name(), &options(arch).join(" "), &nvrtc],
+        &format!("{}.cubin", arch.name()),
+        |bytes| is_cubin_for(bytes, arch),
+        || compile(source, arch),
+    )
 }
 
 fn message(r: sys::nvrtcResult) -> String {

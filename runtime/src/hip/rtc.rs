@@ -5,7 +5,6 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use attnforge_codegen::Arch;
-use sha2::{Digest, Sha256};
 
 use super::result::rtc_message;
 use super::{sys, HipError};
@@ -38,26 +37,13 @@ pub fn compile_cached(
     arch: Arch,
     cache_dir: &Path,
 ) -> Result<(Vec<u8>, bool), HipError> {
-    let mut h = Sha256::new();
-    for part in [source, arch.name(), &options(arch).join(" ")] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    let hash: String = h
-        .finalize()
-        .iter()
-        .take(12)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let path = cache_dir.join(format!("{hash}.{}.co", arch.name()));
-    if let Ok(bytes) = std::fs::read(&path) {
-        return Ok((bytes, false));
-    }
-    let bytes = compile(source, arch)?;
-    // The cache is best-effort: a read-only or full disk costs a later
-    // compile, never this one's result.
-    let _ = crate::atomic_file::write(&path, &bytes);
-    Ok((bytes, true))
+    crate::rtc_cache::cached(
+        cache_dir,
+        &[source, arch.name(), &options(arch).join(" ")],
+        &format!("{}.co", arch.name()),
+        |_| true,
+        || compile(source, arch),
+    )
 }
 
 /// Compiles one translation unit with hiprtc.

@@ -138,6 +138,6 @@ RESULTS_DIR/results.json and results.md.
 - expected/: the CPU backend's outputs at sm_90 and the f64 reference's.
 - python/reference.py: the torch reference and SDPA; python/report.py: the report.
 
-The run half has never run on a GPU before this pack's first run.
+The run half first ran on an NVIDIA H200 on 2026-12-04 (gpu-check/README.md).
 EOF
 echo "gpu-check: pack $pack: $(du -sh "$pack" | cut -f1), $cases cases; expected outputs ${t_expected}s, build ${seconds}s" >&2

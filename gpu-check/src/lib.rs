@@ -13,8 +13,8 @@
 //!
 //! Everything above the driver is generic over
 //! [`attnforge_runtime::driver::Driver`] ([`drivers::Backend`]), so the
-//! whole run half runs in this crate's tests on the CPU driver. **The run
-//! half has never run on a GPU.**
+//! whole run half runs in this crate's tests on the CPU driver. It ran on
+//! an NVIDIA H200 on 2026-12-04 (the crate's README).
 
 pub mod cases;
 pub mod check;

@@ -19,8 +19,9 @@
 //! - [`cuda::CudaDriver`] (feature `cuda`): the same calls on the CUDA
 //!   driver API through cudarc (`cuMemAlloc`, `cuMemcpy*Async`,
 //!   `cuLaunchKernel`, `cuStreamSynchronize`), cubins from the registry or
-//!   NVRTC. It has not run on a GPU either: here only its constructor's
-//!   "no device" answer and NVRTC's compilation are tested.
+//!   NVRTC. It ran on an NVIDIA H200 (`scripts/gpu-check.sh`, 2026-12-04);
+//!   without a GPU only its constructor's "no device" answer and NVRTC's
+//!   compilation are tested.
 //!
 //! Only these two thin FFI layers stay untested without a GPU.
 

@@ -87,13 +87,15 @@ pub(crate) struct Lowerer<'a, 'ctx> {
     checked: bool,
     slots: Vec<Slot<'ctx>>,
     locals: HashMap<u32, LocalSlot<'ctx>>,
-    frame: PointerValue<'ctx>,
+    pub(super) frame: PointerValue<'ctx>,
     info: PointerValue<'ctx>,
     state: PointerValue<'ctx>,
     block: [IntValue<'ctx>; 3],
     bases: HashMap<u32, PointerValue<'ctx>>,
     layout: FrameLayout,
     scratch: u64,
+    /// Where a matrix multiply-accumulate keeps its matrices.
+    pub(super) mma_scratch: u64,
     check: Option<(FunctionType<'ctx>, PointerValue<'ctx>)>,
     warp_var: Option<PointerValue<'ctx>>,
 }
@@ -155,6 +157,7 @@ pub(crate) fn lower<'ctx>(
         bases: HashMap::new(),
         layout: FrameLayout::default(),
         scratch: 0,
+        mma_scratch: 0,
         check: None,
         warp_var: None,
     };
@@ -202,15 +205,15 @@ fn align(x: u64, a: u64) -> u64 {
 }
 
 impl<'a, 'ctx> Lowerer<'a, 'ctx> {
-    fn ws(&self) -> u32 {
+    pub(super) fn ws(&self) -> u32 {
         self.k.target.warp_size
     }
 
-    fn i32c(&self, v: i64) -> IntValue<'ctx> {
+    pub(super) fn i32c(&self, v: i64) -> IntValue<'ctx> {
         self.cx.i32_type().const_int(v as u64, true)
     }
 
-    fn i64c(&self, v: i64) -> IntValue<'ctx> {
+    pub(super) fn i64c(&self, v: i64) -> IntValue<'ctx> {
         self.cx.i64_type().const_int(v as u64, true)
     }
 
@@ -284,6 +287,9 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         // Per collective of the largest batch: value, argument, and the two
         // butterfly buffers, one i32 per lane each.
         off += batch.max(1) as u64 * 4 * 4 * self.ws() as u64;
+        off = align(off, 64);
+        self.mma_scratch = off;
+        off += super::mma::largest_scratch(&self.k.body);
         self.layout.bytes = align(off, 64);
         Ok(())
     }
@@ -325,7 +331,11 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         Ok(())
     }
 
-    fn byte_ptr(&self, base: PointerValue<'ctx>, off: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+    pub(super) fn byte_ptr(
+        &self,
+        base: PointerValue<'ctx>,
+        off: IntValue<'ctx>,
+    ) -> R<PointerValue<'ctx>> {
         // SAFETY (of the generated code, not of this call): offsets come from
         // the frame layout or from checked/validated buffer indices.
         e(unsafe { self.b.build_gep(self.cx.i8_type(), base, &[off], "p") })
@@ -424,7 +434,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
     }
 
     /// `for (i = 0; i < n; i++) body(i)` with an i32 counter.
-    fn counted(
+    pub(super) fn counted(
         &mut self,
         n: IntValue<'ctx>,
         body: &mut dyn FnMut(&mut Self, IntValue<'ctx>) -> R<()>,
@@ -509,7 +519,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         Ok(())
     }
 
-    fn warp_base(&self) -> R<IntValue<'ctx>> {
+    pub(super) fn warp_base(&self) -> R<IntValue<'ctx>> {
         let w = self.current_warp()?;
         e(self.b.build_int_mul(w, self.i32c(self.ws() as i64), "base"))
     }
@@ -697,6 +707,14 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
     /// contributes, the butterfly rounds of the reductions, and one pass in
     /// which every lane takes its result.
     fn collectives(&mut self, stmts: &[&Stmt]) -> R<()> {
+        if let [Stmt::Collective {
+            dst,
+            op: Collective::Mma { instr, a, b },
+            value,
+        }] = stmts
+        {
+            return self.mma(*dst, *instr, a, b, value);
+        }
         let mut cs: Vec<(VarId, &Collective, &Expr)> = Vec::new();
         for s in stmts {
             match s {
@@ -776,7 +794,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
 
     // ---- statements -------------------------------------------------------
 
-    fn var_ptr(&self, v: VarId, tid: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+    pub(super) fn var_ptr(&self, v: VarId, tid: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
         match self.slots[v.0 as usize] {
             Slot::Local(p) => Ok(p),
             Slot::Frame(off) => {
@@ -984,7 +1002,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
 
     // ---- expressions ------------------------------------------------------
 
-    fn expr(&self, x: &Expr, tid: IntValue<'ctx>) -> R<BasicValueEnum<'ctx>> {
+    pub(super) fn expr(&self, x: &Expr, tid: IntValue<'ctx>) -> R<BasicValueEnum<'ctx>> {
         let t = type_of(self.k, x)?;
         Ok(match x {
             Expr::Lit(l) => match *l {

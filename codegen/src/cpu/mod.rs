@@ -39,6 +39,7 @@ mod check;
 mod convert;
 mod jit;
 mod lower;
+mod mma;
 mod objcache;
 mod split;
 

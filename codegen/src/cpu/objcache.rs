@@ -31,6 +31,9 @@ const LOWERING: &[&str] = &[
     include_str!("convert.rs"),
     include_str!("split.rs"),
     include_str!("check.rs"),
+    include_str!("mma.rs"),
+    // The matrix instructions' lane layouts, which the lowering embeds.
+    include_str!("../ir/mma.rs"),
 ];
 
 /// The cache directory, or `None` when it is off or there is no home.

@@ -116,7 +116,8 @@ impl Splitter {
                 if let (Stmt::Collective { .. }, Some(Node::Collectives { stmts: batch, .. })) =
                     (s, out.last_mut())
                 {
-                    if independent(batch, s) {
+                    // A matrix operation runs alone (its scratch is its own).
+                    if !is_mma(s) && !batch.iter().any(|b| is_mma(b)) && independent(batch, s) {
                         batch.push(s);
                         continue;
                     }
@@ -170,6 +171,17 @@ impl Splitter {
             other => unreachable!("not a synchronising statement: {other:?}"),
         }
     }
+}
+
+/// Whether `s` is a matrix multiply-accumulate.
+pub(crate) fn is_mma(s: &Stmt) -> bool {
+    matches!(
+        s,
+        Stmt::Collective {
+            op: crate::ir::Collective::Mma { .. },
+            ..
+        }
+    )
 }
 
 /// Whether collective `s` reads none of the results of `batch`.
@@ -262,7 +274,7 @@ fn stmt_bufs(s: &Stmt, f: &mut impl FnMut(BufId)) {
         Stmt::Unroll { body, .. } => body.iter().for_each(|s| stmt_bufs(s, f)),
         Stmt::Collective { op, value, .. } => {
             expr(value, f);
-            if let Some((a, _)) = op.lane_arg() {
+            for a in op.operands() {
                 expr(a, f);
             }
         }

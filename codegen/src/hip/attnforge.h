@@ -147,6 +147,56 @@ __device__ __forceinline__ void af_store(T* p, long long i, af_vec<T, N> x) {
   *reinterpret_cast<af_vec<T, N>*>(p + i) = x;
 }
 
+// Warp-level matrix multiply-accumulate, D = A·B + C (the IR's
+// Collective::Mma): each lane passes its fragments of A, B and C as the
+// vendor's documentation lays them out (codegen/src/ir/mma.rs) and gets its
+// fragment of D. A kernel calls these only on an arch that has the
+// instruction (the verifier checks it).
+#if defined(__CUDACC__)
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+// mma.sync m16n8k16 (sm_80 and up): two 16-bit elements per 32-bit register.
+#define AF_MMA_M16N8K16(name, T, ty)                                                        \
+  __device__ __forceinline__ af_vec<float, 4> name(af_vec<T, 8> a, af_vec<T, 4> b,          \
+                                                   af_vec<float, 4> c) {                    \
+    const unsigned* ra = reinterpret_cast<const unsigned*>(&a);                             \
+    const unsigned* rb = reinterpret_cast<const unsigned*>(&b);                             \
+    af_vec<float, 4> d;                                                                     \
+    asm("mma.sync.aligned.m16n8k16.row.col.f32." ty "." ty                                  \
+        ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"                    \
+        : "=f"(d.v[0]), "=f"(d.v[1]), "=f"(d.v[2]), "=f"(d.v[3])                            \
+        : "r"(ra[0]), "r"(ra[1]), "r"(ra[2]), "r"(ra[3]), "r"(rb[0]), "r"(rb[1]),           \
+          "f"(c.v[0]), "f"(c.v[1]), "f"(c.v[2]), "f"(c.v[3]));                              \
+    return d;                                                                               \
+  }
+AF_MMA_M16N8K16(af_mma_m16n8k16_f16, __half, "f16")
+AF_MMA_M16N8K16(af_mma_m16n8k16_bf16, af_bf16, "bf16")
+#undef AF_MMA_M16N8K16
+#endif
+#elif defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__)
+// MFMA (CDNA2 and CDNA3): four 16-bit elements of A and of B per lane; the
+// bf16 "_1k" forms take bf16 as 16-bit integers.
+typedef _Float16 af_f16x4_t __attribute__((ext_vector_type(4)));
+typedef short af_i16x4_t __attribute__((ext_vector_type(4)));
+typedef float af_f32x4_t __attribute__((ext_vector_type(4)));
+typedef float af_f32x16_t __attribute__((ext_vector_type(16)));
+#define AF_MFMA(name, builtin, T, in_t, N, acc_t)                                           \
+  __device__ __forceinline__ af_vec<float, N> name(af_vec<T, 4> a, af_vec<T, 4> b,          \
+                                                   af_vec<float, N> c) {                    \
+    acc_t d = builtin(__builtin_bit_cast(in_t, a), __builtin_bit_cast(in_t, b),             \
+                      __builtin_bit_cast(acc_t, c), 0, 0, 0);                               \
+    return __builtin_bit_cast(af_vec<float, N>, d);                                         \
+  }
+AF_MFMA(af_mfma_f32_32x32x8f16, __builtin_amdgcn_mfma_f32_32x32x8f16, __half, af_f16x4_t, 16,
+        af_f32x16_t)
+AF_MFMA(af_mfma_f32_32x32x8bf16_1k, __builtin_amdgcn_mfma_f32_32x32x8bf16_1k, af_bf16,
+        af_i16x4_t, 16, af_f32x16_t)
+AF_MFMA(af_mfma_f32_16x16x16f16, __builtin_amdgcn_mfma_f32_16x16x16f16, __half, af_f16x4_t, 4,
+        af_f32x4_t)
+AF_MFMA(af_mfma_f32_16x16x16bf16_1k, __builtin_amdgcn_mfma_f32_16x16x16bf16_1k, af_bf16,
+        af_i16x4_t, 4, af_f32x4_t)
+#undef AF_MFMA
+#endif
+
 // Elementwise arithmetic on f32 vectors (the host schedules use it; GPU
 // kernels may).
 #define AF_VEC_OP(op)                                                          \

@@ -232,6 +232,14 @@ impl Printer<'_> {
                     }
                     Collective::WarpSum => format!("af_warp_sum({v})"),
                     Collective::WarpMax => format!("af_warp_max({v})"),
+                    Collective::Mma { instr, a, b } => {
+                        format!(
+                            "{}({}, {}, {v})",
+                            instr.helper(),
+                            self.expr(a),
+                            self.expr(b)
+                        )
+                    }
                 };
                 writeln!(
                     out,

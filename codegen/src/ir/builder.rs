@@ -245,6 +245,12 @@ impl KernelBuilder {
         self.collective(name, op, value)
     }
 
+    /// `D = A·B + C` by the whole warp: `a`, `b` and `c` are this lane's
+    /// fragments ([`mma::MmaInstr::layout`]); returns its fragment of D.
+    pub fn mma(&mut self, name: &str, instr: mma::MmaInstr, a: Expr, b: Expr, c: Expr) -> Expr {
+        self.collective(name, Collective::Mma { instr, a, b }, c)
+    }
+
     /// Finishes the kernel (verification is a separate step).
     pub fn finish(mut self) -> Kernel {
         self.kernel.body = self.blocks.pop().unwrap_or_default();

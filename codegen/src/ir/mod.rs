@@ -16,6 +16,7 @@
 //! [`verify::verify`]; print them with [`crate::hip`].
 
 pub mod builder;
+pub mod mma;
 pub mod verify;
 
 use std::fmt;
@@ -413,6 +414,18 @@ pub enum Collective {
     WarpSum,
     /// Maximum over the whole warp; every lane receives it.
     WarpMax,
+    /// A warp-level matrix multiply-accumulate, `D = A·B + C`: the
+    /// statement's value is this lane's fragment of C (f32 lanes), `a` and
+    /// `b` its fragments of A and B (f16 or bf16 lanes), and its result this
+    /// lane's fragment of D, laid out as [`mma::MmaInstr::layout`] says.
+    Mma {
+        /// The instruction.
+        instr: mma::MmaInstr,
+        /// This lane's fragment of A.
+        a: Expr,
+        /// This lane's fragment of B.
+        b: Expr,
+    },
 }
 
 /// A statement.
@@ -689,7 +702,16 @@ impl Collective {
             Collective::ShuffleXor { mask: a, width }
             | Collective::ShuffleDown { delta: a, width }
             | Collective::ShuffleIdx { lane: a, width } => Some((a, *width)),
-            Collective::WarpSum | Collective::WarpMax => None,
+            Collective::WarpSum | Collective::WarpMax | Collective::Mma { .. } => None,
+        }
+    }
+
+    /// The expressions the collective reads besides its value: a shuffle's
+    /// lane argument, a matrix operation's A and B fragments.
+    pub fn operands(&self) -> Vec<&Expr> {
+        match self {
+            Collective::Mma { a, b, .. } => vec![a, b],
+            _ => self.lane_arg().map(|(a, _)| a).into_iter().collect(),
         }
     }
 }
@@ -739,7 +761,7 @@ impl Stmt {
             Stmt::Collective { dst, op, value } => {
                 f(*dst);
                 value.for_each_var(f);
-                if let Some((a, _)) = op.lane_arg() {
+                for a in op.operands() {
                     a.for_each_var(f);
                 }
             }

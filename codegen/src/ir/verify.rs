@@ -733,6 +733,14 @@ impl Checker<'_> {
                     }
                 }
             }
+            Stmt::Collective {
+                dst,
+                op: Collective::Mma { instr, a, b },
+                value,
+            } => {
+                self.mma(*instr, a, b, value, *dst, at);
+                self.declare(*dst, at);
+            }
             Stmt::Collective { dst, op, value } => {
                 let ws = self.k.target.warp_size;
                 let i32t = Ty::scalar(Scalar::I32);
@@ -767,6 +775,43 @@ impl Checker<'_> {
                     }
                 }
                 self.declare(*dst, at);
+            }
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// A matrix multiply-accumulate: an instruction of the kernel's arch,
+    /// fragments of the instruction's types and lengths.
+    fn mma(&mut self, instr: mma::MmaInstr, a: &Expr, b: &Expr, c: &Expr, dst: VarId, at: &str) {
+        use mma::Operand;
+        let arch = self.k.target.arch;
+        if !instr.available_on(arch) || instr.warp_size() != self.k.target.warp_size {
+            self.err(
+                at,
+                format!(
+                    "`{}` is not an instruction of {} (warp {})",
+                    instr.mnemonic(),
+                    arch,
+                    self.k.target.warp_size
+                ),
+            );
+        }
+        let frag = |op: Operand| {
+            let s = match op {
+                Operand::C => Scalar::F32,
+                _ => instr.input(),
+            };
+            Ty::vector(s, instr.lanes(op))
+        };
+        self.expect(a, frag(Operand::A), "the A fragment", at);
+        self.expect(b, frag(Operand::B), "the B fragment", at);
+        let want = frag(Operand::C);
+        self.expect(c, want, "the C fragment", at);
+        if let Some(var) = self.k.vars.get(dst.0 as usize) {
+            if var.ty != want {
+                let msg = format!("`{}` is {} but receives a {want}", var.name, var.ty);
+                self.err(at, msg);
             }
         }
     }
@@ -874,6 +919,8 @@ fn flow(k: &Kernel, stmts: &[Stmt], cu: Uniformity, u: &mut Vec<Uniformity>, cha
             Stmt::Collective { dst, op, value } => {
                 let vu = eu(value, u);
                 let level = match op {
+                    // Each lane holds other elements of D.
+                    Collective::Mma { .. } => Uniformity::Thread,
                     // Every lane reduces the same warp: warp-uniform, or
                     // block-uniform when every lane contributed the same value.
                     Collective::WarpSum | Collective::WarpMax if vu == Uniformity::Block => {
@@ -909,13 +956,21 @@ impl UniformityCheck<'_> {
                         level_name(cu)
                     ),
                 }),
-                Stmt::Collective { .. } if cu == Uniformity::Thread => {
+                Stmt::Collective { op, .. } if cu == Uniformity::Thread => {
+                    let message = match op {
+                        Collective::Mma { instr, .. } => format!(
+                            "`{}` under thread-varying control flow: every lane of the warp \
+                             must hand it its fragments",
+                            instr.mnemonic()
+                        ),
+                        _ => "warp collective under thread-varying control flow: every lane \
+                              of the warp must reach it"
+                            .into(),
+                    };
                     self.errors.push(VerifyError {
                         kernel: self.k.name.clone(),
                         at,
-                        message: "warp collective under thread-varying control flow: every \
-                                  lane of the warp must reach it"
-                            .into(),
+                        message,
                     })
                 }
                 Stmt::For { var, end, body, .. } => {

@@ -211,8 +211,16 @@ impl CpuDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        let tiles =
-            validate_prefill::<Q, T>(spec, params, q, qo_indptr, (k.len(), v.len()), table, out)?;
+        let tiles = validate_prefill::<Q, T>(
+            spec,
+            target,
+            params,
+            q,
+            qo_indptr,
+            (k.len(), v.len()),
+            table,
+            out,
+        )?;
         let batch = table.batch();
         if batch == 0 || tiles == 0 {
             return Ok(());

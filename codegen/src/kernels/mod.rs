@@ -8,6 +8,7 @@ mod append;
 mod decode;
 mod host;
 mod merge;
+mod mma;
 mod prefill;
 
 use std::fmt;
@@ -20,7 +21,19 @@ use crate::spec::{Alibi, AttentionSpec, KvLayoutSpec, KvScale, SpecError};
 use crate::target::Target;
 
 pub use decode::{decode_head_blocks, DECODE_WARPS};
+pub use mma::matrix_instr;
 pub use prefill::{prefill_kv_tile, PREFILL_ROWS};
+
+/// Packed query rows (tokens × the group's query heads) per prefill block
+/// on `target`: the prefill grid's x counts tiles of this many rows.
+/// [`PREFILL_ROWS`] for the SIMT kernel, 16 per warp for the matrix-core
+/// one ([`matrix_instr`]): 64, or 32 for head dims over 128 on NVIDIA.
+pub fn prefill_rows(spec: &AttentionSpec, target: Target) -> u32 {
+    match matrix_instr(spec, target) {
+        Some(instr) => mma::prefill::block_rows(spec.kv.head_dim, instr),
+        None => PREFILL_ROWS,
+    }
+}
 
 /// A kernel to generate: its kind and the spec it is generated from.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -274,9 +287,34 @@ pub fn generate(spec: &KernelSpec, target: Target) -> Result<GeneratedKernel, Co
         KernelSpec::Decode(a) => decode::build(a, target, &name, false),
         KernelSpec::DecodeSplit(a) => decode::build(a, target, &name, true),
         KernelSpec::DecodeMerge(a) => merge::build(a, target, &name),
-        KernelSpec::Prefill(a) => prefill::build(a, target, &name),
+        KernelSpec::Prefill(a) => match matrix_instr(a, target) {
+            Some(instr) => mma::prefill::build(a, target, &name, instr),
+            None => prefill::build(a, target, &name),
+        },
         KernelSpec::Append(l) => append::build(l, target, &name),
     };
+    let analysis = verify(&kernel)?;
+    Ok(GeneratedKernel {
+        spec: *spec,
+        kernel,
+        analysis,
+    })
+}
+
+/// Generates the SIMT form of a kernel where [`generate`] would give the
+/// matrix-core one: the same parameters, grid rule and results, for
+/// comparing the two paths (the symbol gets `_simt`). Kernels without a
+/// matrix-core form are [`generate`]'s.
+pub fn generate_simt(spec: &KernelSpec, target: Target) -> Result<GeneratedKernel, CodegenError> {
+    let KernelSpec::Prefill(a) = spec else {
+        return generate(spec, target);
+    };
+    if matrix_instr(a, target).is_none() {
+        return generate(spec, target);
+    }
+    spec.layout().validate()?;
+    a.validate()?;
+    let kernel = prefill::build(a, target, &format!("{}_simt", symbol(spec)));
     let analysis = verify(&kernel)?;
     Ok(GeneratedKernel {
         spec: *spec,

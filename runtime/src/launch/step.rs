@@ -91,6 +91,8 @@ pub struct Workspace<D: Driver> {
     heads: usize,
     head_dim: usize,
     compute_units: u32,
+    /// The device's target (the prefill kernel's query tile depends on it).
+    target: attnforge_codegen::target::Target,
     ordinal: u32,
     offsets: Offsets,
     /// The host side of the upload, reserved up front.
@@ -142,6 +144,7 @@ impl<D: Driver> Workspace<D> {
             heads,
             head_dim,
             compute_units: gpu.driver().compute_units(),
+            target: gpu.driver().target(),
             ordinal: gpu.ordinal(),
             offsets,
             staging,
@@ -293,7 +296,7 @@ impl<D: Driver> Workspace<D> {
             check("head_dim", s.kv.head_dim as usize, self.head_dim as u32)?;
             let tiles = match &qo {
                 None => 0,
-                Some((_, longest)) => prefill_tiles(s, *longest)?,
+                Some((_, longest)) => prefill_tiles(s, self.target, *longest)?,
             };
             plans.push(SpecPlan {
                 spec: *s,

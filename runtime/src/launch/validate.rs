@@ -2,7 +2,8 @@
 //! every device: spec, element types, arena shapes, page tables, slot
 //! mappings, `qo_indptr` and buffer sizes.
 
-use attnforge_codegen::kernels::{append_source_dtype, PREFILL_ROWS};
+use attnforge_codegen::kernels::{append_source_dtype, prefill_rows as prefill_rows_per_tile};
+use attnforge_codegen::target::Target;
 use attnforge_codegen::{AttentionSpec, KvLayoutSpec};
 
 use super::Element;
@@ -80,10 +81,11 @@ pub fn validate_decode<Q: Element, T: Element>(
 /// Every check a prefill launch needs, on any device: those of decode,
 /// plus `qo_indptr` (batch + 1 entries from 0, never decreasing, ending at
 /// q's rows) and every sequence's new tokens fitting in its KV. Returns the
-/// number of query tiles the grid needs.
+/// number of query tiles the grid needs for `target`'s prefill kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn validate_prefill<Q: Element, T: Element>(
     spec: &AttentionSpec,
+    target: Target,
     params: &Params<'_>,
     q: &[Q],
     qo_indptr: &[i32],
@@ -116,7 +118,7 @@ pub fn validate_prefill<Q: Element, T: Element>(
             total as u128 * row as u128
         )));
     }
-    prefill_tiles(spec, longest)
+    prefill_tiles(spec, target, longest)
 }
 
 /// Checks a prefill's `qo_indptr` (batch + 1 entries) against the table:
@@ -156,11 +158,16 @@ pub(crate) fn prefill_rows(
     Ok(longest)
 }
 
-/// The query tiles (the prefill grid's x) for sequences of at most
-/// `longest` new tokens: the group's query heads packed into the rows.
-pub(crate) fn prefill_tiles(spec: &AttentionSpec, longest: u64) -> Result<u32, RuntimeError> {
+/// The query tiles (the prefill grid's x) of `target`'s prefill kernel for
+/// sequences of at most `longest` new tokens: the group's query heads
+/// packed into the rows.
+pub(crate) fn prefill_tiles(
+    spec: &AttentionSpec,
+    target: Target,
+    longest: u64,
+) -> Result<u32, RuntimeError> {
     let packed = longest * spec.group_size() as u64;
-    u32::try_from(packed.div_ceil(PREFILL_ROWS as u64))
+    u32::try_from(packed.div_ceil(prefill_rows_per_tile(spec, target) as u64))
         .map_err(|_| RuntimeError::Shape("too many query tiles".into()))
 }
 

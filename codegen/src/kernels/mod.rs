@@ -24,6 +24,13 @@ pub use decode::{decode_head_blocks, DECODE_WARPS};
 pub use mma::matrix_instr;
 pub use prefill::{prefill_kv_tile, PREFILL_ROWS};
 
+/// The matrix instruction decode (and split-K decode) uses on `target`:
+/// where [`matrix_instr`] has one and a block holds at least 4 of the
+/// group's query heads (fewer keep the SIMT decode).
+pub fn decode_instr(spec: &AttentionSpec, target: Target) -> Option<crate::ir::mma::MmaInstr> {
+    matrix_instr(spec, target).filter(|_| mma::decode::applies(spec))
+}
+
 /// Packed query rows (tokens × the group's query heads) per prefill block
 /// on `target`: the prefill grid's x counts tiles of this many rows.
 /// [`PREFILL_ROWS`] for the SIMT kernel, 16 per warp for the matrix-core
@@ -284,8 +291,13 @@ pub fn generate(spec: &KernelSpec, target: Target) -> Result<GeneratedKernel, Co
         a.validate()?;
     }
     let kernel = match spec {
-        KernelSpec::Decode(a) => decode::build(a, target, &name, false),
-        KernelSpec::DecodeSplit(a) => decode::build(a, target, &name, true),
+        KernelSpec::Decode(a) | KernelSpec::DecodeSplit(a) => {
+            let split = matches!(spec, KernelSpec::DecodeSplit(_));
+            match decode_instr(a, target) {
+                Some(instr) => mma::decode::build(a, target, &name, split, instr),
+                None => decode::build(a, target, &name, split),
+            }
+        }
         KernelSpec::DecodeMerge(a) => merge::build(a, target, &name),
         KernelSpec::Prefill(a) => match matrix_instr(a, target) {
             Some(instr) => mma::prefill::build(a, target, &name, instr),
@@ -306,15 +318,20 @@ pub fn generate(spec: &KernelSpec, target: Target) -> Result<GeneratedKernel, Co
 /// comparing the two paths (the symbol gets `_simt`). Kernels without a
 /// matrix-core form are [`generate`]'s.
 pub fn generate_simt(spec: &KernelSpec, target: Target) -> Result<GeneratedKernel, CodegenError> {
-    let KernelSpec::Prefill(a) = spec else {
-        return generate(spec, target);
+    let name = format!("{}_simt", symbol(spec));
+    let kernel = match spec {
+        KernelSpec::Prefill(a) if matrix_instr(a, target).is_some() => {
+            a.validate()?;
+            prefill::build(a, target, &name)
+        }
+        KernelSpec::Decode(a) | KernelSpec::DecodeSplit(a) if decode_instr(a, target).is_some() => {
+            a.validate()?;
+            let split = matches!(spec, KernelSpec::DecodeSplit(_));
+            decode::build(a, target, &name, split)
+        }
+        _ => return generate(spec, target),
     };
-    if matrix_instr(a, target).is_none() {
-        return generate(spec, target);
-    }
     spec.layout().validate()?;
-    a.validate()?;
-    let kernel = prefill::build(a, target, &format!("{}_simt", symbol(spec)));
     let analysis = verify(&kernel)?;
     Ok(GeneratedKernel {
         spec: *spec,

@@ -24,6 +24,7 @@
 //! it on the way into shared memory); logits, the online softmax and the
 //! accumulators are f32, as in the SIMT kernels.
 
+pub(super) mod decode;
 pub(super) mod prefill;
 
 use crate::ir::builder::KernelBuilder;

@@ -275,19 +275,17 @@ pub(in crate::kernels) fn build(
             let first = b.let_("wq0", wrow0.clone() - row0.clone());
             Queries::Shared { buf: sm_q, first }
         } else {
-            Queries::Registers(queries_in_registers(
-                b,
-                spec,
-                &plan,
-                &QueryRows {
-                    lane: &lane,
-                    wrow0: &wrow0,
-                    packed: &packed,
-                    qo_begin: &qo_begin,
-                    head: &head,
-                    q: io.q,
-                },
-            ))
+            let row = |b: &mut KernelBuilder, r: Expr| {
+                let prow = b.let_("qrow", wrow0.clone() + r);
+                let ok = prow.clone().lt(packed.clone());
+                let pc = b.let_("qrow_c", prow.min(packed.clone() - Expr::i32(1)));
+                let tok = qo_begin.clone() + pc.clone() / i32(g);
+                let qh = head.clone() * i32(g) + pc % i32(g);
+                let base =
+                    (i64(tok) * Expr::i64(spec.q_heads as i64) + i64(qh)) * Expr::i64(d as i64);
+                (ok, base)
+            };
+            Queries::Registers(queries_in_registers(b, spec, &plan, &lane, io.q, &row))
         };
 
         let m = b.local_filled("m", Scalar::F32, nslots, ninf.clone());
@@ -339,6 +337,7 @@ pub(in crate::kernels) fn build(
                     stride,
                     d_steps,
                     kv_steps,
+                    o_first: Expr::i32(0),
                     o_frags,
                 },
             );
@@ -550,6 +549,8 @@ pub(crate) struct TileStep<'a> {
     pub stride: u32,
     pub d_steps: u32,
     pub kv_steps: u32,
+    /// This warp's output fragments: `o_frags` from `o_first` on.
+    pub o_first: Expr,
     pub o_frags: u32,
 }
 
@@ -700,7 +701,7 @@ pub(crate) fn tile_step(
             let vfrag = gather(b, "vf", t.sm_v, kvn, &v_runs, |i| {
                 let (outer, k) = plan.kv_expr(lane, i);
                 (kk.clone() * i32(plan.k) + k) * i32(t.stride)
-                    + of.clone() * i32(plan.outer)
+                    + (t.o_first.clone() + of.clone()) * i32(plan.outer)
                     + outer
             });
             let at = of.clone() * i32(accn as u32);
@@ -719,28 +720,19 @@ pub(crate) enum Queries {
     Shared { buf: BufId, first: Expr },
 }
 
-/// What loading a warp's queries needs.
-pub(crate) struct QueryRows<'a> {
-    pub lane: &'a Expr,
-    /// The warp's first packed row.
-    pub wrow0: &'a Expr,
-    pub packed: &'a Expr,
-    pub qo_begin: &'a Expr,
-    pub head: &'a Expr,
-    pub q: BufId,
-}
-
 /// Loads the warp's 16 rows of queries from global memory into query-side
-/// fragments in a local array (rows past the sequence and padding dims as
-/// zeros).
+/// fragments in a local array: `row(b, r)` gives row `r`'s (whether it is
+/// real, the element offset of its first dimension); rows that are not
+/// real and padding dims are zeros.
 pub(crate) fn queries_in_registers(
     b: &mut KernelBuilder,
     spec: &AttentionSpec,
     plan: &Plan,
-    at: &QueryRows<'_>,
+    lane: &Expr,
+    q: BufId,
+    row: &dyn Fn(&mut KernelBuilder, Expr) -> (Expr, Expr),
 ) -> BufId {
     let (d, dp) = (spec.kv.head_dim, padded_dim(spec.kv.head_dim));
-    let g = spec.group_size();
     let input = plan.instr.input();
     let (qn, _, _) = plan.lanes();
     let d_steps = dp / plan.k;
@@ -751,22 +743,16 @@ pub(crate) fn queries_in_registers(
     let q_runs = runs(qn, plan.warp_size(), |l, i| plan.q_at(l, i));
     b.unroll("ks", d_steps, |b, ks| {
         for &(i, len) in &q_runs {
-            let (r, k) = plan.q_expr(at.lane, i);
+            let (r, k) = plan.q_expr(lane, i);
             let dim = b.let_("qdim", ks.clone() * i32(plan.k) + k);
-            let prow = b.let_("qrow", at.wrow0.clone() + r);
-            let mut ok = prow.clone().lt(at.packed.clone());
+            let (mut ok, base) = row(b, r);
             let mut at_dim = dim.clone();
             if dp != d {
                 ok = ok.and_then(dim.clone().lt(i32(d)));
                 at_dim = dim.clone().min(i32(d - len));
             }
             let ok = b.let_("qok", ok);
-            let pc = b.let_("qrow_c", prow.min(at.packed.clone() - Expr::i32(1)));
-            let tok = at.qo_begin.clone() + pc.clone() / i32(g);
-            let qh = at.head.clone() * i32(g) + pc % i32(g);
-            let off = (i64(tok) * Expr::i64(spec.q_heads as i64) + i64(qh)) * Expr::i64(d as i64)
-                + i64(at_dim);
-            let raw = b.let_("qraw", Expr::load(at.q, off, len as u8));
+            let raw = b.let_("qraw", Expr::load(q, base + i64(at_dim), len as u8));
             let v = ok.select(raw, zeros(input, len));
             b.store(qf, ks.clone() * i32(qn as u32) + i32(i), v);
         }

@@ -181,26 +181,27 @@ def markdown(res):
               fmt(copy.get("gb_per_s"), ".0f"), copy.get("bytes", "-"), fmt((tor.get("copy") or {}).get("gb_per_s"), ".0f")),
           "", "### Decode (%s KV heads of %s, %s query heads, pages of %s; K/V bytes read per second)" % (
               cfg.get("kv_heads", "?"), cfg.get("head_dim", "?"), cfg.get("q_heads", "?"), cfg.get("page_size", "?")), "",
-          "| dtype | batch | context | pages | K/V GiB | splits | µs/step | GB/s | fraction of copy |", "|---|---|---|---|---|---|---|---|---|"]
+          "| dtype | kernel | batch | context | pages | K/V GiB | splits | µs/step | GB/s | fraction of copy |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for f in rust.get("decode", []):
-        L.append("| %s | %d | %d | %s | %.2f | %d | %s | %s | %s |" % (
-            f["dtype"], f["batch"], f["context"], f["pages"], f["kv_bytes"] / 2 ** 30, f["splits"],
+        L.append("| %s | %s | %d | %d | %s | %.2f | %d | %s | %s | %s |" % (
+            f["dtype"], f.get("kernel") or "-", f["batch"], f["context"], f["pages"], f["kv_bytes"] / 2 ** 30, f["splits"],
             fmt(f["us_per_step"], ".1f"), fmt(f["gb_per_s"], ".0f" if f["gb_per_s"] >= 100 else ".3g"),
             fmt(f.get("fraction_of_copy"), ".2f" if (f.get("fraction_of_copy") or 0) >= 0.01 else ".2e")
             + (" (L2)" if f.get("l2_resident") else "")))
     L += ["", "Divided by the runner's copy bandwidth above (%s GB/s). (L2): K/V under 128 MiB, re-read"
           " every timed step, so possibly served from L2: not an HBM figure." % fmt(copy.get("gb_per_s"), ".0f"), "",
           "### Prefill (batch 1, causal) beside torch SDPA on the same data, contiguous", "",
-          "| tokens | ours µs | ours TFLOP/s | SDPA µs | SDPA TFLOP/s | ours / SDPA time | ours vs SDPA error |",
-          "|---|---|---|---|---|---|---|"]
+          "| tokens | kernel | ours µs | ours TFLOP/s | SDPA µs | SDPA TFLOP/s | ours / SDPA time | ours vs SDPA error |",
+          "|---|---|---|---|---|---|---|---|"]
     sdpa = {p["tokens"]: p for p in tor.get("prefill", [])}
     for f in rust.get("prefill", []):
         if f["pages"] != "contiguous":
             continue
         t = sdpa.get(f["tokens"], {})
         ratio = f["us_per_launch"] / t["sdpa_us"] if t.get("sdpa_us") else None
-        L.append("| %d | %s | %s | %s | %s | %s | %s |" % (
-            f["tokens"], fmt(f["us_per_launch"], ".0f"), fmt(f["tflops"], ".1f"), fmt(t.get("sdpa_us"), ".0f"),
+        L.append("| %d | %s | %s | %s | %s | %s | %s | %s |" % (
+            f["tokens"], f.get("kernel") or "-", fmt(f["us_per_launch"], ".0f"), fmt(f["tflops"], ".1f"), fmt(t.get("sdpa_us"), ".0f"),
             fmt(t.get("sdpa_tflops"), ".1f"), fmt(ratio, ".2f"), fmt(t.get("ours_vs_sdpa"))))
     L += ["", "### Paging overhead (shuffled pages against contiguous ones)", "",
           "| shape | contiguous µs | shuffled µs | overhead | same bits |", "|---|---|---|---|---|"]

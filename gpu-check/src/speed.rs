@@ -163,6 +163,10 @@ pub struct DecodeFigure {
     pub gb_per_s: f64,
     /// `gb_per_s` over the copy bandwidth.
     pub fraction_of_copy: Option<f64>,
+    /// The kernel: `matrix` (the matrix-core decode) or `simt` (where the
+    /// device has both, each shape runs on both; else the one it has).
+    #[serde(default)]
+    pub kernel: String,
     /// The step's K/V are under [`L2_RESIDENT_BYTES`]: every timed step
     /// re-reads the same pages, so after the first they may come from L2,
     /// and the figure is not HBM bandwidth (it may exceed the copy's).
@@ -191,6 +195,9 @@ pub struct PrefillFigure {
     pub flops: f64,
     /// TFLOP/s.
     pub tflops: f64,
+    /// The kernel: `matrix` or `simt`.
+    #[serde(default)]
+    pub kernel: String,
 }
 
 /// Shuffled against contiguous pages, same shape.

@@ -91,8 +91,10 @@ fn the_run_half_on_the_cpu_driver_passes_and_reports() {
     assert_eq!(saves, m.speed.dtypes.len() + 2);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     // Shuffled pages for every dtype, contiguous too for f16; shapes over
-    // the K/V limit skipped.
+    // the K/V limit skipped; the SIMT decode again (shuffled) where the
+    // device's decode is the matrix-core one.
     let mut figures = 0;
+    let mut simt = 0;
     for d in &m.speed.dtypes {
         let dt = DType::from_name(d).unwrap();
         let token = 2 * u64::from(m.speed.kv_heads * m.speed.head_dim * dt.size_bytes());
@@ -102,8 +104,14 @@ fn the_run_half_on_the_cpu_driver_passes_and_reports() {
             .flat_map(|&b| c.iter().map(move |&c| u64::from(b) * u64::from(c)));
         let fit = fit.filter(|n| n * token <= m.speed.max_kv_bytes).count();
         figures += fit * if *d == m.speed.paging_dtype { 2 } else { 1 };
+        let sm90 = attnforge_codegen::target::Arch::Sm90.target();
+        if attnforge_codegen::kernels::decode_instr(&m.speed.spec(dt), sm90).is_some() {
+            simt += fit;
+        }
     }
-    assert_eq!(report.decode.len(), figures);
+    let kinds = |k: &str| report.decode.iter().filter(|f| f.kernel == k).count();
+    assert_eq!((kinds("matrix") + kinds("simt"), kinds("simt")), (figures + simt, simt));
+    assert!(simt > 0, "the quick pack's decode has a matrix-core kernel at sm_90");
     assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
     assert!(report
         .decode
@@ -153,7 +161,7 @@ fn the_run_half_on_the_cpu_driver_passes_and_reports() {
     assert_eq!(res["correctness"]["summary"]["passed"], m.cases.len());
     assert_eq!(
         res["speed"]["runner"]["decode"].as_array().unwrap().len(),
-        figures
+        figures + simt
     );
     let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     for part in [

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use attnforge_codegen::cpu::{compile, Arg, CpuKernel, CpuOptions};
-use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
+use attnforge_codegen::kernels::{generate_path, path_symbol, KernelPath, KernelSpec};
 use attnforge_codegen::{AttentionSpec, KvLayoutSpec, Target};
 
 pub use crate::launch::Element;
@@ -62,7 +62,19 @@ impl CpuDevice {
         target: Target,
         mode: Mode,
     ) -> Result<Arc<CpuKernel>, RuntimeError> {
-        let key = (symbol(spec), target, mode);
+        self.kernel_path(spec, target, mode, KernelPath::Auto)
+    }
+
+    /// [`CpuDevice::kernel`] by `path` (the SIMT form where the target has
+    /// a matrix-core one, with [`KernelPath::Simt`]).
+    pub fn kernel_path(
+        &self,
+        spec: &KernelSpec,
+        target: Target,
+        mode: Mode,
+        path: KernelPath,
+    ) -> Result<Arc<CpuKernel>, RuntimeError> {
+        let key = (path_symbol(spec, target, path), target, mode);
         if let Some(k) = self
             .cache
             .lock()
@@ -71,7 +83,7 @@ impl CpuDevice {
         {
             return Ok(k.clone());
         }
-        let generated = generate(spec, target)?;
+        let generated = generate_path(spec, target, path)?;
         let compiled = compile(
             &generated.kernel,
             &generated.analysis,

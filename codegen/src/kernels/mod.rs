@@ -260,6 +260,27 @@ impl GeneratedKernel {
     pub fn target(&self) -> Target {
         self.kernel.target
     }
+
+    /// Whether it uses a matrix instruction.
+    pub fn uses_matrix_unit(&self) -> bool {
+        fn any(stmts: &[crate::ir::Stmt]) -> bool {
+            use crate::ir::{Collective, Stmt};
+            stmts.iter().any(|s| match s {
+                Stmt::Collective {
+                    op: Collective::Mma { .. },
+                    ..
+                } => true,
+                Stmt::For { body, .. } | Stmt::While { body, .. } | Stmt::Unroll { body, .. } => {
+                    any(body)
+                }
+                Stmt::If {
+                    then, otherwise, ..
+                } => any(then) || any(otherwise),
+                _ => false,
+            })
+        }
+        any(&self.kernel.body)
+    }
 }
 
 impl fmt::Display for GeneratedKernel {
@@ -313,25 +334,63 @@ pub fn generate(spec: &KernelSpec, target: Target) -> Result<GeneratedKernel, Co
     })
 }
 
-/// Generates the SIMT form of a kernel where [`generate`] would give the
-/// matrix-core one: the same parameters, grid rule and results, for
-/// comparing the two paths (the symbol gets `_simt`). Kernels without a
-/// matrix-core form are [`generate`]'s.
-pub fn generate_simt(spec: &KernelSpec, target: Target) -> Result<GeneratedKernel, CodegenError> {
-    let name = format!("{}_simt", symbol(spec));
+/// Which form of a kernel to generate where a target has two: the
+/// matrix-core kernels ([`matrix_instr`], [`decode_instr`]) or the SIMT
+/// ones (f32 FMAs only), which every target has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KernelPath {
+    /// The matrix-core kernel where the target and dtypes have one (what
+    /// [`generate`] gives and the build helper compiles), else SIMT.
+    #[default]
+    Auto,
+    /// Always the SIMT kernel: to compare the two, or to rule the matrix
+    /// unit out.
+    Simt,
+}
+
+/// Whether `path` changes `spec`'s kernel on `target` (a matrix-core
+/// kernel that [`KernelPath::Simt`] replaces).
+fn simt_differs(spec: &KernelSpec, target: Target) -> bool {
+    match spec {
+        KernelSpec::Prefill(a) => matrix_instr(a, target).is_some(),
+        KernelSpec::Decode(a) | KernelSpec::DecodeSplit(a) => decode_instr(a, target).is_some(),
+        _ => false,
+    }
+}
+
+/// The symbol of `spec`'s kernel on `target` by `path`: [`symbol`], with
+/// `_simt` after it where the SIMT form is not the one [`generate`] gives.
+pub fn path_symbol(spec: &KernelSpec, target: Target, path: KernelPath) -> String {
+    match path {
+        KernelPath::Simt if simt_differs(spec, target) => format!("{}_simt", symbol(spec)),
+        _ => symbol(spec),
+    }
+}
+
+/// Generates and verifies `spec`'s kernel on `target` by `path`: the same
+/// parameters, grid rule and results either way (both are proven against
+/// the same reference), named by [`path_symbol`].
+pub fn generate_path(
+    spec: &KernelSpec,
+    target: Target,
+    path: KernelPath,
+) -> Result<GeneratedKernel, CodegenError> {
+    if path == KernelPath::Auto || !simt_differs(spec, target) {
+        return generate(spec, target);
+    }
+    spec.layout().validate()?;
+    let name = path_symbol(spec, target, path);
     let kernel = match spec {
-        KernelSpec::Prefill(a) if matrix_instr(a, target).is_some() => {
+        KernelSpec::Prefill(a) => {
             a.validate()?;
             prefill::build(a, target, &name)
         }
-        KernelSpec::Decode(a) | KernelSpec::DecodeSplit(a) if decode_instr(a, target).is_some() => {
+        KernelSpec::Decode(a) | KernelSpec::DecodeSplit(a) => {
             a.validate()?;
-            let split = matches!(spec, KernelSpec::DecodeSplit(_));
-            decode::build(a, target, &name, split)
+            decode::build(a, target, &name, matches!(spec, KernelSpec::DecodeSplit(_)))
         }
-        _ => return generate(spec, target),
+        _ => unreachable!("simt_differs holds for prefill and decode only"),
     };
-    spec.layout().validate()?;
     let analysis = verify(&kernel)?;
     Ok(GeneratedKernel {
         spec: *spec,

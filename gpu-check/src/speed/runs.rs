@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use attnforge_codegen::kernels::KernelPath;
 use attnforge_codegen::{AttentionSpec, DType, KvLayoutSpec, Order};
 use attnforge_runtime::driver::Driver;
 use attnforge_runtime::launch::{DeviceArena, Gpu, Kernels, Workspace, WorkspaceLimits};
@@ -86,28 +87,38 @@ impl<D: Driver> WithRaw for DecodeRun<'_, D> {
         };
         let both = dtype.name() == cfg.paging_dtype;
         let copy = report.copy.as_ref().map(|c| c.gb_per_s);
-        for &(b, c) in &shapes {
-            if super::past_deadline() {
-                report.skipped.push(format!(
-                    "decode {dtype} batch {b} context {c}: the step's deadline"
-                ));
-                continue;
+        // The SIMT decode too, where the device also has the matrix-core one.
+        let mut paths = vec![KernelPath::Auto];
+        if s.kernels.decode_is_matrix() {
+            paths.push(KernelPath::Simt);
+        }
+        for path in paths {
+            if path == KernelPath::Simt {
+                s.kernels = Kernels::load_path(gpu, &spec, path)?;
             }
-            for shuffled in [true, false] {
-                if !shuffled && !both {
+            for &(b, c) in &shapes {
+                if super::past_deadline() {
+                    report.skipped.push(format!(
+                        "decode {dtype} batch {b} context {c}: the step's deadline"
+                    ));
                     continue;
                 }
-                match s.decode_one(b, c, shuffled) {
-                    Ok(mut f) => {
-                        f.fraction_of_copy = copy.map(|g| f.gb_per_s / g);
-                        report.decode.push(f);
+                for shuffled in [true, false] {
+                    if !shuffled && (!both || path == KernelPath::Simt) {
+                        continue;
                     }
-                    Err(e) => report
-                        .errors
-                        .push(format!("decode {dtype} batch {b} context {c}: {e}")),
-                }
-                if s.slot.is_none() {
-                    return Err(arena_error("the arena was lost".into()));
+                    match s.decode_one(b, c, shuffled) {
+                        Ok(mut f) => {
+                            f.fraction_of_copy = copy.map(|g| f.gb_per_s / g);
+                            report.decode.push(f);
+                        }
+                        Err(e) => report
+                            .errors
+                            .push(format!("decode {dtype} batch {b} context {c}: {e}")),
+                    }
+                    if s.slot.is_none() {
+                        return Err(arena_error("the arena was lost".into()));
+                    }
                 }
             }
         }
@@ -187,6 +198,7 @@ impl<D: Driver> WithRaw for PrefillRun<'_, D> {
             stream,
             rng: Rng(cfg.seed ^ 0x9e3f),
         };
+        let matrix = s.kernels.prefill_is_matrix();
         let mut listed = Vec::new();
         for &n in &cfg.prefill_tokens {
             if super::past_deadline() {
@@ -233,6 +245,7 @@ impl<D: Driver> WithRaw for PrefillRun<'_, D> {
                 us_per_launch: secs * 1e6,
                 flops,
                 tflops: flops / secs / 1e12,
+                kernel: if matrix { "matrix" } else { "simt" }.into(),
             };
             report.prefill.push(figure("contiguous", iters, secs));
             if let Some(dir) = scratch {

@@ -194,6 +194,7 @@ impl<Q: RawElement, T: RawElement, D: Driver> Setup<'_, Q, T, D> {
             us_per_step: secs * 1e6,
             gb_per_s: kv_bytes as f64 / secs / 1e9,
             fraction_of_copy: None,
+            kernel: kernel_name(&self.kernels),
             l2_resident: kv_bytes < super::L2_RESIDENT_BYTES,
         })
     }
@@ -261,4 +262,13 @@ impl<Q: RawElement, T: RawElement, D: Driver> Setup<'_, Q, T, D> {
             .read_into(&self.stream, &mut host)?;
         Ok((iters, secs, host))
     }
+}
+
+/// Which decode the kernels hold: `matrix` or `simt`.
+fn kernel_name<D: Driver>(k: &Kernels<D>) -> String {
+    match k.decode_is_matrix() {
+        true => "matrix",
+        false => "simt",
+    }
+    .into()
 }

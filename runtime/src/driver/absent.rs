@@ -80,7 +80,11 @@ macro_rules! absent_driver {
                 unsafe fn zero(&self, _: &(), _: DevicePtr, _: usize) -> Result<(), DriverError> {
                     match *self {}
                 }
-                fn load(&self, _: &KernelSpec) -> Result<(), DriverError> {
+                fn load(
+                    &self,
+                    _: &KernelSpec,
+                    _: attnforge_codegen::kernels::KernelPath,
+                ) -> Result<(), DriverError> {
                     match *self {}
                 }
                 unsafe fn launch(

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use attnforge_codegen::cpu::{Arg, CpuKernel};
 use attnforge_codegen::ir::Access;
 use attnforge_codegen::ir::Param;
-use attnforge_codegen::kernels::{symbol, KernelSpec};
+use attnforge_codegen::kernels::{path_symbol, KernelPath, KernelSpec};
 use attnforge_codegen::Target;
 
 use super::{DevicePtr, Driver, DriverError, KernelArg, MAX_ARGS};
@@ -522,11 +522,11 @@ impl Driver for CpuDriver {
         self.enqueue(stream, Op::Zero { dst, bytes }, Call::Zero(bytes))
     }
 
-    fn load(&self, spec: &KernelSpec) -> Result<CpuFunction, DriverError> {
-        let name = symbol(spec);
+    fn load(&self, spec: &KernelSpec, path: KernelPath) -> Result<CpuFunction, DriverError> {
+        let name = path_symbol(spec, self.target, path);
         let kernel = self
             .device
-            .kernel(spec, self.target, self.mode)
+            .kernel_path(spec, self.target, self.mode, path)
             .map_err(|e| DriverError::NoCode {
                 symbol: name.clone(),
                 message: e.to_string(),

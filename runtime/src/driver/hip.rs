@@ -6,7 +6,7 @@
 
 use std::ffi::{c_void, CString};
 
-use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
+use attnforge_codegen::kernels::{generate_path, path_symbol, KernelPath, KernelSpec};
 use attnforge_codegen::{CodeObjects, Target};
 
 use super::{DevicePtr, Driver, DriverError, KernelArg, MAX_ARGS};
@@ -186,20 +186,21 @@ impl Driver for HipDriver {
             .map_err(call("hipMemsetD8Async"))
     }
 
-    fn load(&self, spec: &KernelSpec) -> Result<HipFunction, DriverError> {
+    fn load(&self, spec: &KernelSpec, path: KernelPath) -> Result<HipFunction, DriverError> {
         self.current()?;
-        let name = symbol(spec);
+        let arch = self.device.arch();
+        let name = path_symbol(spec, arch.target(), path);
         let no_code = |message: String| DriverError::NoCode {
             symbol: name.clone(),
             message,
         };
-        let arch = self.device.arch();
         // The registry's object of this kind is the item's own spec's: use
         // it only when it is this kernel.
         let bytes = match self.registry.map(|r| r.find(spec.kind(), arch)) {
             Some(Ok(o)) if o.symbol == name => o.bytes.to_vec(),
             _ => {
-                let k = generate(spec, arch.target()).map_err(|e| no_code(e.to_string()))?;
+                let k =
+                    generate_path(spec, arch.target(), path).map_err(|e| no_code(e.to_string()))?;
                 rtc::compile_cached(&k.to_string(), arch, &rtc::default_cache_dir())
                     .map_err(|e| no_code(e.to_string()))?
                     .0

@@ -39,7 +39,7 @@ absent_driver!(hip, HipDriver, HipError, NotCompiledWithHip);
 #[cfg(not(feature = "cuda"))]
 absent_driver!(cuda, CudaDriver, CudaError, NotCompiledWithCuda);
 
-use attnforge_codegen::kernels::KernelSpec;
+use attnforge_codegen::kernels::{KernelPath, KernelSpec};
 use attnforge_codegen::Target;
 
 /// An address in a device's memory. What it means is the driver's: a GPU
@@ -196,9 +196,9 @@ pub trait Driver: Send + Sync + 'static {
         bytes: usize,
     ) -> Result<(), DriverError>;
 
-    /// Loads `spec`'s kernel for this device's target and resolves its
-    /// symbol (a module load and a function lookup on a GPU).
-    fn load(&self, spec: &KernelSpec) -> Result<Self::Function, DriverError>;
+    /// Loads `spec`'s kernel by `path` for this device's target and
+    /// resolves its symbol (a module load and a function lookup on a GPU).
+    fn load(&self, spec: &KernelSpec, path: KernelPath) -> Result<Self::Function, DriverError>;
     /// Queues a launch of `f` over `grid` blocks of `block` threads.
     ///
     /// # Safety

@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 
+use attnforge_codegen::kernels::KernelPath;
 use attnforge_codegen::{AttentionSpec, KvLayoutSpec};
 
 use super::arena::DeviceArena;
@@ -136,7 +137,10 @@ impl<D: Driver> Gpu<D> {
         kv: KvViewMut<'_, T, D>,
     ) -> Result<(), RuntimeError> {
         let s = self.default_stream();
-        let append = self.loaded(attnforge_codegen::kernels::KernelSpec::Append(*layout))?;
+        let append = self.loaded(
+            attnforge_codegen::kernels::KernelSpec::Append(*layout),
+            KernelPath::Auto,
+        )?;
         // A workspace and a plan of this append's slots alone.
         let table = PageTable::from_sequences(layout.page_size, std::iter::empty());
         let limits = WorkspaceLimits {

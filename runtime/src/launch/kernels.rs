@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use attnforge_codegen::ir::Param;
-use attnforge_codegen::kernels::{generate, symbol, KernelSpec};
+use attnforge_codegen::kernels::{generate_path, symbol, KernelPath, KernelSpec};
 use attnforge_codegen::AttentionSpec;
 
 use super::memory::{Gpu, Stream};
@@ -83,11 +83,17 @@ pub(crate) struct Loaded<D: Driver> {
     block: u32,
     order: [Slot; MAX_ARGS],
     n: usize,
+    /// It runs on the matrix unit.
+    matrix: bool,
 }
 
 impl<D: Driver> Loaded<D> {
-    pub(crate) fn load(gpu: &Gpu<D>, spec: KernelSpec) -> Result<Loaded<D>, RuntimeError> {
-        let g = generate(&spec, gpu.driver().target())?;
+    pub(crate) fn load(
+        gpu: &Gpu<D>,
+        spec: KernelSpec,
+        path: KernelPath,
+    ) -> Result<Loaded<D>, RuntimeError> {
+        let g = generate_path(&spec, gpu.driver().target(), path)?;
         let mut order = [Slot::Q; MAX_ARGS];
         let params = &g.kernel.params;
         if params.len() > MAX_ARGS {
@@ -104,13 +110,14 @@ impl<D: Driver> Loaded<D> {
             *o = Slot::from_name(name)
                 .ok_or_else(|| unknown(&spec, &format!("parameter `{name}`")))?;
         }
-        let f = gpu.driver().load(&spec)?;
+        let f = gpu.driver().load(&spec, path)?;
         Ok(Loaded {
             spec,
             f,
             block: g.block_dim(),
             order,
             n: params.len(),
+            matrix: g.uses_matrix_unit(),
         })
     }
 
@@ -182,22 +189,45 @@ impl<D: Driver> std::fmt::Debug for Kernels<D> {
 }
 
 impl<D: Driver> Kernels<D> {
-    /// Loads every kernel of `spec` on `gpu`.
+    /// Loads every kernel of `spec` on `gpu`: the matrix-core decode and
+    /// prefill where the device has them ([`KernelPath::Auto`]).
     pub fn load(gpu: &Gpu<D>, spec: &AttentionSpec) -> Result<Kernels<D>, RuntimeError> {
+        Kernels::load_path(gpu, spec, KernelPath::Auto)
+    }
+
+    /// Loads every kernel of `spec` on `gpu` by `path`: with
+    /// [`KernelPath::Simt`], the SIMT decode and prefill even where the
+    /// device has matrix cores (same arguments, same results to within
+    /// rounding).
+    pub fn load_path(
+        gpu: &Gpu<D>,
+        spec: &AttentionSpec,
+        path: KernelPath,
+    ) -> Result<Kernels<D>, RuntimeError> {
         spec.validate()?;
         Ok(Kernels {
             spec: *spec,
             ordinal: gpu.ordinal(),
-            decode: gpu.loaded(KernelSpec::Decode(*spec))?,
-            split: gpu.loaded(KernelSpec::DecodeSplit(*spec))?,
-            merge: gpu.loaded(KernelSpec::DecodeMerge(*spec))?,
-            prefill: gpu.loaded(KernelSpec::Prefill(*spec))?,
-            append: gpu.loaded(KernelSpec::Append(spec.kv))?,
+            decode: gpu.loaded(KernelSpec::Decode(*spec), path)?,
+            split: gpu.loaded(KernelSpec::DecodeSplit(*spec), path)?,
+            merge: gpu.loaded(KernelSpec::DecodeMerge(*spec), path)?,
+            prefill: gpu.loaded(KernelSpec::Prefill(*spec), path)?,
+            append: gpu.loaded(KernelSpec::Append(spec.kv), path)?,
         })
     }
 
     /// The spec they were generated from.
     pub fn spec(&self) -> &AttentionSpec {
         &self.spec
+    }
+
+    /// Whether the decode kernels are the matrix-core ones.
+    pub fn decode_is_matrix(&self) -> bool {
+        self.decode.matrix
+    }
+
+    /// Whether the prefill kernel is the matrix-core one.
+    pub fn prefill_is_matrix(&self) -> bool {
+        self.prefill.matrix
     }
 }

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use std::collections::HashMap;
 
-use attnforge_codegen::kernels::{symbol, KernelSpec};
+use attnforge_codegen::kernels::{path_symbol, KernelPath, KernelSpec};
 use attnforge_codegen::pod::Pod;
 
 use super::kernels::Loaded;
@@ -106,13 +106,17 @@ impl<D: Driver> Gpu<D> {
     }
 
     /// `spec`'s kernel, loaded on first use and kept.
-    pub(crate) fn loaded(&self, spec: KernelSpec) -> Result<Arc<Loaded<D>>, RuntimeError> {
-        let key = symbol(&spec);
+    pub(crate) fn loaded(
+        &self,
+        spec: KernelSpec,
+        path: KernelPath,
+    ) -> Result<Arc<Loaded<D>>, RuntimeError> {
+        let key = path_symbol(&spec, self.driver.target(), path);
         let mut map = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = map.get(&key) {
             return Ok(l.clone());
         }
-        let l = Arc::new(Loaded::load(self, spec)?);
+        let l = Arc::new(Loaded::load(self, spec, path)?);
         map.insert(key, l.clone());
         Ok(l)
     }

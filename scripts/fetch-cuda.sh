@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs NVIDIA's CUDA 13.0 compiler (nvcc, ptxas, the CUDA headers) and
-# NVRTC from PyPI wheels into attnforge's cache, unless a system CUDA is
+# Installs NVIDIA's CUDA 13.0 compiler (nvcc, ptxas, the CUDA headers),
+# NVRTC and the SASS disassembler (nvdisasm, whose PyPI wheels start at
+# 13.2; it reads 13.0's cubins) from PyPI wheels into attnforge's cache,
+# unless a system CUDA is
 # there ($NVCC, $CUDA_PATH/bin/nvcc, nvcc on PATH, /usr/local/cuda) or the
 # wheels were installed before:
 #   $ATTNFORGE_CACHE_DIR/cuda/13.0.88, else $XDG_CACHE_HOME/attnforge/...,
@@ -21,7 +23,9 @@ version=13.0.88
 root="${ATTNFORGE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/attnforge}/cuda"
 dir="$root/$version"
 nvcc="$dir/nvidia/cu13/bin/nvcc"
-if [ -x "$nvcc" ] && [ -f "$dir/.complete" ]; then
+# An install from before nvdisasm joined it is done again.
+complete() { [ -x "$nvcc" ] && [ -x "$dir/nvidia/cu13/bin/nvdisasm" ] && [ -f "$dir/.complete" ]; }
+if complete; then
     echo "$nvcc"
     exit 0
 fi
@@ -34,7 +38,7 @@ mkdir -p "$root"
 if command -v flock >/dev/null 2>&1; then
     exec 9>"$root/.lock"
     flock 9
-    if [ -x "$nvcc" ] && [ -f "$dir/.complete" ]; then
+    if complete; then
         echo "$nvcc"
         exit 0
     fi
@@ -54,8 +58,9 @@ nvidia-nvvm==13.0.88 --hash=sha256:c5f41ffeb6466944a026dfa5317d7d85355c119bbec27
 nvidia-cuda-runtime==13.0.88 --hash=sha256:422a38f7c739ecbdd3a4b6ec7ed0a1d74db43d8e9bc26685f3d845638922b178
 nvidia-cuda-cccl==13.0.85 --hash=sha256:e0da7ad981f3a8aff08241b5bfc1af868742a63e2762f53a5171c492ef242649
 nvidia-cuda-nvrtc==13.0.88 --hash=sha256:ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575
+nvidia-cuda-nvdisasm==13.5.37 --hash=sha256:d3fdbdd49fa53e2e4aacd3db8259d052bd2b049ececdcb69e92e083c6728e7ca
 REQ
-echo "fetch-cuda: downloading NVIDIA's CUDA $version compiler and NVRTC from PyPI (195 MB)" >&2
+echo "fetch-cuda: downloading NVIDIA's CUDA $version compiler, NVRTC and nvdisasm from PyPI (200 MB)" >&2
 "$py" -m pip download --quiet --no-deps --disable-pip-version-check \
     --only-binary :all: --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2010_x86_64 --platform manylinux_2_12_x86_64 \
@@ -66,8 +71,8 @@ echo "fetch-cuda: downloading NVIDIA's CUDA $version compiler and NVRTC from PyP
 import glob, os, sys, zipfile
 wheels, dest = sys.argv[1], sys.argv[2]
 found = sorted(glob.glob(os.path.join(wheels, "*.whl")))
-if len(found) != 6:
-    sys.exit(f"fetch-cuda: expected 6 wheels, found {len(found)}")
+if len(found) != 7:
+    sys.exit(f"fetch-cuda: expected 7 wheels, found {len(found)}")
 for w in found:
     with zipfile.ZipFile(w) as z:
         for info in z.infolist():

@@ -5,8 +5,8 @@
 
 use attnforge::codegen::codeobj::{occupancy, parse_elf, EM_AMDGPU};
 use attnforge::codegen::cubin::{parse_cubin, parse_ptxas_log, EM_CUDA};
-use attnforge::codegen::kernels::{symbol, KernelSpec};
-use attnforge::Arch;
+use attnforge::codegen::kernels::{generate, symbol, KernelSpec};
+use attnforge::{Arch, KernelKind};
 
 #[test]
 fn every_bundled_kernel_has_a_code_object_per_arch() {
@@ -336,4 +336,108 @@ fn damaged_code_objects_and_bundles_are_errors_not_panics() {
         }
     }
     assert!(ok > 100 && refused > 1000, "{ok} read, {refused} refused");
+}
+
+/// Disassembles a code object: llvm-objdump for AMDGPU ELFs, nvdisasm
+/// (installed beside nvcc by scripts/fetch-cuda.sh) for cubins.
+fn disassemble(bytes: &[u8], arch: Arch, dir: &std::path::Path) -> String {
+    let file = dir.join(format!("object.{arch}"));
+    std::fs::write(&file, bytes).unwrap();
+    let mut cmd = match arch.vendor() {
+        Some(attnforge::codegen::Vendor::Nvidia) => std::process::Command::new(
+            attnforge::codegen::build::find_nvdisasm()
+                .expect("no nvdisasm: run scripts/setup.sh (it installs it beside nvcc)"),
+        ),
+        _ => {
+            let mut c = std::process::Command::new("llvm-objdump-15");
+            c.arg("-d");
+            c
+        }
+    };
+    let out = cmd
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The matrix-core kernels' code objects hold the matrix instructions, and
+/// the SIMT decode and prefill kernels hold none: every bundled decode,
+/// split-K decode and prefill disassembled at gfx90a and gfx940 (`v_mfma`,
+/// llvm-objdump); at sm_90 every matrix-core one and one SIMT kernel of
+/// each kind, at sm_80 Llama 3's decode and prefill (`HMMA`, nvdisasm's
+/// SASS, about half a second a cubin; sm_80's kernels are sm_90's text,
+/// tests/snapshots.rs).
+#[test]
+fn matrix_core_kernels_hold_the_matrix_instructions() {
+    if !cfg!(feature = "hip") || !cfg!(feature = "cuda") {
+        println!("skipped: attnforge was built without its `hip` and `cuda` features");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut jobs = Vec::new();
+    for b in attnforge::kernels::ALL {
+        for spec in b.kernels() {
+            if matches!(spec, KernelSpec::Append(_) | KernelSpec::DecodeMerge(_)) {
+                continue;
+            }
+            let simt_sample = matches!(
+                (b.name, spec.kind()),
+                (
+                    "gemma2_9b_global",
+                    KernelKind::Decode | KernelKind::DecodeSplit
+                ) | ("smollm2_135m", KernelKind::Prefill)
+            );
+            for arch in [Arch::Gfx90a, Arch::Gfx940, Arch::Sm80, Arch::Sm90] {
+                let uses = generate(&spec, arch.target()).unwrap().uses_matrix_unit();
+                let wanted = match arch {
+                    Arch::Sm90 => uses || simt_sample,
+                    Arch::Sm80 => b.name == "llama3_8b" && spec.kind() != KernelKind::DecodeSplit,
+                    _ => true,
+                };
+                if wanted {
+                    let object = b.objects.find(spec.kind(), arch).unwrap();
+                    jobs.push((b.name, spec.kind(), arch, uses, object.bytes));
+                }
+            }
+        }
+    }
+    let (matrix, simt) = (
+        jobs.iter().filter(|j| j.3).count(),
+        jobs.iter().filter(|j| !j.3).count(),
+    );
+    // Decode and split-K decode of Llama 3, Mistral and Qwen 2.5 and the
+    // prefill of all but SmolLM2 (12 kernels) at gfx90a, gfx940 and sm_90,
+    // and two at sm_80; the other 9 at the AMD archs and 3 at sm_90.
+    assert_eq!((matrix, simt), (12 * 3 + 2, 9 * 2 + 3));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(name, kind, arch, uses, bytes)) = jobs.get(i) else {
+                    break;
+                };
+                let sub = dir.path().join(i.to_string());
+                std::fs::create_dir(&sub).unwrap();
+                let text = disassemble(bytes, arch, &sub);
+                let needle = if arch.vendor() == Some(attnforge::codegen::Vendor::Nvidia) {
+                    "HMMA."
+                } else {
+                    "v_mfma_f32_16x16x16"
+                };
+                let found = text.matches(needle).count();
+                assert_eq!(
+                    found > 0,
+                    uses,
+                    "{name} {kind:?} at {arch}: {found} `{needle}`"
+                );
+            });
+        }
+    });
 }

@@ -1,7 +1,8 @@
 //! Every bundled spec's kernels (decode, split-K decode and its merge,
 //! prefill, append), run on the CPU backend at
 //! a wave64 (gfx90a) and a wave32 (gfx1030) target, and at the host target
-//! (a warp of one, the CPU device's fast path), fast and in checked mode,
+//! (a warp of one, the CPU device's fast path), and the matrix-core kernels
+//! at gfx90a (MFMA) and sm_90 (mma.sync) too, fast and in checked mode,
 //! against the independent f64 reference in `attnforge::runtime::reference`.
 //!
 //! Inputs are fresh each run; the seed is printed and set with ATTNFORGE_SEED.
@@ -30,13 +31,16 @@ fn seed() -> u64 {
     s
 }
 
-/// Runs `kernel` at the gfx90a, gfx1030 and host targets on every case of
+/// Runs `kernel` at the gfx90a, gfx1030 and host targets (and sm_90 where
+/// it has a matrix-core form) on every case of
 /// `attnforge::runtime::check::CASES`, fast and checked.
 fn check(device: &CpuDevice, name: &str, kernel: &KernelSpec, seed: u64) {
     check_on(device, name, kernel, seed, check::ARCHS, check::CASES)
 }
 
-/// `attnforge::runtime::check::check_kernel`, every outcome asserted.
+/// `attnforge::runtime::check::check_kernel`, every outcome asserted, at
+/// `archs` and wherever the kernel runs on the matrix unit
+/// (`check::archs_for`: gfx90a and sm_90).
 fn check_on(
     device: &CpuDevice,
     name: &str,
@@ -45,9 +49,10 @@ fn check_on(
     archs: &[Arch],
     cases: &[&[usize]],
 ) {
+    let archs = check::archs_for(kernel, archs);
     let cases = check::Cases {
         lens: cases,
-        archs,
+        archs: &archs,
         modes: &[Mode::Fast, Mode::Checked],
     };
     let outcomes = check::check_kernel(device, kernel, seed, &cases)
@@ -638,6 +643,72 @@ fn every_head_dim_from_32_to_256_in_decode_and_prefill() {
             });
         }
     });
+}
+
+/// The matrix-core kernels and the SIMT kernels they replace, on the same
+/// inputs (the same seed draws them), both within tolerance of the f64
+/// reference: decode, split-K decode and prefill at gfx90a (MFMA) and sm_90
+/// (mma.sync), fast and checked, over f16, bf16 and an fp8 cache with
+/// padded head dims, windows, soft-caps, ALiBi and sinks.
+#[test]
+fn matrix_core_and_simt_kernels_agree_with_the_reference() {
+    use attnforge::codegen::kernels::{generate_path, KernelPath};
+    let seed = seed();
+    let (matrix, simt) = (CpuDevice::new(), CpuDevice::with_path(KernelPath::Simt));
+    let kv = |dtype, page_size, kv_heads, head_dim, scale| KvLayoutSpec {
+        page_size,
+        kv_heads,
+        head_dim,
+        dtype,
+        order: Order::Nhd,
+        scale,
+    };
+    let specs = [
+        AttentionSpec {
+            causal: true,
+            ..AttentionSpec::new(kv(DType::F16, 16, 2, 128, KvScale::Unscaled), 8)
+        },
+        AttentionSpec {
+            causal: true,
+            sliding_window: Some(70),
+            logits_soft_cap: Some(30.0),
+            alibi: Some(Alibi::Computed),
+            sinks: true,
+            ..AttentionSpec::new(kv(DType::BF16, 8, 1, 40, KvScale::Unscaled), 7)
+        },
+        AttentionSpec {
+            causal: true,
+            q_dtype: Some(DType::F16),
+            alibi: Some(Alibi::Given),
+            ..AttentionSpec::new(kv(DType::F8E4M3, 16, 2, 96, KvScale::PerHead), 16)
+        },
+    ];
+    let cases: &[&[usize]] = &[&[1], &[1, 17, 100, 33, 2], &[700, 300]];
+    for (i, spec) in specs.iter().enumerate() {
+        for kernel in [
+            KernelSpec::Decode(*spec),
+            KernelSpec::DecodeSplit(*spec),
+            KernelSpec::Prefill(*spec),
+        ] {
+            for arch in [Arch::Gfx90a, Arch::Sm90] {
+                for (device, path) in [(&matrix, KernelPath::Auto), (&simt, KernelPath::Simt)] {
+                    let g = generate_path(&kernel, arch.target(), path).unwrap();
+                    assert_eq!(g.uses_matrix_unit(), path == KernelPath::Auto);
+                    let cases = check::Cases {
+                        lens: cases,
+                        archs: &[arch],
+                        modes: &[Mode::Fast, Mode::Checked],
+                    };
+                    let outcomes = check::check_kernel(device, &kernel, seed, &cases)
+                        .unwrap_or_else(|e| panic!("spec {i} {path:?}: {e}"));
+                    assert_eq!(outcomes.len(), 6, "spec {i} {path:?}");
+                    for o in outcomes {
+                        assert!(o.passed(), "spec {i} {path:?} seed {seed}: {o}");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The host schedules run each prefill row through exactly the arithmetic

@@ -5,24 +5,32 @@
 //! (ALiBi computed and given, sinks), and fp8 caches. The CUDA flavour
 //! (`@sm_90`: the same printer, warp 32, 48 KiB of shared memory) for every
 //! kernel of Llama 3, of Gemma 2's local layers (window and soft-cap) and
-//! of the fp8 cache with per-head scales. CI runs with INSTA_UPDATE=no: a
-//! change to the generated code must come with its reviewed snapshot.
+//! of the fp8 cache with per-head scales. Every kernel that runs on the
+//! matrix unit is also snapshotted at each arch that has one (gfx90a and
+//! gfx940: MFMA; sm_90: mma.sync). CI runs with INSTA_UPDATE=no: a change
+//! to the generated code must come with its reviewed snapshot.
 
-use attnforge::codegen::kernels::{attention_kernels, generate, KernelSpec};
+use attnforge::codegen::kernels::{attention_kernels, generate, GeneratedKernel, KernelSpec};
 use attnforge::{Alibi, Arch, AttentionSpec, DType, KvLayoutSpec, KvScale, Order};
 
 /// The specs whose kernels are also snapshotted in the CUDA flavour.
 const CUDA_SET: &[&str] = &["llama3_8b", "llama3_kv", "gemma2_9b_local", "fp8_per_head"];
 
+fn gen(kernel: &KernelSpec, name: &str, arch: Arch) -> GeneratedKernel {
+    generate(kernel, arch.target()).unwrap_or_else(|e| panic!("{name} for {arch}: {e}"))
+}
+
 fn snapshot(kernel: &KernelSpec, name: &str) {
-    let cuda: &[Arch] = if CUDA_SET.contains(&name) {
-        &[Arch::Sm90]
-    } else {
-        &[]
-    };
-    for &arch in [Arch::Gfx90a, Arch::Gfx1030].iter().chain(cuda) {
-        let k =
-            generate(kernel, arch.target()).unwrap_or_else(|e| panic!("{name} for {arch}: {e}"));
+    let matrix = |arch: Arch| gen(kernel, name, arch).uses_matrix_unit();
+    let mut archs = vec![Arch::Gfx90a, Arch::Gfx1030];
+    if matrix(Arch::Gfx940) {
+        archs.push(Arch::Gfx940);
+    }
+    if CUDA_SET.contains(&name) || matrix(Arch::Sm90) {
+        archs.push(Arch::Sm90);
+    }
+    for arch in archs {
+        let k = gen(kernel, name, arch);
         let file = format!("{}__{}@{}", kernel.kind(), name, arch);
         insta::assert_snapshot!(file, k.to_string());
     }
@@ -113,33 +121,41 @@ fn generated_hip_of_fp8_caches() {
     }
 }
 
-/// The CUDA kernels are the wave32 kernels the CPU backend proves at
-/// gfx1030 (the numeric tests' wave32 target): for every bundled kernel,
-/// the sm_80 and sm_90 text is gfx1030's but for the line naming the
-/// target. Where a kernel ever differs (a shared-memory limit that binds),
-/// this fails, and that kernel needs its own numeric cases at sm_90.
+/// Every CUDA kernel is proven on the CPU backend: a SIMT kernel is the
+/// wave32 kernel the numeric tests prove at gfx1030 (the sm_80 and sm_90
+/// text is gfx1030's but for the line naming the target), and a
+/// matrix-core kernel is the one they prove at sm_90 (sm_80's text is
+/// sm_90's). Where a kernel ever differs otherwise (a shared-memory limit
+/// that binds), this fails, and that kernel needs its own numeric cases.
 #[test]
-fn nvidia_kernels_are_the_wave32_kernels_the_cpu_backend_proves() {
-    let strip = |text: String| -> String {
-        text.lines()
+fn nvidia_kernels_are_the_kernels_the_cpu_backend_proves() {
+    let strip = |k: GeneratedKernel| -> String {
+        k.to_string()
+            .lines()
             .filter(|l| !l.starts_with("// target:"))
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let mut compared = 0;
+    let (mut simt, mut matrix) = (0, 0);
     for b in attnforge::kernels::ALL {
         for kernel in b.kernels() {
-            let amd = strip(
-                generate(&kernel, Arch::Gfx1030.target())
-                    .unwrap()
-                    .to_string(),
-            );
+            let sm90 = gen(&kernel, b.name, Arch::Sm90);
+            let proven = if sm90.uses_matrix_unit() {
+                matrix += 1;
+                Arch::Sm90
+            } else {
+                simt += 1;
+                Arch::Gfx1030
+            };
+            let want = strip(gen(&kernel, b.name, proven));
             for arch in Arch::NVIDIA {
-                let nv = strip(generate(&kernel, arch.target()).unwrap().to_string());
-                assert!(nv == amd, "{} at {arch} differs from gfx1030", b.name);
-                compared += 1;
+                let nv = strip(gen(&kernel, b.name, arch));
+                assert!(nv == want, "{} at {arch} differs from {proven}", b.name);
             }
         }
     }
-    assert_eq!(compared, (6 + 7 * 4) * 2);
+    // Decode and split-K decode of the three specs with groups of 4 to 16
+    // heads (Llama 3, Mistral, Qwen 2.5), and the prefill of the six with
+    // f16 or bf16 queries (all but SmolLM2).
+    assert_eq!((simt, matrix), (6 + 7 * 4 - 12, 12));
 }

@@ -110,8 +110,14 @@ fn the_run_half_on_the_cpu_driver_passes_and_reports() {
         }
     }
     let kinds = |k: &str| report.decode.iter().filter(|f| f.kernel == k).count();
-    assert_eq!((kinds("matrix") + kinds("simt"), kinds("simt")), (figures + simt, simt));
-    assert!(simt > 0, "the quick pack's decode has a matrix-core kernel at sm_90");
+    assert_eq!(
+        (kinds("matrix") + kinds("simt"), kinds("simt")),
+        (figures + simt, simt)
+    );
+    assert!(
+        simt > 0,
+        "the quick pack's decode has a matrix-core kernel at sm_90"
+    );
     assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
     assert!(report
         .decode

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use attnforge_codegen::cpu::{compile, Arg, CpuKernel, CpuOptions};
-use attnforge_codegen::kernels::{generate_path, path_symbol, KernelPath, KernelSpec};
+use attnforge_codegen::kernels::{
+    generate_path, path_symbol, prefill_rows_path, KernelPath, KernelSpec,
+};
 use attnforge_codegen::{AttentionSpec, KvLayoutSpec, Target};
 
 pub use crate::launch::Element;
@@ -38,6 +40,8 @@ type Key = (String, Target, Mode);
 #[derive(Default)]
 pub struct CpuDevice {
     cache: Mutex<HashMap<Key, Arc<CpuKernel>>>,
+    /// Which form of decode and prefill its launches run.
+    path: KernelPath,
 }
 
 impl std::fmt::Debug for CpuDevice {
@@ -55,14 +59,25 @@ impl CpuDevice {
         CpuDevice::default()
     }
 
-    /// The compiled kernel for `spec` on `target`, compiling it on first use.
+    /// A device whose launches run `path`'s kernels: with
+    /// [`KernelPath::Simt`], the SIMT decode and prefill even at targets
+    /// with matrix cores (to check both forms on the same inputs).
+    pub fn with_path(path: KernelPath) -> CpuDevice {
+        CpuDevice {
+            path,
+            ..CpuDevice::default()
+        }
+    }
+
+    /// The compiled kernel for `spec` on `target` (by the device's path),
+    /// compiling it on first use.
     pub fn kernel(
         &self,
         spec: &KernelSpec,
         target: Target,
         mode: Mode,
     ) -> Result<Arc<CpuKernel>, RuntimeError> {
-        self.kernel_path(spec, target, mode, KernelPath::Auto)
+        self.kernel_path(spec, target, mode, self.path)
     }
 
     /// [`CpuDevice::kernel`] by `path` (the SIMT form where the target has
@@ -223,16 +238,10 @@ impl CpuDevice {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        let tiles = validate_prefill::<Q, T>(
-            spec,
-            target,
-            params,
-            q,
-            qo_indptr,
-            (k.len(), v.len()),
-            table,
-            out,
-        )?;
+        let packed =
+            validate_prefill::<Q, T>(spec, params, q, qo_indptr, (k.len(), v.len()), table, out)?;
+        let rows = prefill_rows_path(spec, target, self.path);
+        let tiles = crate::launch::query_tiles(packed, rows)?;
         let batch = table.batch();
         if batch == 0 || tiles == 0 {
             return Ok(());

@@ -26,7 +26,7 @@ mod registry;
 mod scan;
 mod tools;
 
-pub use tools::{find_hipcc, find_nvcc, user_cache_dir, NVCC_PLACES};
+pub use tools::{find_hipcc, find_nvcc, find_nvdisasm, user_cache_dir, NVCC_PLACES};
 
 use std::collections::BTreeMap;
 use std::fmt;

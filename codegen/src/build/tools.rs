@@ -64,6 +64,18 @@ pub fn find_nvcc() -> Option<PathBuf> {
     candidates.into_iter().find(|c| c.is_file())
 }
 
+/// NVIDIA's SASS disassembler (for reading back which instructions a cubin
+/// holds): `nvdisasm` beside [`find_nvcc`]'s nvcc (a CUDA install's, or the
+/// one `scripts/fetch-cuda.sh` installs with it), else on `PATH`.
+pub fn find_nvdisasm() -> Option<PathBuf> {
+    let beside = find_nvcc().and_then(|n| n.parent().map(|d| d.join("nvdisasm")));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    beside
+        .into_iter()
+        .chain(std::env::split_paths(&path).map(|d| d.join("nvdisasm")))
+        .find(|c| c.is_file())
+}
+
 /// attnforge's cache directory for the user: `$ATTNFORGE_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/attnforge`, else `$HOME/.cache/attnforge` (`None`
 /// without any of them). The SmolLM2 model is fetched beside it.

@@ -219,7 +219,20 @@ pub fn compile(
     init().map_err(fail)?;
     let cpu = TargetMachine::get_host_cpu_name().to_string();
     let features = TargetMachine::get_host_cpu_features().to_string();
-    let ir = format!("{kernel:?}");
+    // The machine code depends on the IR and the warp size, not on which
+    // GPU the target names (gfx940's kernels share gfx90a's code, sm_80's
+    // sm_90's, when their IR is the same).
+    let ir = format!(
+        "{:?}",
+        Kernel {
+            target: crate::target::Target {
+                arch: crate::target::Arch::Host,
+                shared_mem_bytes: 0,
+                ..kernel.target
+            },
+            ..kernel.clone()
+        }
+    );
     let key = objcache::key(&[
         ir.as_bytes(),
         &[opts.checked as u8],

@@ -36,9 +36,14 @@ pub fn decode_instr(spec: &AttentionSpec, target: Target) -> Option<crate::ir::m
 /// [`PREFILL_ROWS`] for the SIMT kernel, 16 per warp for the matrix-core
 /// one ([`matrix_instr`]): 64, or 32 for head dims over 128 on NVIDIA.
 pub fn prefill_rows(spec: &AttentionSpec, target: Target) -> u32 {
-    match matrix_instr(spec, target) {
-        Some(instr) => mma::prefill::block_rows(spec.kv.head_dim, instr),
-        None => PREFILL_ROWS,
+    prefill_rows_path(spec, target, KernelPath::Auto)
+}
+
+/// [`prefill_rows`] of the prefill kernel `path` gives.
+pub fn prefill_rows_path(spec: &AttentionSpec, target: Target, path: KernelPath) -> u32 {
+    match (matrix_instr(spec, target), path) {
+        (Some(instr), KernelPath::Auto) => mma::prefill::block_rows(spec.kv.head_dim, instr),
+        _ => PREFILL_ROWS,
     }
 }
 

@@ -46,6 +46,22 @@ pub const CASES: &[&[usize]] = &[&[1], &[13], &[1, 17, 100, 33, 2], &[4100, 2500
 /// host's own schedule.
 pub const ARCHS: &[Arch] = &[Arch::Gfx90a, Arch::Gfx1030, Arch::Host];
 
+/// The archs `kernel` is checked at: [`ARCHS`], gfx90a (added if missing)
+/// and sm_90 where its kernel there runs on the matrix unit (MFMA, mma.sync).
+/// gfx940's matrix-core kernels are gfx90a's, and sm_80's are sm_90's
+/// (tests/snapshots.rs and codegen/tests/mma_kernels.rs check that).
+pub fn archs_for(kernel: &KernelSpec, archs: &[Arch]) -> Vec<Arch> {
+    let mut out = archs.to_vec();
+    for arch in [Arch::Gfx90a, Arch::Sm90] {
+        let matrix = attnforge_codegen::kernels::generate(kernel, arch.target())
+            .is_ok_and(|k| k.uses_matrix_unit());
+        if matrix && !out.contains(&arch) {
+            out.push(arch);
+        }
+    }
+    out
+}
+
 /// What [`check_kernel`] runs: batches of context lengths, at archs, in modes.
 #[derive(Clone, Copy, Debug)]
 pub struct Cases<'a> {

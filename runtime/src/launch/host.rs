@@ -227,16 +227,7 @@ impl<D: Driver> Device for Gpu<D> {
     ) -> Result<(), RuntimeError> {
         crate::device::whole_pages(&spec.kv, &layer, crate::arena::Arena::len(arena))?;
         let n = layer.len();
-        validate_prefill::<Q, T>(
-            spec,
-            self.driver().target(),
-            params,
-            q,
-            qo_indptr,
-            (n, n),
-            table,
-            out,
-        )?;
+        validate_prefill::<Q, T>(spec, params, q, qo_indptr, (n, n), table, out)?;
         let q_lens = q_lens(qo_indptr);
         let kv = arena.layer(layer)?;
         self.attention_host(spec, params, q, Some(&q_lens), kv, table, out)
@@ -290,16 +281,7 @@ impl<D: Driver> Device for Gpu<D> {
         table: &PageTable,
         out: &mut [Q],
     ) -> Result<(), RuntimeError> {
-        validate_prefill::<Q, T>(
-            spec,
-            self.driver().target(),
-            params,
-            q,
-            qo_indptr,
-            (k.len(), v.len()),
-            table,
-            out,
-        )?;
+        validate_prefill::<Q, T>(spec, params, q, qo_indptr, (k.len(), v.len()), table, out)?;
         let q_lens = q_lens(qo_indptr);
         let (dk, dv) = self.upload_kv(k, v)?;
         let kv = KvView {

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use attnforge_codegen::ir::Param;
-use attnforge_codegen::kernels::{generate_path, symbol, KernelPath, KernelSpec};
+use attnforge_codegen::kernels::{
+    generate_path, prefill_rows_path, symbol, KernelPath, KernelSpec,
+};
 use attnforge_codegen::AttentionSpec;
 
 use super::memory::{Gpu, Stream};
@@ -85,6 +87,8 @@ pub(crate) struct Loaded<D: Driver> {
     n: usize,
     /// It runs on the matrix unit.
     matrix: bool,
+    /// A prefill's packed query rows per tile (the grid's x counts them).
+    pub(crate) rows: u32,
 }
 
 impl<D: Driver> Loaded<D> {
@@ -118,6 +122,10 @@ impl<D: Driver> Loaded<D> {
             order,
             n: params.len(),
             matrix: g.uses_matrix_unit(),
+            rows: match spec {
+                KernelSpec::Prefill(a) => prefill_rows_path(&a, gpu.driver().target(), path),
+                _ => 0,
+            },
         })
     }
 

@@ -12,6 +12,7 @@ use attnforge_codegen::KvLayoutSpec;
 use super::kernels::{Args, Kernels, Loaded, Slot};
 use super::memory::{check_elem, Stream, View, ViewMut};
 use super::step::{SpecPlan, StepPlan};
+use super::validate::query_tiles;
 use super::Element;
 use crate::driver::{Driver, KernelArg};
 use crate::RuntimeError;
@@ -337,14 +338,15 @@ impl<D: Driver> Kernels<D> {
         let (_plan, _submit) = (plan.hold(), stream.submit());
         let (sp, args) = self.attention_call(stream, plan, kv, params, q, out, true)?;
         let batch = plan.batch;
-        if batch == 0 || sp.tiles == 0 {
+        let tiles = query_tiles(sp.packed, self.prefill.rows)?;
+        if batch == 0 || tiles == 0 {
             return Ok(());
         }
         let ks = KernelSpec::Prefill(self.spec);
         // SAFETY: the table and qo_indptr were validated when planning (every
         // sequence's new rows within its KV), q/out hold qo_indptr's rows,
         // and the grid covers the longest sequence's query tiles.
-        unsafe { self.prefill.launch(stream, ks.grid(batch, sp.tiles), &args) }
+        unsafe { self.prefill.launch(stream, ks.grid(batch, tiles), &args) }
     }
 
     /// Appends the plan's new tokens (rows of `k_new`/`v_new` in the

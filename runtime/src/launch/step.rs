@@ -16,7 +16,7 @@ use std::sync::Arc;
 use attnforge_codegen::{AttentionSpec, KvLayoutSpec};
 
 use super::memory::{DeviceBuffer, Gpu, Stream, View};
-use super::validate::{prefill_rows, prefill_tiles};
+use super::validate::prefill_rows;
 use crate::driver::Driver;
 use crate::plan::{plan_decode, DecodePlan, Split, MAX_SPLITS};
 use crate::table::{validate_slots, PageTable};
@@ -91,8 +91,6 @@ pub struct Workspace<D: Driver> {
     heads: usize,
     head_dim: usize,
     compute_units: u32,
-    /// The device's target (the prefill kernel's query tile depends on it).
-    target: attnforge_codegen::target::Target,
     ordinal: u32,
     offsets: Offsets,
     /// The host side of the upload, reserved up front.
@@ -144,7 +142,6 @@ impl<D: Driver> Workspace<D> {
             heads,
             head_dim,
             compute_units: gpu.driver().compute_units(),
-            target: gpu.driver().target(),
             ordinal: gpu.ordinal(),
             offsets,
             staging,
@@ -162,8 +159,9 @@ impl<D: Driver> Workspace<D> {
 pub(crate) struct SpecPlan {
     pub(crate) spec: AttentionSpec,
     pub(crate) decode: DecodePlan,
-    /// Prefill query tiles (the grid's x); 0 for a decode step.
-    pub(crate) tiles: u32,
+    /// The longest sequence's packed query rows for prefill (the grid
+    /// covers them in the kernel's query tiles); 0 for a decode step.
+    pub(crate) packed: u64,
 }
 
 /// Where each array of the uploaded block starts, in `i32`s.
@@ -294,14 +292,14 @@ impl<D: Driver> Workspace<D> {
             }
             check("query heads", s.q_heads as usize, self.heads as u32)?;
             check("head_dim", s.kv.head_dim as usize, self.head_dim as u32)?;
-            let tiles = match &qo {
+            let packed = match &qo {
                 None => 0,
-                Some((_, longest)) => prefill_tiles(s, self.target, *longest)?,
+                Some((_, longest)) => longest * s.group_size() as u64,
             };
             plans.push(SpecPlan {
                 spec: *s,
                 decode,
-                tiles,
+                packed,
             });
         }
         // The block at its fixed offsets, up to the last page index.

@@ -2,8 +2,7 @@
 //! every device: spec, element types, arena shapes, page tables, slot
 //! mappings, `qo_indptr` and buffer sizes.
 
-use attnforge_codegen::kernels::{append_source_dtype, prefill_rows as prefill_rows_per_tile};
-use attnforge_codegen::target::Target;
+use attnforge_codegen::kernels::append_source_dtype;
 use attnforge_codegen::{AttentionSpec, KvLayoutSpec};
 
 use super::Element;
@@ -81,18 +80,18 @@ pub fn validate_decode<Q: Element, T: Element>(
 /// Every check a prefill launch needs, on any device: those of decode,
 /// plus `qo_indptr` (batch + 1 entries from 0, never decreasing, ending at
 /// q's rows) and every sequence's new tokens fitting in its KV. Returns the
-/// number of query tiles the grid needs for `target`'s prefill kernel.
-#[allow(clippy::too_many_arguments)]
+/// longest sequence's packed query rows (new tokens × the group's query
+/// heads): the grid covers them in query tiles of its kernel's rows
+/// (`attnforge_codegen::kernels::prefill_rows`).
 pub fn validate_prefill<Q: Element, T: Element>(
     spec: &AttentionSpec,
-    target: Target,
     params: &Params<'_>,
     q: &[Q],
     qo_indptr: &[i32],
     kv_len: (usize, usize),
     table: &PageTable,
     out: &[Q],
-) -> Result<u32, RuntimeError> {
+) -> Result<u64, RuntimeError> {
     validate_attention::<Q, T>(spec, kv_len, table)?;
     params.validate(spec)?;
     let batch = table.batch();
@@ -118,7 +117,7 @@ pub fn validate_prefill<Q: Element, T: Element>(
             total as u128 * row as u128
         )));
     }
-    prefill_tiles(spec, target, longest)
+    Ok(longest * spec.group_size() as u64)
 }
 
 /// Checks a prefill's `qo_indptr` (batch + 1 entries) against the table:
@@ -158,16 +157,10 @@ pub(crate) fn prefill_rows(
     Ok(longest)
 }
 
-/// The query tiles (the prefill grid's x) of `target`'s prefill kernel for
-/// sequences of at most `longest` new tokens: the group's query heads
-/// packed into the rows.
-pub(crate) fn prefill_tiles(
-    spec: &AttentionSpec,
-    target: Target,
-    longest: u64,
-) -> Result<u32, RuntimeError> {
-    let packed = longest * spec.group_size() as u64;
-    u32::try_from(packed.div_ceil(prefill_rows_per_tile(spec, target) as u64))
+/// The query tiles (the prefill grid's x) over `packed` rows for a kernel
+/// whose tiles hold `rows`.
+pub(crate) fn query_tiles(packed: u64, rows: u32) -> Result<u32, RuntimeError> {
+    u32::try_from(packed.div_ceil(rows.max(1) as u64))
         .map_err(|_| RuntimeError::Shape("too many query tiles".into()))
 }
 

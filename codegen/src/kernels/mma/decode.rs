@@ -51,7 +51,7 @@ pub(crate) fn warps(head_dim: u32, instr: MmaInstr) -> u32 {
 /// KV tokens per tile: 64, or fewer when K and V would not fit.
 fn kv_tile(head_dim: u32) -> u32 {
     let row_bytes = tile_stride(head_dim) * 2;
-    [64u32, 32, 16]
+    [32u32, 16]
         .into_iter()
         .find(|bn| 2 * bn * row_bytes <= TILE_BUDGET)
         .unwrap_or(16)
@@ -95,10 +95,9 @@ pub(in crate::kernels) fn build(
     let sm_k = b.shared("sm_k", input, bn * stride);
     let sm_v = b.shared("sm_v", input, bn * stride);
     b.comment(format!(
-        "{} on {}: {heads_n} query heads as rows (of {WARP_ROWS}), KV tiles of {bn}; \
+        "{}: {heads_n} query heads as rows (of {WARP_ROWS}), KV tiles of {bn}; \
          {nwarps} warps, each all the logits and {o_frags} output fragments",
-        instr.mnemonic(),
-        target.arch
+        instr.mnemonic()
     ));
     let tid = b.let_("tid", Expr::special(Special::ThreadIdx));
     let lane = b.let_("lane", Expr::special(Special::LaneId));

@@ -287,7 +287,7 @@ pub(crate) fn runs(lanes: u8, ws: u32, at: impl Fn(u32, u32) -> (u32, u32)) -> V
         }
         // A power of two, aligned in every lane.
         let mut len = 1;
-        while len * 2 <= n && (0..ws).all(|l| at(l, i).1 % (len * 2) == 0) {
+        while len * 2 <= n && (0..ws).all(|l| at(l, i).1.is_multiple_of(len * 2)) {
             len *= 2;
         }
         out.push((i, len));

@@ -175,11 +175,10 @@ pub(in crate::kernels) fn build(
     let sm_k = b.shared("sm_k", input, bn * stride);
     let sm_v = b.shared("sm_v", input, bn * stride);
     b.comment(format!(
-        "{} on {}: {} warps x {WARP_ROWS} packed rows ({g} heads per KV head), \
+        "{}: {} warps x {WARP_ROWS} packed rows ({g} heads per KV head), \
          KV tiles of {bn}; {s_frags} logit and {o_frags} output fragments per warp; \
          queries in {}",
         instr.mnemonic(),
-        target.arch,
         sh.warps,
         if sh.q_shared {
             "shared memory"

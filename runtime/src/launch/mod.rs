@@ -70,5 +70,6 @@ pub(crate) use memory::next_id;
 pub use memory::{DeviceBuffer, Gpu, Stream, View, ViewMut};
 pub use run::{KvView, KvViewMut, LaunchParams, ScaleViews};
 pub use step::{StepPlan, Workspace, WorkspaceLimits};
+#[cfg(feature = "cpu")]
 pub(crate) use validate::query_tiles;
 pub use validate::{validate_append, validate_decode, validate_prefill};

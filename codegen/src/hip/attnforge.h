@@ -14,6 +14,10 @@
 #if defined(__CUDACC__)
 // ---- NVIDIA (nvcc, NVRTC) ----
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#include <cuda_fp8.h>
+#endif
 
 // Every NVIDIA warp has 32 threads: a kernel generated for wave64 must never
 // be compiled here, its shuffles and reductions assume 64 lanes.
@@ -87,8 +91,13 @@ __device__ __forceinline__ af_bf16 af_f32_to_bf16(float x) {
   if ((u & 0x7fffffffu) > 0x7f800000u) {
     r.bits = (unsigned short)((u >> 16) | 0x40u);  // quiet NaN, sign kept
   } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    // The same rounding, in one instruction (cvt.rn.bf16.f32).
+    r.bits = __bfloat16_as_ushort(__float2bfloat16_rn(x));
+#else
     u += 0x7fffu + ((u >> 16) & 1u);
     r.bits = (unsigned short)(u >> 16);
+#endif
   }
   return r;
 }
@@ -101,6 +110,10 @@ struct af_fp8e4m3 {
 };
 
 __device__ __forceinline__ float af_to_f32(af_fp8e4m3 x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  // The conversion instruction (cvt.rn.f16x2.e4m3x2), exact; NaN stays NaN.
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)x.bits, __NV_E4M3)));
+#endif
   unsigned int sign = ((unsigned int)x.bits & 0x80u) << 24;
   unsigned int em = (unsigned int)x.bits & 0x7fu;
   if (em == 0x7fu) return __uint_as_float(sign | 0x7fc00000u);  // NaN

@@ -413,6 +413,27 @@ fn hipcc_and_nvcc_emit_the_instructions() {
         .expect("no hipcc: run scripts/setup.sh (it installs hipcc)");
     let nvcc = attnforge_codegen::build::find_nvcc()
         .expect("no nvcc: run scripts/setup.sh (it installs NVIDIA's compiler from PyPI)");
+    for (count, trans) in [(4u8, true), (2, false)] {
+        let mut text = String::new();
+        attnforge_codegen::hip::print(&ldmatrix_kernel(count, trans, 512), &[], &mut text).unwrap();
+        let src = dir.path().join(format!("ldsm{count}{trans}.cu"));
+        std::fs::write(&src, &text).unwrap();
+        for arch in Arch::NVIDIA {
+            let ptx = dir.path().join(format!("ldsm{count}{trans}_{arch}.ptx"));
+            run(Command::new(&nvcc)
+                .arg(format!("-arch={arch}"))
+                .args(["-ptx", "-O3"])
+                .arg(&src)
+                .arg("-o")
+                .arg(&ptx));
+            let want = format!(
+                "ldmatrix.sync.aligned.m8n8.x{count}{}.shared.b16",
+                if trans { ".trans" } else { "" }
+            );
+            let ptx = std::fs::read_to_string(&ptx).unwrap();
+            assert!(ptx.contains(&want), "no `{want}` for {arch}");
+        }
+    }
     for doc in docs() {
         let k = kernel(&doc);
         let mut text = String::new();
@@ -458,4 +479,117 @@ fn hipcc_and_nvcc_emit_the_instructions() {
             );
         }
     }
+}
+
+/// PTX ISA, "ldmatrix": threads 8i..8i+7 give the addresses of the eight
+/// rows of matrix i; thread t receives, in its register i, the elements
+/// (row t/4, columns 2·(t%4) and 2·(t%4)+1) of matrix i, or with `.trans`
+/// those of the transposed matrix (rows 2·(t%4), 2·(t%4)+1, column t/4).
+fn ldmatrix_doc(smem: &[u16], rows: &[i32], t: usize, count: usize, trans: bool) -> Vec<u16> {
+    let (warp, lane) = (t / 32, t % 32);
+    let mut out = Vec::new();
+    for i in 0..count {
+        for e in 0..2 {
+            let (r, c) = if trans {
+                (2 * (lane % 4) + e, lane / 4)
+            } else {
+                (lane / 4, 2 * (lane % 4) + e)
+            };
+            let row = rows[warp * 32 + 8 * i + r] as usize;
+            out.push(smem[row + c]);
+        }
+    }
+    out
+}
+
+/// A kernel of two warps: the block copies `src` into shared memory, each
+/// lane names row `rows[tid]`, and `ldmatrix` hands each lane its elements,
+/// stored at `out[tid · 2·count..]`.
+fn ldmatrix_kernel(count: u8, trans: bool, len: u32) -> Kernel {
+    let mut b = KernelBuilder::new("ldsm", Arch::Sm90.target(), 64);
+    let src = b.global("src", Scalar::F16, Access::Read);
+    let rows = b.global("rows", Scalar::I32, Access::Read);
+    let out = b.global("out", Scalar::F16, Access::ReadWrite);
+    let sm = b.shared("sm", Scalar::F16, len);
+    let tid = b.let_("tid", Expr::special(Special::ThreadIdx));
+    b.for_(
+        "i",
+        tid.clone(),
+        Expr::i32(len as i32),
+        Expr::i32(64),
+        |b, i| {
+            b.store(sm, i.clone(), Expr::load(src, i, 1));
+        },
+    );
+    b.barrier();
+    let row = b.let_("row", Expr::load(rows, tid.clone(), 1));
+    let v = b.load_matrix("v", sm, row, count, trans);
+    for j in 0..2 * count {
+        b.store(
+            out,
+            tid.clone() * Expr::i32(2 * count as i32) + Expr::i32(j as i32),
+            v.clone().lane(j),
+        );
+    }
+    b.finish()
+}
+
+#[test]
+fn ldmatrix_hands_each_lane_its_documented_elements() {
+    let len = 64 * 8;
+    let mut rng = Lcg(9);
+    let smem: Vec<u16> = (0..len)
+        .map(|_| f16::from_f32(rng.next()).to_bits())
+        .collect();
+    let src: Vec<f16> = smem.iter().map(|&b| f16::from_bits(b)).collect();
+    // Rows anywhere in the buffer, 16-byte aligned, repeats allowed.
+    let rows: Vec<i32> = (0..64).map(|t| (((t * 37 + 11) % 64) * 8) as i32).collect();
+    for count in [1u8, 2, 4] {
+        for trans in [false, true] {
+            let k = ldmatrix_kernel(count, trans, len as u32);
+            for checked in [false, true] {
+                let cpu = jit(&k, checked);
+                let mut out = vec![f16::NAN; 64 * 2 * count as usize];
+                let mut args = [Arg::input(&src), Arg::input(&rows), Arg::output(&mut out)];
+                if checked {
+                    cpu.launch_checked([1, 1, 1], &mut args).unwrap();
+                } else {
+                    // SAFETY: every row index is within the shared buffer
+                    // (a multiple of 8 below its length).
+                    unsafe { cpu.launch([1, 1, 1], &mut args) }.unwrap();
+                }
+                for t in 0..64 {
+                    let want = ldmatrix_doc(&smem, &rows, t, count as usize, trans);
+                    let n = 2 * count as usize;
+                    let got: Vec<u16> = out[t * n..][..n].iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(
+                        got, want,
+                        "x{count} trans {trans} checked {checked} lane {t}"
+                    );
+                }
+            }
+        }
+    }
+    // A row past the buffer is reported by checked mode.
+    let k = ldmatrix_kernel(4, false, len as u32);
+    let bad: Vec<i32> = (0..64)
+        .map(|t| if t == 13 { len as i32 } else { 0 })
+        .collect();
+    let mut out = vec![f16::ZERO; 64 * 8];
+    let r = jit(&k, true).launch_checked(
+        [1, 1, 1],
+        &mut [Arg::input(&src), Arg::input(&bad), Arg::output(&mut out)],
+    );
+    assert!(r.is_err(), "an out-of-bounds ldmatrix row went unreported");
+    // NVIDIA only, and from shared memory.
+    let mut b = KernelBuilder::new("amd", Arch::Gfx90a.target(), 64);
+    let sm = b.shared("sm", Scalar::F16, 64);
+    let out = b.global("out", Scalar::F16, Access::ReadWrite);
+    let v = b.load_matrix("v", sm, Expr::i32(0), 1, false);
+    b.store(out, Expr::special(Special::ThreadIdx), v.lane(0));
+    let msg = verify(&b.finish()).unwrap_err().to_string();
+    assert!(
+        msg.contains("`ldmatrix` is not an instruction of gfx90a"),
+        "{msg}"
+    );
 }

@@ -83,8 +83,8 @@ pub(crate) struct Lowerer<'a, 'ctx> {
     m: &'a Module<'ctx>,
     pub(super) b: Builder<'ctx>,
     f: FunctionValue<'ctx>,
-    k: &'a Kernel,
-    checked: bool,
+    pub(super) k: &'a Kernel,
+    pub(super) checked: bool,
     slots: Vec<Slot<'ctx>>,
     locals: HashMap<u32, LocalSlot<'ctx>>,
     pub(super) frame: PointerValue<'ctx>,
@@ -399,7 +399,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         Ok(())
     }
 
-    fn call_check(
+    pub(super) fn call_check(
         &self,
         code: u32,
         buf: u32,
@@ -429,7 +429,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
 
     // ---- control-flow helpers -------------------------------------------
 
-    fn bb(&self, name: &str) -> inkwell::basic_block::BasicBlock<'ctx> {
+    pub(super) fn bb(&self, name: &str) -> inkwell::basic_block::BasicBlock<'ctx> {
         self.cx.append_basic_block(self.f, name)
     }
 
@@ -707,13 +707,18 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
     /// contributes, the butterfly rounds of the reductions, and one pass in
     /// which every lane takes its result.
     fn collectives(&mut self, stmts: &[&Stmt]) -> R<()> {
-        if let [Stmt::Collective {
-            dst,
-            op: Collective::Mma { instr, a, b },
-            value,
-        }] = stmts
-        {
-            return self.mma(*dst, *instr, a, b, value);
+        match stmts {
+            [Stmt::Collective {
+                dst,
+                op: Collective::Mma { instr, a, b },
+                value,
+            }] => return self.mma(*dst, *instr, a, b, value),
+            [Stmt::Collective {
+                dst,
+                op: Collective::LoadMatrix { buf, count, trans },
+                value,
+            }] => return self.load_matrix(*dst, *buf, *count, *trans, value),
+            _ => {}
         }
         let mut cs: Vec<(VarId, &Collective, &Expr)> = Vec::new();
         for s in stmts {
@@ -960,7 +965,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         }
     }
 
-    fn elem_ptr(
+    pub(super) fn elem_ptr(
         &self,
         buf: BufId,
         idx: IntValue<'ctx>,

@@ -16,9 +16,10 @@
 
 use inkwell::values::{BasicValueEnum, IntValue};
 
+use super::lower::op;
 use super::lower::{e, Lowerer, R};
 use crate::ir::mma::{Axis, MmaInstr, Operand};
-use crate::ir::{Collective, Expr, Scalar, Stmt, VarId};
+use crate::ir::{BufId, Collective, Expr, Scalar, Stmt, VarId};
 
 /// Bytes of scratch one instruction needs: A, B and C as f32.
 fn scratch_bytes(instr: MmaInstr) -> u64 {
@@ -35,6 +36,11 @@ pub(super) fn largest_scratch(stmts: &[Stmt]) -> u64 {
                 op: Collective::Mma { instr, .. },
                 ..
             } => scratch_bytes(*instr),
+            // A row index per lane (warps of 32).
+            Stmt::Collective {
+                op: Collective::LoadMatrix { .. },
+                ..
+            } => 4 * 32,
             Stmt::For { body, .. } | Stmt::While { body, .. } | Stmt::Unroll { body, .. } => {
                 largest_scratch(body)
             }
@@ -149,6 +155,80 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     e(l.b.build_insert_element(d, acc, i32t.const_int(i as u64, false), "d"))?;
             }
             e(l.b.build_store(l.var_ptr(dst, tid)?, d))?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+impl<'a, 'ctx> Lowerer<'a, 'ctx> {
+    /// `dst = ldmatrix` for the current warp: every lane's row index into
+    /// the scratch, then every lane reads its elements from the rows the
+    /// others named (`ir::mma::ldmatrix_at`). In checked mode every read
+    /// is bounds-checked and recorded against the receiving lane (a refused
+    /// read yields zero).
+    pub(super) fn load_matrix(
+        &mut self,
+        dst: VarId,
+        buf: BufId,
+        count: u8,
+        trans: bool,
+        row: &Expr,
+    ) -> R<()> {
+        let ws = self.ws() as i64;
+        let warp = self.warp_base()?;
+        let base = self.mma_scratch;
+        let i32t = self.cx.i32_type();
+        let slot = |l: &Self, lane: IntValue<'ctx>| -> R<inkwell::values::PointerValue<'ctx>> {
+            let at = e(l.b.build_int_z_extend(lane, l.cx.i64_type(), "l"))?;
+            let at = e(l.b.build_int_mul(at, l.i64c(4), "o"))?;
+            let at = e(l.b.build_int_add(at, l.i64c(base as i64), "o"))?;
+            l.byte_ptr(l.frame, at)
+        };
+        self.counted(self.i32c(ws), &mut |l, lane| {
+            let tid = e(l.b.build_int_add(warp, lane, "tid"))?;
+            let r = l.expr(row, tid)?;
+            e(l.b.build_store(slot(l, lane)?, r))?;
+            Ok(())
+        })?;
+        let elem = self.k.buffer(buf).elem;
+        let ety = self.ty(crate::ir::Ty::scalar(elem));
+        let vty = self
+            .ty(crate::ir::Ty::vector(elem, 2 * count))
+            .into_vector_type();
+        self.counted(self.i32c(ws), &mut |l, lane| {
+            let tid = e(l.b.build_int_add(warp, lane, "tid"))?;
+            let a = e(l.b.build_int_unsigned_div(lane, l.i32c(4), "a"))?;
+            let t4 = e(l.b.build_int_unsigned_rem(lane, l.i32c(4), "t4"))?;
+            let mut v = vty.get_undef();
+            for j in 0..2 * count as i64 {
+                let (i, e_) = (j / 2, j % 2);
+                let b2 = e(l.b.build_int_mul(t4, l.i32c(2), "b"))?;
+                let b2 = e(l.b.build_int_add(b2, l.i32c(e_), "b"))?;
+                let (r, c) = if trans { (b2, a) } else { (a, b2) };
+                let src = e(l.b.build_int_add(r, l.i32c(8 * i), "src"))?;
+                let start = e(l.b.build_load(i32t, slot(l, src)?, "row"))?.into_int_value();
+                let idx = e(l.b.build_int_add(start, c, "idx"))?;
+                let idx = e(l.b.build_int_s_extend(idx, l.cx.i64_type(), "idx"))?;
+                let x = if l.checked {
+                    let ok = l.call_check(op::LOAD_SHARED, buf.0, idx, 1, tid)?;
+                    let here = l.b.get_insert_block().ok_or("no block")?;
+                    let (doit, cont) = (l.bb("ldsm"), l.bb("ldsm_done"));
+                    e(l.b.build_conditional_branch(ok, doit, cont))?;
+                    l.b.position_at_end(doit);
+                    let x = e(l.b.build_load(ety, l.elem_ptr(buf, idx, tid)?, "x"))?;
+                    let end = l.b.get_insert_block().ok_or("no block")?;
+                    e(l.b.build_unconditional_branch(cont))?;
+                    l.b.position_at_end(cont);
+                    let phi = e(l.b.build_phi(ety, "xv"))?;
+                    phi.add_incoming(&[(&x, end), (&ety.const_zero(), here)]);
+                    phi.as_basic_value()
+                } else {
+                    e(l.b.build_load(ety, l.elem_ptr(buf, idx, tid)?, "x"))?
+                };
+                v = e(l.b.build_insert_element(v, x, l.i32c(j), "v"))?;
+            }
+            e(l.b.build_store(l.var_ptr(dst, tid)?, v))?;
             Ok(())
         })?;
         Ok(())

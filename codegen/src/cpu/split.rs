@@ -173,12 +173,13 @@ impl Splitter {
     }
 }
 
-/// Whether `s` is a matrix multiply-accumulate.
+/// Whether `s` is a matrix multiply-accumulate or a matrix load (each runs
+/// alone, over scratch of its own).
 pub(crate) fn is_mma(s: &Stmt) -> bool {
     matches!(
         s,
         Stmt::Collective {
-            op: crate::ir::Collective::Mma { .. },
+            op: crate::ir::Collective::Mma { .. } | crate::ir::Collective::LoadMatrix { .. },
             ..
         }
     )
@@ -276,6 +277,9 @@ fn stmt_bufs(s: &Stmt, f: &mut impl FnMut(BufId)) {
             expr(value, f);
             for a in op.operands() {
                 expr(a, f);
+            }
+            if let crate::ir::Collective::LoadMatrix { buf, .. } = op {
+                f(*buf);
             }
         }
         Stmt::Prefetch { buf, index } => {

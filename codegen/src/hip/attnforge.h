@@ -184,6 +184,59 @@ __device__ __forceinline__ void af_store(T* p, long long i, af_vec<T, N> x) {
 AF_MMA_M16N8K16(af_mma_m16n8k16_f16, __half, "f16")
 AF_MMA_M16N8K16(af_mma_m16n8k16_bf16, af_bf16, "bf16")
 #undef AF_MMA_M16N8K16
+
+// ldmatrix (the IR's Collective::LoadMatrix): count 8x8 matrices of 16-bit
+// elements from shared memory, lane 8i + r naming row r of matrix i (at
+// element `row` of `sm`); each lane gets two elements of each matrix, in
+// mma.m16n8k16's fragment layout (.trans: of the transposed matrix).
+template <typename T>
+__device__ __forceinline__ af_vec<T, 2> af_ldmatrix_x1(const T* sm, int row) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(sm + row);
+  af_vec<T, 2> r;
+  unsigned* d = reinterpret_cast<unsigned*>(&r);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(d[0]) : "r"(a));
+  return r;
+}
+template <typename T>
+__device__ __forceinline__ af_vec<T, 2> af_ldmatrix_x1_trans(const T* sm, int row) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(sm + row);
+  af_vec<T, 2> r;
+  unsigned* d = reinterpret_cast<unsigned*>(&r);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(d[0]) : "r"(a));
+  return r;
+}
+template <typename T>
+__device__ __forceinline__ af_vec<T, 4> af_ldmatrix_x2(const T* sm, int row) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(sm + row);
+  af_vec<T, 4> r;
+  unsigned* d = reinterpret_cast<unsigned*>(&r);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(d[0]), "=r"(d[1]) : "r"(a));
+  return r;
+}
+template <typename T>
+__device__ __forceinline__ af_vec<T, 4> af_ldmatrix_x2_trans(const T* sm, int row) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(sm + row);
+  af_vec<T, 4> r;
+  unsigned* d = reinterpret_cast<unsigned*>(&r);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(d[0]), "=r"(d[1]) : "r"(a));
+  return r;
+}
+template <typename T>
+__device__ __forceinline__ af_vec<T, 8> af_ldmatrix_x4(const T* sm, int row) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(sm + row);
+  af_vec<T, 8> r;
+  unsigned* d = reinterpret_cast<unsigned*>(&r);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "r"(a));
+  return r;
+}
+template <typename T>
+__device__ __forceinline__ af_vec<T, 8> af_ldmatrix_x4_trans(const T* sm, int row) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(sm + row);
+  af_vec<T, 8> r;
+  unsigned* d = reinterpret_cast<unsigned*>(&r);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "r"(a));
+  return r;
+}
 #endif
 #elif defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__)
 // MFMA (CDNA2 and CDNA3): four 16-bit elements of A and of B per lane; the
@@ -235,11 +288,24 @@ __device__ __forceinline__ af_vec<float, N> af_fma(af_vec<float, N> a, af_vec<fl
   return r;
 }
 
+// 2^x. On NVIDIA the approximate instruction, flushing results below
+// 2^-126 to zero (about 2 ulp; what the CPU backend's inline exp2 does too);
+// exp2f elsewhere (AMD's is v_exp_f32).
+__device__ __forceinline__ float af_exp2f(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+
 template <int N>
 __device__ __forceinline__ af_vec<float, N> af_exp2(af_vec<float, N> a) {
   af_vec<float, N> r;
 #pragma unroll
-  for (int i = 0; i < N; ++i) r.v[i] = exp2f(a.v[i]);
+  for (int i = 0; i < N; ++i) r.v[i] = af_exp2f(a.v[i]);
   return r;
 }
 

@@ -240,6 +240,11 @@ impl Printer<'_> {
                             self.expr(b)
                         )
                     }
+                    Collective::LoadMatrix { buf, count, trans } => format!(
+                        "af_ldmatrix_x{count}{}({}, {v})",
+                        if *trans { "_trans" } else { "" },
+                        self.k.buffer(*buf).name
+                    ),
                 };
                 writeln!(
                     out,
@@ -325,7 +330,7 @@ impl Printer<'_> {
                 let name = match f {
                     MathFn::Fma if vector => "af_fma",
                     MathFn::Exp2 if vector => "af_exp2",
-                    MathFn::Exp2 => "exp2f",
+                    MathFn::Exp2 => "af_exp2f",
                     MathFn::Log2 => "log2f",
                     MathFn::Max => "af_max",
                     MathFn::Min => "af_min",

@@ -251,6 +251,27 @@ impl KernelBuilder {
         self.collective(name, Collective::Mma { instr, a, b }, c)
     }
 
+    /// `ldmatrix` of `count` 8×8 matrices from shared `buf`: `row` is this
+    /// lane's row's first element (see [`Collective::LoadMatrix`]).
+    pub fn load_matrix(
+        &mut self,
+        name: &str,
+        buf: BufId,
+        row: Expr,
+        count: u8,
+        trans: bool,
+    ) -> Expr {
+        let elem = self.kernel.buffers[buf.0 as usize].elem;
+        let dst = self.new_var(name, Ty::vector(elem, 2 * count));
+        let op = Collective::LoadMatrix { buf, count, trans };
+        self.push(Stmt::Collective {
+            dst,
+            op,
+            value: row,
+        });
+        Expr::Var(dst)
+    }
+
     /// Finishes the kernel (verification is a separate step).
     pub fn finish(mut self) -> Kernel {
         self.kernel.body = self.blocks.pop().unwrap_or_default();

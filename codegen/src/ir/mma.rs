@@ -270,6 +270,22 @@ impl MmaInstr {
     }
 }
 
+/// Where `ldmatrix` (an 8×8 matrix `i` of a `.x1/.x2/.x4` load, see
+/// [`super::Collective::LoadMatrix`]) puts `(row, column)` of matrix
+/// `i`'s element for element `j` (< 2·count) of lane `t`'s result:
+/// `j = 2i + e` holds `M_i[t/4][2(t%4) + e]`, or, transposed,
+/// `M_i[2(t%4) + e][t/4]` (PTX ISA, "Warp-level matrix load instruction:
+/// ldmatrix"). Returns `(i, row, column)`.
+pub const fn ldmatrix_at(t: u32, j: u32, trans: bool) -> (u32, u32, u32) {
+    let (i, e) = (j / 2, j % 2);
+    let (a, b) = (t / 4, 2 * (t % 4) + e);
+    if trans {
+        (i, b, a)
+    } else {
+        (i, a, b)
+    }
+}
+
 impl fmt::Display for MmaInstr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.mnemonic())

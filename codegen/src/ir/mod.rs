@@ -426,6 +426,22 @@ pub enum Collective {
         /// This lane's fragment of B.
         b: Expr,
     },
+    /// `ldmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16` (NVIDIA):
+    /// `count` 8×8 matrices of 16-bit elements from shared memory, each
+    /// row 8 consecutive elements of `buf`. The statement's value is this
+    /// lane's row index (i32): lane `8i + r` gives the first element of
+    /// row `r` of matrix `i`. Lane `t` receives, for each matrix `i`,
+    /// elements `2i` and `2i + 1` of its result: `M_i[t/4][2(t%4) + e]`,
+    /// or with `trans` `M_i[2(t%4) + e][t/4]` (e < 2), which are the
+    /// fragments of `mma.m16n8k16` ([`mma::ldmatrix_at`]).
+    LoadMatrix {
+        /// The shared buffer (f16 or bf16).
+        buf: BufId,
+        /// Matrices: 1, 2 or 4.
+        count: u8,
+        /// Transposed delivery.
+        trans: bool,
+    },
 }
 
 /// A statement.
@@ -702,7 +718,10 @@ impl Collective {
             Collective::ShuffleXor { mask: a, width }
             | Collective::ShuffleDown { delta: a, width }
             | Collective::ShuffleIdx { lane: a, width } => Some((a, *width)),
-            Collective::WarpSum | Collective::WarpMax | Collective::Mma { .. } => None,
+            Collective::WarpSum
+            | Collective::WarpMax
+            | Collective::Mma { .. }
+            | Collective::LoadMatrix { .. } => None,
         }
     }
 

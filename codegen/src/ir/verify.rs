@@ -741,6 +741,19 @@ impl Checker<'_> {
                 self.mma(*instr, a, b, value, *dst, at);
                 self.declare(*dst, at);
             }
+            Stmt::Collective {
+                dst,
+                op:
+                    Collective::LoadMatrix {
+                        buf,
+                        count,
+                        trans: _,
+                    },
+                value,
+            } => {
+                self.load_matrix(*buf, *count, value, *dst, at);
+                self.declare(*dst, at);
+            }
             Stmt::Collective { dst, op, value } => {
                 let ws = self.k.target.warp_size;
                 let i32t = Ty::scalar(Scalar::I32);
@@ -781,6 +794,44 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
+    /// `ldmatrix`: NVIDIA only, from a shared buffer of 16-bit elements, 1,
+    /// 2 or 4 matrices, an i32 row index, two elements per matrix back.
+    fn load_matrix(&mut self, buf: BufId, count: u8, row: &Expr, dst: VarId, at: &str) {
+        let arch = self.k.target.arch;
+        if arch.vendor() != Some(crate::target::Vendor::Nvidia) {
+            self.err(at, format!("`ldmatrix` is not an instruction of {arch}"));
+        }
+        if !matches!(count, 1 | 2 | 4) {
+            self.err(
+                at,
+                format!("`ldmatrix` loads 1, 2 or 4 matrices, not {count}"),
+            );
+        }
+        let elem = match self.k.buffers.get(buf.0 as usize) {
+            Some(b) if b.space == Space::Shared && b.elem.size_bytes() == 2 => b.elem,
+            Some(b) => {
+                let msg = format!(
+                    "`ldmatrix` reads a shared buffer of 16-bit elements, not `{}`",
+                    b.name
+                );
+                self.err(at, msg);
+                return;
+            }
+            None => {
+                self.err(at, format!("buffer #{} does not exist", buf.0));
+                return;
+            }
+        };
+        self.expect(row, Ty::scalar(Scalar::I32), "`ldmatrix`'s row index", at);
+        let want = Ty::vector(elem, 2 * count);
+        if let Some(var) = self.k.vars.get(dst.0 as usize) {
+            if var.ty != want {
+                let msg = format!("`{}` is {} but receives a {want}", var.name, var.ty);
+                self.err(at, msg);
+            }
+        }
+    }
+
     /// A matrix multiply-accumulate: an instruction of the kernel's arch,
     /// fragments of the instruction's types and lengths.
     fn mma(&mut self, instr: mma::MmaInstr, a: &Expr, b: &Expr, c: &Expr, dst: VarId, at: &str) {
@@ -920,7 +971,7 @@ fn flow(k: &Kernel, stmts: &[Stmt], cu: Uniformity, u: &mut Vec<Uniformity>, cha
                 let vu = eu(value, u);
                 let level = match op {
                     // Each lane holds other elements of D.
-                    Collective::Mma { .. } => Uniformity::Thread,
+                    Collective::Mma { .. } | Collective::LoadMatrix { .. } => Uniformity::Thread,
                     // Every lane reduces the same warp: warp-uniform, or
                     // block-uniform when every lane contributed the same value.
                     Collective::WarpSum | Collective::WarpMax if vu == Uniformity::Block => {
@@ -963,6 +1014,9 @@ impl UniformityCheck<'_> {
                              must hand it its fragments",
                             instr.mnemonic()
                         ),
+                        Collective::LoadMatrix { .. } => "`ldmatrix` under thread-varying \
+                            control flow: every lane of the warp must reach it"
+                            .into(),
                         _ => "warp collective under thread-varying control flow: every lane \
                               of the warp must reach it"
                             .into(),

@@ -295,3 +295,112 @@ pub(crate) fn runs(lanes: u8, ws: u32, at: impl Fn(u32, u32) -> (u32, u32)) -> V
     }
     out
 }
+
+/// Which operand an `ldmatrix` load fills (NVIDIA; [`Plan::ldsm`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tile {
+    /// K's fragment of `S = Q·Kᵀ`, from a row-major `[token][dim]` tile.
+    K,
+    /// V's fragment of `O += P·V`, from the same kind of tile.
+    V,
+    /// Q's fragment, from a row-major `[query row][dim]` tile.
+    Q,
+}
+
+/// An `ldmatrix` that loads one whole fragment: `count` matrices, `trans`,
+/// matrix `i`'s first element at `(row, column)` = `origin[i]` of the
+/// row-major tile (relative to the fragment's own origin).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ldsm {
+    pub count: u8,
+    pub trans: bool,
+    pub origin: [(u32, u32); 4],
+}
+
+impl Plan {
+    /// The `ldmatrix` that loads `tile`'s fragment on NVIDIA (`None` on
+    /// CDNA, which has no such instruction). Checked here, for every lane
+    /// and element, against the instruction's fragment layout: a mismatch
+    /// is a generator bug and panics when the kernel is built.
+    pub fn ldsm(&self, tile: Tile) -> Option<Ldsm> {
+        if self.transposed {
+            return None;
+        }
+        let l = match tile {
+            Tile::K => Ldsm {
+                count: 2,
+                trans: false,
+                origin: [(0, 0), (0, 8), (0, 0), (0, 0)],
+            },
+            Tile::V => Ldsm {
+                count: 2,
+                trans: true,
+                origin: [(0, 0), (8, 0), (0, 0), (0, 0)],
+            },
+            Tile::Q => Ldsm {
+                count: 4,
+                trans: false,
+                origin: [(0, 0), (8, 0), (0, 8), (8, 8)],
+            },
+        };
+        let (qn, kvn, _) = self.lanes();
+        let n = if tile == Tile::Q { qn } else { kvn };
+        assert_eq!(
+            n as u32,
+            2 * l.count as u32,
+            "{}: {tile:?} by ldmatrix",
+            self.instr
+        );
+        for t in 0..self.warp_size() {
+            for j in 0..n as u32 {
+                let (i, r, c) = crate::ir::mma::ldmatrix_at(t, j, l.trans);
+                let (r0, c0) = l.origin[i as usize];
+                let got = (r0 + r, c0 + c);
+                // The tile's (row, column) the fragment wants there.
+                let want = match tile {
+                    Tile::K => self.kv_at(t, j),
+                    Tile::V => {
+                        let (outer, k) = self.kv_at(t, j);
+                        (k, outer)
+                    }
+                    Tile::Q => self.q_at(t, j),
+                };
+                assert_eq!(got, want, "{}: {tile:?} lane {t} element {j}", self.instr);
+            }
+        }
+        Some(l)
+    }
+}
+
+/// Loads a fragment with `ldsm`: lane `8i + r` names row `r` of matrix
+/// `i` (lanes past the matrices repeat the first ones' rows); `at(row,
+/// column)` is the element index of a tile position relative to the
+/// fragment's origin.
+pub(crate) fn load_fragment(
+    b: &mut KernelBuilder,
+    name: &str,
+    buf: crate::ir::BufId,
+    lane: &Expr,
+    l: Ldsm,
+    at: impl Fn(Expr, Expr) -> Expr,
+) -> Expr {
+    let i32 = |v: u32| Expr::i32(v as i32);
+    let m = b.let_(
+        &format!("{name}_m"),
+        lane.clone() / Expr::i32(8) % i32(l.count as u32),
+    );
+    let r = lane.clone() % Expr::i32(8);
+    // The matrix's origin, by the lane's matrix (unrolled selects).
+    let pick = |k: usize| {
+        let mut e = i32([l.origin[0].0, l.origin[0].1][k]);
+        for i in 1..l.count as usize {
+            let v = [l.origin[i].0, l.origin[i].1][k];
+            e = m.clone().eq_(i32(i as u32)).select(i32(v), e);
+        }
+        e
+    };
+    let row = b.let_(&format!("{name}_r"), pick(0) + r);
+    let col = b.let_(&format!("{name}_c"), pick(1));
+    let idx = b.let_(&format!("{name}_at"), at(row, col));
+    b.load_matrix(name, buf, idx, l.count, l.trans)
+}

@@ -32,7 +32,7 @@ use crate::target::Target;
 
 use super::super::prefill::{declare, visible_kv};
 use super::super::{alibi_slope, kv_offset, kv_scale_values, kv_vector_lanes, logit2, seq_pages};
-use super::{runs, Plan, WARP_ROWS};
+use super::{load_fragment, runs, Plan, Tile, WARP_ROWS};
 
 /// Shared memory a matrix-core prefill block uses at most (every target's
 /// static limit is 48 KiB or more).
@@ -578,17 +578,28 @@ pub(crate) fn tile_step(
         b.unroll("ks", t.d_steps, |b, ks| {
             let qfrag = match t.queries {
                 Queries::Registers(qf) => Expr::load(*qf, ks.clone() * i32(qn as u32), qn),
-                Queries::Shared { buf, first } => gather(b, "qf", *buf, qn, &q_runs, |i| {
-                    let (r, k) = plan.q_expr(lane, i);
-                    (first.clone() + r) * i32(t.stride) + ks.clone() * i32(plan.k) + k
-                }),
+                Queries::Shared { buf, first } => match plan.ldsm(Tile::Q) {
+                    Some(l) => load_fragment(b, "qf", *buf, lane, l, |r, c| {
+                        (first.clone() + r) * i32(t.stride) + ks.clone() * i32(plan.k) + c
+                    }),
+                    None => gather(b, "qf", *buf, qn, &q_runs, |i| {
+                        let (r, k) = plan.q_expr(lane, i);
+                        (first.clone() + r) * i32(t.stride) + ks.clone() * i32(plan.k) + k
+                    }),
+                },
             };
-            let kfrag = gather(b, "kf", t.sm_k, kvn, &k_runs, |i| {
-                let (outer, k) = plan.kv_expr(lane, i);
+            let k_at = |outer: Expr, k: Expr| {
                 (sf.clone() * i32(plan.outer) + outer) * i32(t.stride)
                     + ks.clone() * i32(plan.k)
                     + k
-            });
+            };
+            let kfrag = match plan.ldsm(Tile::K) {
+                Some(l) => load_fragment(b, "kf", t.sm_k, lane, l, k_at),
+                None => gather(b, "kf", t.sm_k, kvn, &k_runs, |i| {
+                    let (outer, k) = plan.kv_expr(lane, i);
+                    k_at(outer, k)
+                }),
+            };
             let r = plan.mma(b, "sr", qfrag, kfrag, Expr::Var(acc));
             b.set(acc, r);
         });
@@ -697,12 +708,18 @@ pub(crate) fn tile_step(
             .collect();
         let pf = b.let_("pf", Expr::Vector(items).cast(input));
         b.unroll("of", t.o_frags, |b, of| {
-            let vfrag = gather(b, "vf", t.sm_v, kvn, &v_runs, |i| {
-                let (outer, k) = plan.kv_expr(lane, i);
+            let v_at = |k: Expr, outer: Expr| {
                 (kk.clone() * i32(plan.k) + k) * i32(t.stride)
                     + (t.o_first.clone() + of.clone()) * i32(plan.outer)
                     + outer
-            });
+            };
+            let vfrag = match plan.ldsm(Tile::V) {
+                Some(l) => load_fragment(b, "vf", t.sm_v, lane, l, v_at),
+                None => gather(b, "vf", t.sm_v, kvn, &v_runs, |i| {
+                    let (outer, k) = plan.kv_expr(lane, i);
+                    v_at(k, outer)
+                }),
+            };
             let at = of.clone() * i32(accn as u32);
             let cur = Expr::load(t.oacc, at.clone(), accn);
             let r = plan.mma(b, "or", pf.clone(), vfrag, cur);

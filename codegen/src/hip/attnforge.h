@@ -325,6 +325,38 @@ __device__ __forceinline__ af_vec<To, N> af_cvt(af_vec<From, N> x) {
   return r;
 }
 
+// fp8 to f16, exact: on sm_89 and up two elements per instruction
+// (cvt.rn.f16x2.e4m3x2), else through f32.
+template <int N>
+__device__ __forceinline__ af_vec<__half, N> af_cvt_fp8(af_vec<af_fp8e4m3, N> x, af_tag<__half>) {
+  af_vec<__half, N> r;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#pragma unroll
+  for (int i = 0; i < N; i += 2) {
+    __nv_fp8x2_storage_t pair =
+        (__nv_fp8x2_storage_t)(x.v[i].bits | ((unsigned short)x.v[i + 1].bits << 8));
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
+    r.v[i] = __half(__half_raw{h.x});
+    r.v[i + 1] = __half(__half_raw{h.y});
+  }
+#else
+#pragma unroll
+  for (int i = 0; i < N; ++i) r.v[i] = af_f32_to_f16(af_to_f32(x.v[i]));
+#endif
+  return r;
+}
+template <typename To, int N>
+__device__ __forceinline__ af_vec<To, N> af_cvt_fp8(af_vec<af_fp8e4m3, N> x, af_tag<To>) {
+  af_vec<To, N> r;
+#pragma unroll
+  for (int i = 0; i < N; ++i) r.v[i] = af_from_f32(af_to_f32(x.v[i]), af_tag<To>());
+  return r;
+}
+template <typename To, int N>
+__device__ __forceinline__ af_vec<To, N> af_cvt(af_vec<af_fp8e4m3, N> x) {
+  return af_cvt_fp8(x, af_tag<To>());
+}
+
 // Butterfly reductions over the whole warp; every lane receives the result.
 template <typename T>
 __device__ __forceinline__ T af_warp_sum(T x) {

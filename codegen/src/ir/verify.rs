@@ -178,12 +178,13 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
         }
         Expr::Cast(to, a) => {
             let ta = type_of(k, a)?;
-            // Float vectors convert elementwise: storage floats to f32, and
-            // f32 to f16 or bf16.
+            // Float vectors convert elementwise: storage floats to f32, f32
+            // to f16 or bf16, and fp8 to f16 or bf16 (exact: every fp8 value is
+            // one of theirs).
             if ta.lanes > 1 {
                 let ok = matches!(
                     (ta.scalar, *to),
-                    (F16 | BF16 | F8E4M3 | F32, F32) | (F32, F16 | BF16)
+                    (F16 | BF16 | F8E4M3 | F32, F32) | (F32 | F8E4M3, F16 | BF16)
                 );
                 if !ok {
                     return Err(format!("cannot convert {ta} to {to} elementwise"));

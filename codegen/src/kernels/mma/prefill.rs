@@ -499,7 +499,7 @@ pub(crate) fn stage(b: &mut KernelBuilder, spec: &AttentionSpec, io: &TileIo, at
                 let x = if elem == at.input {
                     raw
                 } else {
-                    raw.cast(Scalar::F32).cast(at.input)
+                    raw.cast(at.input)
                 };
                 let x = b.let_(
                     &format!("{what}x"),

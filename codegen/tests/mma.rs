@@ -536,14 +536,14 @@ fn ldmatrix_kernel(count: u8, trans: bool, len: u32) -> Kernel {
 
 #[test]
 fn ldmatrix_hands_each_lane_its_documented_elements() {
-    let len = 64 * 8;
+    let len: usize = 64 * 8;
     let mut rng = Lcg(9);
     let smem: Vec<u16> = (0..len)
         .map(|_| f16::from_f32(rng.next()).to_bits())
         .collect();
     let src: Vec<f16> = smem.iter().map(|&b| f16::from_bits(b)).collect();
     // Rows anywhere in the buffer, 16-byte aligned, repeats allowed.
-    let rows: Vec<i32> = (0..64).map(|t| (((t * 37 + 11) % 64) * 8) as i32).collect();
+    let rows: Vec<i32> = (0..64).map(|t| ((t * 37 + 11) % 64) * 8).collect();
     for count in [1u8, 2, 4] {
         for trans in [false, true] {
             let k = ldmatrix_kernel(count, trans, len as u32);

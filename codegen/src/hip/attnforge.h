@@ -23,6 +23,11 @@
 // be compiled here, its shuffles and reductions assume 64 lanes.
 static_assert(AF_WARP_SIZE == 32, "attnforge: kernel generated for another warp size");
 
+// The kernel's fixed block size, and at least one block per SM: with the
+// minimum stated, ptxas allots up to 255 registers as it needs them (with
+// the block size alone it was seen spilling a few values at 56).
+#define AF_LAUNCH_BOUNDS __launch_bounds__(AF_BLOCK_DIM, 1)
+
 // HIP's shuffles act on the whole warp, always converged in attnforge's
 // kernels (the verifier requires warp-uniform control flow around them):
 // the _sync forms with every lane in the mask.
@@ -45,6 +50,9 @@ __device__ __forceinline__ T af_shfl(T v, int lane, int width) {
 #include <hip/hip_runtime.h>
 #include <hip/hip_fp16.h>
 #endif
+
+// The kernel's fixed block size.
+#define AF_LAUNCH_BOUNDS __launch_bounds__(AF_BLOCK_DIM)
 
 // A kernel generated for wave64 must never be compiled for wave32 or back:
 // its shuffles and reductions assume the warp size it was generated for.

@@ -103,7 +103,7 @@ impl Printer<'_> {
     fn signature(&self, out: &mut impl Write) -> fmt::Result {
         write!(
             out,
-            "extern \"C\" __global__ void __launch_bounds__(AF_BLOCK_DIM) {}(",
+            "extern \"C\" __global__ void AF_LAUNCH_BOUNDS {}(",
             self.k.name
         )?;
         for (i, p) in self.k.params.iter().enumerate() {

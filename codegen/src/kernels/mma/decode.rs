@@ -26,8 +26,8 @@ use crate::target::Target;
 use super::super::decode::{declare, decode_head_blocks, walk, HeadBlock, Output};
 use super::super::{alibi_slope, kv_scale_values, seq_pages};
 use super::prefill::{
-    padded_dim, queries_in_registers, stage, tile_step, tile_stride, Queries, RowSlot, StageAt,
-    TileIo, TileStep,
+    padded_dim, queries_in_registers, stage, tile_step, tile_stride, whole_tile, Queries, RowSlot,
+    StageAt, TileIo, TileStep,
 };
 use super::{runs, Plan, WARP_ROWS};
 
@@ -179,6 +179,7 @@ pub(in crate::kernels) fn build(
             },
         );
         b.barrier();
+        let full = b.let_("full", whole_tile(spec, &kv0, bn, &tile_end, &pos, &pos));
         tile_step(
             b,
             spec,
@@ -204,6 +205,7 @@ pub(in crate::kernels) fn build(
                 kv_steps: bn / plan.k,
                 o_first: o_first.clone(),
                 o_frags,
+                full: Some(&full),
             },
         );
     });

@@ -292,6 +292,16 @@ pub(in crate::kernels) fn build(
         let oacc = b.local_filled("o", Scalar::F32, o_frags * accn as u32, Expr::f32(0.0));
         let sacc = b.local("s", Scalar::F32, s_frags * accn as u32);
 
+        // The positions of the warp's first and last real rows.
+        let pos_of = |row: Expr| kv_len.clone() - q_len.clone() + row / i32(g);
+        let first_pos = b.let_(
+            "first_pos",
+            pos_of(wrow0.clone().min(packed.clone() - Expr::i32(1))),
+        );
+        let last_pos = b.let_(
+            "last_pos",
+            pos_of((wrow0.clone() + i32(WARP_ROWS - 1)).min(packed.clone() - Expr::i32(1))),
+        );
         b.comment("Walk the visible KV tiles.");
         b.for_("kv0", kv_lo, kv_hi.clone(), i32(bn), |b, kv0| {
             let tile_end = b.let_("tile_end", (kv0.clone() + i32(bn)).min(kv_hi.clone()));
@@ -313,6 +323,10 @@ pub(in crate::kernels) fn build(
                 },
             );
             b.barrier();
+            let full = b.let_(
+                "full",
+                whole_tile(spec, &kv0, bn, &tile_end, &first_pos, &last_pos),
+            );
             tile_step(
                 b,
                 spec,
@@ -338,6 +352,7 @@ pub(in crate::kernels) fn build(
                     kv_steps,
                     o_first: Expr::i32(0),
                     o_frags,
+                    full: Some(&full),
                 },
             );
         });
@@ -551,6 +566,9 @@ pub(crate) struct TileStep<'a> {
     /// This warp's output fragments: `o_frags` from `o_first` on.
     pub o_first: Expr,
     pub o_frags: u32,
+    /// Warp-uniform: every token of the tile is visible to every real row
+    /// of the warp (the masks can be skipped).
+    pub full: Option<&'a Expr>,
 }
 
 /// One warp's work on a staged tile: logits on the matrix unit, masks and
@@ -610,33 +628,47 @@ pub(crate) fn tile_step(
     let tmax: Vec<VarId> = (0..nslots)
         .map(|s| b.var(&format!("tmax{s}"), ninf.clone()))
         .collect();
-    b.unroll("sf", s_frags, |b, sf| {
-        for e in 0..accn as u32 {
-            let s = t.slot_of[e as usize] as usize;
-            let slot = &t.slots[s];
-            let (_, outer) = plan.acc_expr(lane, e);
-            let tok = b.let_("tk", t.kv0.clone() + sf.clone() * i32(plan.outer) + outer);
-            let mut ok = slot.ok.clone().and_then(tok.clone().lt(t.tile_end.clone()));
-            if spec.causal {
-                ok = ok.and_then(tok.clone().le(slot.pos.clone()));
+    let logits = |b: &mut KernelBuilder, masked: bool| {
+        b.unroll("sf", s_frags, |b, sf| {
+            for e in 0..accn as u32 {
+                let s = t.slot_of[e as usize] as usize;
+                let slot = &t.slots[s];
+                let (_, outer) = plan.acc_expr(lane, e);
+                let tok = b.let_("tk", t.kv0.clone() + sf.clone() * i32(plan.outer) + outer);
+                let at = sf.clone() * i32(accn as u32) + i32(e);
+                let mut dot = Expr::load(t.sacc, at.clone(), 1);
+                if let Some(ks) = t.k_scale {
+                    dot = dot * ks.clone();
+                }
+                let bias = slot
+                    .slope2
+                    .as_ref()
+                    .map(|sl| (tok.clone() - slot.pos.clone()).cast(Scalar::F32) * sl.clone());
+                let logit = logit2(spec, dot, bias);
+                let logit = if masked {
+                    let mut ok = slot.ok.clone().and_then(tok.clone().lt(t.tile_end.clone()));
+                    if spec.causal {
+                        ok = ok.and_then(tok.clone().le(slot.pos.clone()));
+                    }
+                    if let Some(win) = spec.sliding_window {
+                        ok = ok.and_then(tok.ge(slot.pos.clone() - i32(win) + Expr::i32(1)));
+                    }
+                    ok.select(logit, ninf.clone())
+                } else {
+                    logit
+                };
+                let logit = b.let_("lg", logit);
+                b.store(t.sacc, at, logit.clone());
+                b.set(tmax[s], Expr::Var(tmax[s]).max(logit));
             }
-            if let Some(win) = spec.sliding_window {
-                ok = ok.and_then(tok.clone().ge(slot.pos.clone() - i32(win) + Expr::i32(1)));
-            }
-            let at = sf.clone() * i32(accn as u32) + i32(e);
-            let mut dot = Expr::load(t.sacc, at.clone(), 1);
-            if let Some(ks) = t.k_scale {
-                dot = dot * ks.clone();
-            }
-            let bias = slot
-                .slope2
-                .as_ref()
-                .map(|sl| (tok - slot.pos.clone()).cast(Scalar::F32) * sl.clone());
-            let logit = b.let_("lg", ok.select(logit2(spec, dot, bias), ninf.clone()));
-            b.store(t.sacc, at, logit.clone());
-            b.set(tmax[s], Expr::Var(tmax[s]).max(logit));
-        }
-    });
+        });
+    };
+    // A tile every row of the warp sees whole needs no mask (rows past the
+    // sequence get finite logits there, and nothing of them is written).
+    match t.full {
+        Some(full) => b.if_else(full.clone(), |b| logits(b, false), |b| logits(b, true)),
+        None => logits(b, true),
+    }
     let mut alpha = Vec::new();
     let mut mnew = Vec::new();
     for (s, tm) in tmax.iter().enumerate() {
@@ -774,4 +806,27 @@ pub(crate) fn queries_in_registers(
         }
     });
     qf
+}
+
+/// Whether every token of the tile `kv0..kv0 + bn` is visible to every row
+/// whose positions lie in `first_pos..=last_pos`: the tile is whole (not
+/// cut by `tile_end`), before the first row's causal bound and inside the
+/// last row's window.
+pub(crate) fn whole_tile(
+    spec: &AttentionSpec,
+    kv0: &Expr,
+    bn: u32,
+    tile_end: &Expr,
+    first_pos: &Expr,
+    last_pos: &Expr,
+) -> Expr {
+    let end = kv0.clone() + Expr::i32(bn as i32);
+    let mut full = tile_end.clone().eq_(end.clone());
+    if spec.causal {
+        full = full.and_then((end - Expr::i32(1)).le(first_pos.clone()));
+    }
+    if let Some(w) = spec.sliding_window {
+        full = full.and_then(kv0.clone().ge(last_pos.clone() - Expr::i32(w as i32 - 1)));
+    }
+    full
 }

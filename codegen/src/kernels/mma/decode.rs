@@ -48,11 +48,15 @@ pub(crate) fn warps(head_dim: u32, instr: MmaInstr) -> u32 {
         .unwrap_or(1)
 }
 
-/// KV tokens per tile: 64, or fewer when K and V would not fit.
-fn kv_tile(head_dim: u32) -> u32 {
-    let row_bytes = tile_stride(head_dim) * 2;
-    [32u32, 16]
+/// KV tokens per tile: 32 (64 for fp8, so that a tile is as many bytes of
+/// the cache in flight), or fewer when K and V would not fit in shared
+/// memory (where they are the query dtype's 2 bytes).
+fn kv_tile(kv: &crate::spec::KvLayoutSpec) -> u32 {
+    let row_bytes = tile_stride(kv.head_dim) * 2;
+    let most = if kv.dtype.is_fp8() { 64 } else { 32 };
+    [64u32, 32, 16]
         .into_iter()
+        .filter(|&bn| bn <= most)
         .find(|bn| 2 * bn * row_bytes <= TILE_BUDGET)
         .unwrap_or(16)
 }
@@ -76,7 +80,7 @@ pub(in crate::kernels) fn build(
     let ws = target.warp_size;
     let nwarps = warps(d, instr);
     let threads = nwarps * ws;
-    let bn = kv_tile(d);
+    let bn = kv_tile(&kv);
     let stride = tile_stride(d);
     let input = instr.input();
     let q_elem = Scalar::of_dtype(spec.query_dtype());

@@ -20,7 +20,7 @@ fn main() {
     // compiled once, so the process's own JIT never serves a repeat.
     std::env::set_var("ATTNFORGE_JIT_CACHE", "off");
     let all = std::env::args().any(|a| a == "--all");
-    let archs = [Arch::Gfx90a, Arch::Gfx1030, Arch::Host];
+    let archs = [Arch::Gfx90a, Arch::Gfx1030, Arch::Sm90, Arch::Host];
     // (kind, arch, checked) -> compile times
     let mut times: BTreeMap<(String, String, bool), Vec<Duration>> = BTreeMap::new();
     // Items share some kernels (Gemma-2's two attentions share a merge).
@@ -31,6 +31,15 @@ fn main() {
                 continue;
             }
             for arch in archs {
+                // sm_90's SIMT kernels are gfx1030's machine code (the JIT's
+                // key ignores the arch's name): only its matrix-core ones.
+                if arch == Arch::Sm90
+                    && !generate(&spec, arch.target())
+                        .expect("generate")
+                        .uses_matrix_unit()
+                {
+                    continue;
+                }
                 for checked in [false, true] {
                     let start = Instant::now();
                     let g = generate(&spec, arch.target()).expect("generate");

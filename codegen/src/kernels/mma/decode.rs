@@ -48,15 +48,15 @@ pub(crate) fn warps(head_dim: u32, instr: MmaInstr) -> u32 {
         .unwrap_or(1)
 }
 
-/// KV tokens per tile: 32 (64 for fp8, so that a tile is as many bytes of
-/// the cache in flight), or fewer when K and V would not fit in shared
-/// memory (where they are the query dtype's 2 bytes).
+/// KV tokens per tile: 32, or 16 when K and V would not fit in shared
+/// memory (where they are the query dtype's 2 bytes). fp8 caches were
+/// tried at 64 tokens on an H200 (as many cache bytes in flight as f16's
+/// 32): slower, 0.18–0.23 of the copy bandwidth against 0.28
+/// (BENCHMARKS.md), so every dtype takes 32.
 fn kv_tile(kv: &crate::spec::KvLayoutSpec) -> u32 {
     let row_bytes = tile_stride(kv.head_dim) * 2;
-    let most = if kv.dtype.is_fp8() { 64 } else { 32 };
-    [64u32, 32, 16]
+    [32u32, 16]
         .into_iter()
-        .filter(|&bn| bn <= most)
         .find(|bn| 2 * bn * row_bytes <= TILE_BUDGET)
         .unwrap_or(16)
 }

@@ -25,9 +25,8 @@ use crate::target::Target;
 
 use super::super::decode::{declare, decode_head_blocks, walk, HeadBlock, Output};
 use super::super::{alibi_slope, kv_scale_values, seq_pages};
-use super::prefill::{
-    padded_dim, queries_in_registers, stage, tile_step, tile_stride, whole_tile, Queries, RowSlot,
-    StageAt, TileIo, TileStep,
+use super::tile::{
+    finish_rows, padded_dim, queries_in_registers, step, tile_stride, Queries, RowSlot, Tiles, Warp,
 };
 use super::{runs, Plan, WARP_ROWS};
 
@@ -156,110 +155,56 @@ pub(in crate::kernels) fn build(
     let sacc = b.local("s", Scalar::F32, s_frags * accn as u32);
     let o_first = b.let_("o_first", warp * i32(o_frags));
 
+    let tiles = Tiles {
+        k_cache: io.k_cache,
+        v_cache: io.v_cache,
+        indices: io.indices,
+        sm_k,
+        sm_v,
+        tid: &tid,
+        threads,
+        page_begin: &page_begin,
+        head: &head,
+        bn,
+        stride,
+        input,
+    };
+    let state = Warp {
+        lane: &lane,
+        slots: &slots,
+        slot_of: &slot_of,
+        masks: &masks,
+        k_scale: scales.as_ref().map(|s| &s.0),
+        queries: &queries,
+        sacc,
+        oacc,
+        m,
+        l,
+        o_first: o_first.clone(),
+        o_frags,
+    };
     b.comment("Walk the tokens a tile at a time.");
     b.for_("kv0", start, end.clone(), i32(bn), |b, kv0| {
         let tile_end = b.let_("tile_end", (kv0.clone() + i32(bn)).min(end.clone()));
-        b.barrier();
-        stage(
-            b,
-            spec,
-            &TileIo {
-                k_cache: io.k_cache,
-                v_cache: io.v_cache,
-                indices: io.indices,
-                sm_k,
-                sm_v,
-            },
-            &StageAt {
-                tid: &tid,
-                threads,
-                kv0: &kv0,
-                tile_end: &tile_end,
-                page_begin: &page_begin,
-                head: &head,
-                bn,
-                stride,
-                input,
-            },
-        );
-        b.barrier();
-        let full = b.let_("full", whole_tile(spec, &kv0, bn, &tile_end, &pos, &pos));
-        tile_step(
+        step(
             b,
             spec,
             &plan,
-            &TileStep {
-                lane: &lane,
-                slots: &slots,
-                slot_of: &slot_of,
-                masks: &masks,
-                kv0: &kv0,
-                tile_end: &tile_end,
-                k_scale: scales.as_ref().map(|s| &s.0),
-                queries: &queries,
-                sacc,
-                oacc,
-                m,
-                l,
-                sm_k,
-                sm_v,
-                bn,
-                stride,
-                d_steps: dp / plan.k,
-                kv_steps: bn / plan.k,
-                o_first: o_first.clone(),
-                o_frags,
-                full: Some(&full),
-            },
+            &tiles,
+            &state,
+            (&kv0, &tile_end),
+            (&pos, &pos),
         );
     });
 
     b.comment("Each row's sum over its lanes; normalise and write this warp's dims.");
     let lead_bits: i32 = masks.iter().sum();
-    let mut inv = Vec::new();
-    let mut row_max = Vec::new();
-    let mut row_sum = Vec::new();
-    for (s, slot) in slots.iter().enumerate() {
-        let mut lsum = b.let_(&format!("lsum{s}"), Expr::load(l, i32(s as u32), 1));
-        for &mask in &masks {
-            let o = b.shfl_xor(&format!("lx{s}_{mask}"), lsum.clone(), mask, ws);
-            lsum = b.let_(&format!("lr{s}_{mask}"), lsum + o);
-        }
-        let mx = b.let_(&format!("mfin{s}"), Expr::load(m, i32(s as u32), 1));
-        let mut factor = Expr::f32(1.0);
-        let mut den = lsum.clone();
-        if let (Some(buf), Output::Final(_)) = (io.sinks, &io.out) {
-            let sink = b.let_(
-                &format!("sink{s}"),
-                Expr::load(buf, slot.qhead.clone(), 1) * Expr::f32(LOG2_E),
-            );
-            let mf = b.let_(&format!("msink{s}"), mx.clone().max(sink.clone()));
-            let keep = b.let_(
-                &format!("keep{s}"),
-                mx.clone()
-                    .eq_(ninf.clone())
-                    .select(Expr::f32(0.0), (mx.clone() - mf.clone()).exp2()),
-            );
-            den = b.let_(
-                &format!("lsink{s}"),
-                lsum.clone().fma(keep.clone(), (sink - mf).exp2()),
-            );
-            factor = keep;
-        }
-        if let Some((_, vs)) = &scales {
-            factor = factor * vs.clone();
-        }
-        inv.push(
-            b.let_(
-                &format!("inv{s}"),
-                den.clone()
-                    .gt(Expr::f32(0.0))
-                    .select(factor / den, Expr::f32(0.0)),
-            ),
-        );
-        row_max.push(mx);
-        row_sum.push(lsum);
-    }
+    // Split-K leaves the sinks to the merge.
+    let sinks = match io.out {
+        Output::Final(_) => io.sinks,
+        Output::Partial { .. } => None,
+    };
+    let rows = finish_rows(&mut b, &state, ws, sinks, scales.as_ref().map(|s| &s.1));
     let out_runs = runs(accn, ws, |l, e| plan.acc_at(l, e));
     // Partial p of (sequence, query head) row r sits at r·splits + p.
     let part = |qhead: &Expr| {
@@ -282,8 +227,8 @@ pub(in crate::kernels) fn build(
                 ok = ok.and_then(dim.clone().lt(i32(d)));
             }
             let val = |e: u32, to: Scalar| {
-                let x =
-                    Expr::load(oacc, of.clone() * i32(accn as u32) + i32(e), 1) * inv[s].clone();
+                let x = Expr::load(oacc, of.clone() * i32(accn as u32) + i32(e), 1)
+                    * rows[s].inv.clone();
                 if to == Scalar::F32 {
                     x
                 } else {
@@ -311,7 +256,7 @@ pub(in crate::kernels) fn build(
         for (s, slot) in slots.iter().enumerate() {
             let (_, p) = part(&slot.qhead);
             let ok = slot.ok.clone().and_then(lead.clone());
-            let (mx, ls) = (row_max[s].clone(), row_sum[s].clone());
+            let (mx, ls) = (rows[s].max.clone(), rows[s].sum.clone());
             b.if_(ok, |b| {
                 b.store(*ml, p.clone() * Expr::i64(2), mx);
                 b.store(*ml, p * Expr::i64(2) + Expr::i64(1), ls);

@@ -26,6 +26,7 @@
 
 pub(super) mod decode;
 pub(super) mod prefill;
+mod tile;
 
 use crate::ir::builder::KernelBuilder;
 use crate::ir::mma::{Layout, MmaInstr, Operand};

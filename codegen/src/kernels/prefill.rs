@@ -90,16 +90,8 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     }
     let mut b = KernelBuilder::new(name, target, threads);
     let io = declare(&mut b, spec);
-    let (q, k_cache, v_cache, qo_indptr, indptr, indices, last_len) = (
-        io.q,
-        io.k_cache,
-        io.v_cache,
-        io.qo_indptr,
-        io.indptr,
-        io.indices,
-        io.last_len,
-    );
-    let (sinks, slopes, scale_bufs, out) = (io.sinks, io.slopes, io.scales, io.out);
+    let (q, k_cache, v_cache, indices) = (io.q, io.k_cache, io.v_cache, io.indices);
+    let (sinks, slopes, out) = (io.sinks, io.slopes, io.out);
     let sm_q = b.shared("sm_q", Scalar::F32, rows * d);
     let sm_k = b.shared("sm_k", Scalar::F32, tk * d);
     let sm_v = b.shared("sm_v", Scalar::F32, tk * d);
@@ -110,19 +102,16 @@ pub(super) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
          {tpr} threads per row, {cols} logits and {per_thread} outputs each"
     ));
     let tid = b.let_("tid", Expr::special(Special::ThreadIdx));
-    let tile = b.let_("tile", Expr::special(Special::BlockIdx(Dim::X)));
-    let head = b.let_("kv_head", Expr::special(Special::BlockIdx(Dim::Y)));
-    let seq = b.let_("seq", Expr::special(Special::BlockIdx(Dim::Z)));
-    let qo_begin = b.let_("qo_begin", Expr::load(qo_indptr, seq.clone(), 1));
-    let q_len = b.let_(
-        "q_len",
-        Expr::load(qo_indptr, seq.clone() + Expr::i32(1), 1) - qo_begin.clone(),
-    );
-    let (page_begin, kv_len) = seq_pages(&mut b, &kv, indptr, last_len, &seq);
-    // fp8: K's scale multiplies the dot product, V's the output.
-    let scales = kv_scale_values(&mut b, &kv, scale_bufs, &head);
-    let packed = b.let_("packed_rows", q_len.clone() * i32(g));
-    let row0 = b.let_("row0", tile * i32(rows));
+    let PrefillBlock {
+        head,
+        qo_begin,
+        q_len,
+        page_begin,
+        kv_len,
+        scales,
+        packed,
+        row0,
+    } = prefill_block(&mut b, spec, &io, rows);
 
     b.if_(row0.clone().lt(packed.clone()), |b| {
         // This thread's row and its place in it.
@@ -458,6 +447,60 @@ pub(super) fn declare(b: &mut KernelBuilder, spec: &AttentionSpec) -> PrefillIo 
         slopes,
         scales,
         out,
+    }
+}
+
+/// What every prefill block (SIMT, matrix-core or host schedule) knows
+/// from its grid position and the launch's tables.
+pub(super) struct PrefillBlock {
+    /// The KV head (grid y).
+    pub head: Expr,
+    /// The sequence (grid z) and its new tokens' first row of q and out.
+    pub qo_begin: Expr,
+    /// Its new tokens.
+    pub q_len: Expr,
+    /// Its first page-table entry and its length in tokens.
+    pub page_begin: Expr,
+    pub kv_len: Expr,
+    /// fp8: the KV head's K and V scales.
+    pub scales: Option<(Expr, Expr)>,
+    /// Packed rows of the sequence (new tokens × the group's heads).
+    pub packed: Expr,
+    /// The block's first packed row: query tile (grid x) × `rows`.
+    pub row0: Expr,
+}
+
+/// Declares the block's [`PrefillBlock`] values, for tiles of `rows`
+/// packed rows.
+pub(super) fn prefill_block(
+    b: &mut KernelBuilder,
+    spec: &AttentionSpec,
+    io: &PrefillIo,
+    rows: u32,
+) -> PrefillBlock {
+    let i32 = |v: u32| Expr::i32(v as i32);
+    let tile = b.let_("tile", Expr::special(Special::BlockIdx(Dim::X)));
+    let head = b.let_("kv_head", Expr::special(Special::BlockIdx(Dim::Y)));
+    let seq = b.let_("seq", Expr::special(Special::BlockIdx(Dim::Z)));
+    let qo_begin = b.let_("qo_begin", Expr::load(io.qo_indptr, seq.clone(), 1));
+    let q_len = b.let_(
+        "q_len",
+        Expr::load(io.qo_indptr, seq.clone() + Expr::i32(1), 1) - qo_begin.clone(),
+    );
+    let (page_begin, kv_len) = seq_pages(b, &spec.kv, io.indptr, io.last_len, &seq);
+    // fp8: K's scale multiplies the dot product, V's the output.
+    let scales = kv_scale_values(b, &spec.kv, io.scales, &head);
+    let packed = b.let_("packed_rows", q_len.clone() * i32(spec.group_size()));
+    let row0 = b.let_("row0", tile * i32(rows));
+    PrefillBlock {
+        head,
+        qo_begin,
+        q_len,
+        page_begin,
+        kv_len,
+        scales,
+        packed,
+        row0,
     }
 }
 

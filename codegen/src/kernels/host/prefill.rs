@@ -14,12 +14,12 @@
 //! [`crate::kernels::prefill`]).
 
 use crate::ir::builder::KernelBuilder;
-use crate::ir::{Dim, Expr, Kernel, Scalar, Special};
+use crate::ir::{Expr, Kernel, Scalar};
 use crate::spec::AttentionSpec;
 use crate::target::Target;
 
-use super::super::prefill::{declare, PREFILL_ROWS};
-use super::super::{alibi_slope, kv_scale_values, seq_pages, vector_lanes};
+use super::super::prefill::{declare, prefill_block, PrefillBlock, PREFILL_ROWS};
+use super::super::{alibi_slope, vector_lanes};
 use super::by_tokens::{vector_logit, ByTokens};
 use super::tile::{masked_logit, Rows, Tile};
 use super::{finish_row, splat, TILE, W};
@@ -40,18 +40,16 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
     b.comment(format!(
         "host schedule: {rows} query rows ({g} heads per KV head) x tiles of {TILE} KV tokens"
     ));
-    let qtile = b.let_("tile", Expr::special(Special::BlockIdx(Dim::X)));
-    let head = b.let_("kv_head", Expr::special(Special::BlockIdx(Dim::Y)));
-    let seq = b.let_("seq", Expr::special(Special::BlockIdx(Dim::Z)));
-    let qo_begin = b.let_("qo_begin", Expr::load(io.qo_indptr, seq.clone(), 1));
-    let q_len = b.let_(
-        "q_len",
-        Expr::load(io.qo_indptr, seq.clone() + Expr::i32(1), 1) - qo_begin.clone(),
-    );
-    let (page_begin, kv_len) = seq_pages(&mut b, &kv, io.indptr, io.last_len, &seq);
-    let scales = kv_scale_values(&mut b, &kv, io.scales, &head);
-    let packed = b.let_("packed_rows", q_len.clone() * i32(g));
-    let row0 = b.let_("row0", qtile * i32(rows));
+    let PrefillBlock {
+        head,
+        qo_begin,
+        q_len,
+        page_begin,
+        kv_len,
+        scales,
+        packed,
+        row0,
+    } = prefill_block(&mut b, spec, &io, rows);
 
     b.if_(row0.clone().lt(packed.clone()), |b| {
         // Each row's query token, query head, position and whether it is a

@@ -26,12 +26,12 @@
 
 use crate::ir::builder::KernelBuilder;
 use crate::ir::mma::MmaInstr;
-use crate::ir::{Dim, Expr, Kernel, Scalar, Special};
+use crate::ir::{Expr, Kernel, Scalar, Special};
 use crate::spec::AttentionSpec;
 use crate::target::Target;
 
-use super::super::prefill::{declare, visible_kv};
-use super::super::{alibi_slope, kv_scale_values, seq_pages};
+use super::super::alibi_slope;
+use super::super::prefill::{declare, prefill_block, visible_kv, PrefillBlock};
 use super::tile::{
     finish_rows, padded_dim, queries_in_registers, step, tile_stride, zeros, Queries, RowSlot,
     Tiles, Warp,
@@ -127,18 +127,16 @@ pub(in crate::kernels) fn build(
         }
     ));
     let tid = b.let_("tid", Expr::special(Special::ThreadIdx));
-    let tile = b.let_("tile", Expr::special(Special::BlockIdx(Dim::X)));
-    let head = b.let_("kv_head", Expr::special(Special::BlockIdx(Dim::Y)));
-    let seq = b.let_("seq", Expr::special(Special::BlockIdx(Dim::Z)));
-    let qo_begin = b.let_("qo_begin", Expr::load(io.qo_indptr, seq.clone(), 1));
-    let q_len = b.let_(
-        "q_len",
-        Expr::load(io.qo_indptr, seq.clone() + Expr::i32(1), 1) - qo_begin.clone(),
-    );
-    let (page_begin, kv_len) = seq_pages(&mut b, &kv, io.indptr, io.last_len, &seq);
-    let scales = kv_scale_values(&mut b, &kv, io.scales, &head);
-    let packed = b.let_("packed_rows", q_len.clone() * i32(g));
-    let row0 = b.let_("row0", tile * i32(rows));
+    let PrefillBlock {
+        head,
+        qo_begin,
+        q_len,
+        page_begin,
+        kv_len,
+        scales,
+        packed,
+        row0,
+    } = prefill_block(&mut b, spec, &io, rows);
 
     b.if_(row0.clone().lt(packed.clone()), |b| {
         let lane = b.let_("lane", Expr::special(Special::LaneId));

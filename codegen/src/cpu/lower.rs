@@ -133,6 +133,15 @@ pub(crate) fn lower<'ctx>(
         inkwell::attributes::AttributeLoc::Function,
         cx.create_string_attribute("target-features", host_cpu.1),
     );
+    // LLVM's x86 tuning prefers 256-bit vectors and would split the IR's
+    // 16-lane f32 vectors in two; where the host has AVX-512 they are what
+    // the host schedules ask for (`kernels::host::wide_lanes`).
+    if host_cpu.1.split(',').any(|f| f == "+avx512f") {
+        f.add_attribute(
+            inkwell::attributes::AttributeLoc::Function,
+            cx.create_string_attribute("min-legal-vector-width", "512"),
+        );
+    }
     let entry = cx.append_basic_block(f, "entry");
     let b = cx.create_builder();
     b.position_at_end(entry);

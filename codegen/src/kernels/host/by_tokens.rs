@@ -11,8 +11,8 @@ use crate::ir::builder::KernelBuilder;
 use crate::ir::{BufId, Expr, Scalar};
 use crate::spec::AttentionSpec;
 
-use super::tile::{Rows, Tile, CHAINS};
-use super::{load_chunk_f32, splat, TILE, W};
+use super::tile::{Tile, CHAINS};
+use super::{load_chunk_f32, splat, splat_n, TILE, W};
 
 /// Rows per register block: RB rows × TILE/W token vectors of chains.
 const RB: u32 = 4;
@@ -27,7 +27,6 @@ fn i32(v: u32) -> Expr {
 /// The state [`logits_by_tokens`] needs beside a [`Tile`].
 pub(crate) struct ByTokens {
     kt: BufId,
-    bases: BufId,
     parts: BufId,
 }
 
@@ -37,7 +36,6 @@ impl ByTokens {
         assert!(rows.is_multiple_of(RB), "rows in whole register blocks");
         ByTokens {
             kt: b.local("kt", Scalar::F32, d * TILE),
-            bases: b.local("kbase", Scalar::I64, TILE),
             parts: b.local("parts", Scalar::F32, W * rows * TILE),
         }
     }
@@ -53,28 +51,20 @@ impl ByTokens {
         b: &mut KernelBuilder,
         tile: &Tile,
         spec: &AttentionSpec,
-        at: &Rows<'_>,
         k_cache: BufId,
-        t0: &Expr,
         full: &Expr,
         vlogit: &dyn Fn(&mut KernelBuilder, &Expr, u32, Expr) -> Expr,
         logit: &dyn Fn(&mut KernelBuilder, &Expr, &Expr, Expr) -> Expr,
     ) {
         let d = spec.kv.head_dim;
         let rows = tile.rows;
-        b.unroll("i", TILE, |b, i| {
-            let t = t0.clone() + i.clone();
-            let base = at.base(b, t.clone());
-            b.store(self.bases, i, base);
-            at.prefetch_next(b, k_cache, t);
-        });
         // W tokens × W elements at a time: W row chunks in, their transpose
         // out, in registers.
         b.unroll("ig", TILE / W, |b, ig| {
             b.unroll("c", d / W, |b, c| {
                 let krows: Vec<Expr> = (0..W)
                     .map(|k| {
-                        let base = Expr::load(self.bases, ig.clone() * i32(W) + i32(k), 1);
+                        let base = Expr::load(tile.bases, ig.clone() * i32(W) + i32(k), 1);
                         let v = load_chunk_f32(k_cache, &base, &c, spec.kv.dtype);
                         b.let_("krow", v)
                     })
@@ -86,40 +76,33 @@ impl ByTokens {
                 }
             });
         });
-        // parts[(e·rows + r)·TILE + i]: lane e of row r's chain for token i.
-        let vecs = TILE / W;
+        // parts[(e·rows + r)·TILE + i]: lane e of row r's chain for token i,
+        // the tile's TILE tokens in one vector (each lane its own chain).
         b.unroll("rb", rows / RB, |b, rb| {
             b.unroll("e", W, |b, e| {
-                let zero = splat(Expr::f32(0.0));
-                let regs: Vec<Vec<_>> = (0..RB)
-                    .map(|_| (0..vecs).map(|_| b.var("pv", zero.clone())).collect())
-                    .collect();
+                let zero = splat_n(Expr::f32(0.0), TILE);
+                let regs: Vec<_> = (0..RB).map(|_| b.var("pv", zero.clone())).collect();
                 b.unroll("c", d / W, |b, c| {
                     let j = b.let_("j", c * i32(W) + e.clone());
-                    let kv: Vec<Expr> = (0..vecs)
-                        .map(|h| {
-                            let at = j.clone() * i32(TILE) + i32(h * W);
-                            b.let_("ktv", Expr::load(self.kt, at, W as u8))
-                        })
-                        .collect();
-                    for (rr, row) in regs.iter().enumerate() {
+                    let kv = b.let_(
+                        "ktv",
+                        Expr::load(self.kt, j.clone() * i32(TILE), TILE as u8),
+                    );
+                    for (rr, reg) in regs.iter().enumerate() {
                         let r = rb.clone() * i32(RB) + i32(rr as u32);
-                        let q = b.let_("qb", splat(Expr::load(tile.qf, r * i32(d) + j.clone(), 1)));
-                        for (h, reg) in row.iter().enumerate() {
-                            b.set(*reg, q.clone().fma(kv[h].clone(), Expr::Var(*reg)));
-                        }
+                        let q = Expr::load(tile.qf, r * i32(d) + j.clone(), 1);
+                        let q = b.let_("qb", splat_n(q, TILE));
+                        b.set(*reg, q.fma(kv.clone(), Expr::Var(*reg)));
                     }
                 });
-                for (rr, row) in regs.iter().enumerate() {
+                for (rr, reg) in regs.iter().enumerate() {
                     let r = rb.clone() * i32(RB) + i32(rr as u32);
-                    for (h, reg) in row.iter().enumerate() {
-                        let at =
-                            (e.clone() * i32(rows) + r.clone()) * i32(TILE) + i32(h as u32 * W);
-                        b.store(self.parts, at, Expr::Var(*reg));
-                    }
+                    let at = (e.clone() * i32(rows) + r) * i32(TILE);
+                    b.store(self.parts, at, Expr::Var(*reg));
                 }
             });
         });
+        let vecs = TILE / W;
         // Fold the lanes of each chain as the row-by-row dot does: lane e
         // onto lane e + W/2, then neighbours pairwise.
         b.unroll("r", rows, |b, r| {

@@ -93,9 +93,10 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
             let k_scale = scales.as_ref().map(|s| &s.0);
             masked_logit(spec, dot, k_scale, bias, t.lt(end.clone()))
         };
-        tile.logits(b, spec, &rows, io.k_cache, &t0, &logit);
+        tile.locate(b, &rows, [io.k_cache, io.v_cache], &t0);
+        tile.logits(b, spec, io.k_cache, &logit);
         tile.softmax(b);
-        tile.accumulate(b, &kv, &rows, io.v_cache, &t0);
+        tile.accumulate(b, &kv, io.v_cache);
     });
 
     b.comment("Normalise and write every query head's row.");

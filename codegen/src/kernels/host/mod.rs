@@ -23,9 +23,26 @@ pub const TILE: u32 = 16;
 /// Lanes of the host schedules' vectors: one 256-bit register of f32.
 pub(crate) const W: u32 = 8;
 
+/// Lanes of the host schedules' element-wise vector work (work whose
+/// every lane does its own sum, so the width changes no bit): 16, one
+/// 512-bit register of f32, where a row of `d` elements holds whole ones;
+/// LLVM splits them in two 256-bit halves on CPUs without AVX-512.
+pub(crate) fn wide_lanes(d: u32) -> u32 {
+    if d.is_multiple_of(16) {
+        16
+    } else {
+        W
+    }
+}
+
 /// `x` in every lane of an f32 vector of W lanes.
 pub(crate) fn splat(x: Expr) -> Expr {
-    Expr::Vector(vec![x; W as usize])
+    splat_n(x, W)
+}
+
+/// `x` in every lane of a vector of `n` lanes.
+pub(crate) fn splat_n(x: Expr, n: u32) -> Expr {
+    Expr::Vector(vec![x; n as usize])
 }
 
 /// Chunk `chunk` (W elements from `chunk·W`) of the row of `buf` at
@@ -50,6 +67,69 @@ pub(crate) fn load_chunk_f32(buf: BufId, base: &Expr, chunk: &Expr, dtype: DType
                 .collect(),
         ),
     }
+}
+
+/// Chunk `chunk` (`lanes` elements from `chunk·lanes`) of the row of
+/// `buf` at element `base`, in f32, loaded 16 bytes at a time.
+pub(crate) fn load_row_f32(
+    buf: BufId,
+    base: &Expr,
+    chunk: &Expr,
+    lanes: u32,
+    dtype: DType,
+) -> Expr {
+    let per_load = (16 / dtype.size_bytes()).min(lanes);
+    let parts: Vec<Expr> = (0..lanes / per_load)
+        .map(|p| {
+            let off = chunk.clone() * Expr::i32(lanes as i32) + Expr::i32((p * per_load) as i32);
+            Expr::load(buf, base.clone() + off.cast(Scalar::I64), per_load as u8)
+        })
+        .collect();
+    let raw = match parts.len() {
+        1 => parts[0].clone(),
+        _ => Expr::Vector(
+            (0..lanes)
+                .map(|e| {
+                    parts[(e / per_load) as usize]
+                        .clone()
+                        .lane((e % per_load) as u8)
+                })
+                .collect(),
+        ),
+    };
+    raw.cast(Scalar::F32)
+}
+
+/// Chunk `chunk` of the rows at `base0` and `base1` in one 2W-lane f32
+/// vector: lanes 0..W the first row's (as [`load_chunk_f32`] gives them),
+/// W..2W the second's, converted together.
+pub(crate) fn load_pair_f32(
+    buf: BufId,
+    base0: &Expr,
+    base1: &Expr,
+    chunk: &Expr,
+    dtype: DType,
+) -> Expr {
+    let per_load = (16 / dtype.size_bytes()).min(W);
+    let parts: Vec<Expr> = [base0, base1]
+        .into_iter()
+        .flat_map(|base| {
+            (0..W / per_load).map(move |p| {
+                let off = chunk.clone() * Expr::i32(W as i32) + Expr::i32((p * per_load) as i32);
+                Expr::load(buf, base.clone() + off.cast(Scalar::I64), per_load as u8)
+            })
+        })
+        .collect();
+    let raw = Expr::Vector(
+        (0..2 * W)
+            .map(|e| {
+                parts[(e / per_load) as usize]
+                    .clone()
+                    .lane((e % per_load) as u8)
+            })
+            .collect(),
+    );
+    raw.cast(Scalar::F32)
 }
 
 /// The W lanes of `v` combined in a fixed order: the upper half onto the

@@ -153,11 +153,10 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                 });
                 vector_logit(spec, dots, scales.as_ref().map(|s| &s.0), bias)
             };
-            by_tokens.logits(
-                b, &tile, spec, &at, io.k_cache, &kv0, &full, &vlogit, &logit,
-            );
+            tile.locate(b, &at, [io.k_cache, io.v_cache], &kv0);
+            by_tokens.logits(b, &tile, spec, io.k_cache, &full, &vlogit, &logit);
             tile.softmax(b);
-            tile.accumulate(b, &kv, &at, io.v_cache, &kv0);
+            tile.accumulate(b, &kv, io.v_cache);
         });
 
         b.comment("Normalise (with the sink in the denominator) and write the real rows.");

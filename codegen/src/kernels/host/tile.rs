@@ -15,7 +15,7 @@ use crate::ir::{BufId, Expr, Scalar};
 use crate::spec::{AttentionSpec, KvLayoutSpec};
 
 use super::super::{kv_offset, kv_vector_lanes, logit2};
-use super::{lanes_fold, load_chunk_f32, splat, TILE, W};
+use super::{lanes_fold, load_pair_f32, load_row_f32, splat_n, wide_lanes, TILE, W};
 
 /// W-lane accumulator chains per dot product (over consecutive chunks,
 /// summed pairwise). One: the HEADS rows of a K chunk are independent
@@ -28,12 +28,15 @@ pub(crate) const CHAINS: u32 = 1;
 /// Rows whose logits share each converted K chunk.
 const HEADS: u32 = 4;
 
+/// Tokens whose logits are computed together (in pairs, see `Tile::logits`).
+const STEP: u32 = 4;
+
 /// Chunks of an accumulator row kept in registers while the tile's V rows
 /// stream past.
-const VGROUP: u32 = 8;
+const VGROUP: u32 = 16;
 
 /// Rows per register block of the V accumulation.
-const VROWS: u32 = 2;
+const VROWS: u32 = 4;
 
 fn i32(v: u32) -> Expr {
     Expr::i32(v as i32)
@@ -69,9 +72,8 @@ impl Rows<'_> {
         )
     }
 
-    /// Prefetches token `t + TILE`'s row of `cache`, a cache line at a time.
-    pub fn prefetch_next(&self, b: &mut KernelBuilder, cache: BufId, t: Expr) {
-        let next = self.base(b, t + i32(TILE));
+    /// Prefetches the row of `cache` at `base`, a cache line at a time.
+    pub fn prefetch(&self, b: &mut KernelBuilder, cache: BufId, next: &Expr) {
         let per_line = 64 / self.kv.dtype.size_bytes();
         b.unroll("pf", self.kv.head_dim.div_ceil(per_line), |b, pf| {
             b.prefetch(cache, next.clone() + i64(pf * i32(per_line)));
@@ -92,6 +94,8 @@ pub(crate) struct Tile {
     pub acc: BufId,
     /// Logits, then weights: `s[r·TILE + i]`.
     pub s: BufId,
+    /// The arena offsets of the tile's tokens' rows (`Tile::locate`).
+    pub bases: BufId,
     alpha: BufId,
     vrows: BufId,
 }
@@ -107,9 +111,25 @@ impl Tile {
             l: b.local_filled("l", Scalar::F32, rows, Expr::f32(0.0)),
             acc: b.local_filled("acc", Scalar::F32, rows * d, Expr::f32(0.0)),
             s: b.local("s", Scalar::F32, rows * TILE),
+            bases: b.local("kv_base", Scalar::I64, TILE),
             alpha: b.local("alpha", Scalar::F32, rows),
             vrows: b.local("vrows", Scalar::F32, TILE * d),
         }
+    }
+
+    /// Finds the rows of the tile's tokens `t0 + i` (one page-table lookup
+    /// per token, for K and V alike) and prefetches the next tile's K and V
+    /// rows.
+    pub fn locate(&self, b: &mut KernelBuilder, at: &Rows<'_>, caches: [BufId; 2], t0: &Expr) {
+        b.unroll("i", TILE, |b, i| {
+            let t = b.let_("t", t0.clone() + i.clone());
+            let base = at.base(b, t.clone());
+            b.store(self.bases, i.clone(), base);
+            let next = at.base(b, t + i32(TILE));
+            for cache in caches {
+                at.prefetch(b, cache, &next);
+            }
+        });
     }
 
     /// The logits of the tile's tokens `t0 + i`: row r's raw dot product
@@ -119,26 +139,34 @@ impl Tile {
         &self,
         b: &mut KernelBuilder,
         spec: &AttentionSpec,
-        at: &Rows<'_>,
         k_cache: BufId,
-        t0: &Expr,
         logit: &dyn Fn(&mut KernelBuilder, &Expr, &Expr, Expr) -> Expr,
     ) {
-        b.unroll("i", TILE, |b, i| {
-            let t = b.let_("t", t0.clone() + i.clone());
-            let base = at.base(b, t.clone());
-            at.prefetch_next(b, k_cache, t);
+        // STEP tokens at a time, in pairs: a pair's K chunks share one
+        // 16-lane vector (lanes 0..W the first token's, W..2W the second's),
+        // so every lane does the W-lane chain's operations, and the STEP/2
+        // pairs' chains are independent while each FMA waits for the last.
+        b.unroll("ig", TILE / STEP, |b, ig| {
+            let bases: Vec<Expr> = (0..STEP)
+                .map(|k| {
+                    let i = ig.clone() * i32(STEP) + i32(k);
+                    b.let_("row_base", Expr::load(self.bases, i, 1))
+                })
+                .collect();
             let mut r0 = 0;
             while r0 < self.rows {
                 let n = HEADS.min(self.rows - r0);
                 let groups = (self.rows - r0) / n;
                 b.unroll("rb", groups, |b, rb| {
                     let first = b.let_("r_first", rb * i32(n) + i32(r0));
-                    let dots = self.dots(b, spec, k_cache, &base, &first, n, CHAINS);
-                    for (k, dot) in dots.into_iter().enumerate() {
+                    let dots = self.dots(b, spec, k_cache, &bases, &first, n);
+                    for (k, per_token) in dots.into_iter().enumerate() {
                         let r = b.let_("r", first.clone() + i32(k as u32));
-                        let s = logit(b, &r, &i, dot);
-                        b.store(self.s, r * i32(TILE) + i.clone(), s);
+                        for (tk, dot) in per_token.into_iter().enumerate() {
+                            let i = b.let_("i", ig.clone() * i32(STEP) + i32(tk as u32));
+                            let s = logit(b, &r, &i, dot);
+                            b.store(self.s, r.clone() * i32(TILE) + i, s);
+                        }
                     }
                 });
                 r0 += groups * n;
@@ -146,74 +174,137 @@ impl Tile {
         });
     }
 
-    /// Rows `first..first + n`'s dot products with the K row at `base`.
-    #[allow(clippy::too_many_arguments)]
+    /// Rows `first..first + n`'s dot products with the K rows at `bases`
+    /// (an even count of tokens): `[row][token]`. Each is one W-lane FMA
+    /// chain over the row's chunks, its lanes then folded (`lanes_fold`);
+    /// two tokens' chains share a 16-lane vector.
     fn dots(
         &self,
         b: &mut KernelBuilder,
         spec: &AttentionSpec,
         k_cache: BufId,
-        base: &Expr,
+        bases: &[Expr],
         first: &Expr,
         n: u32,
-        chains: u32,
-    ) -> Vec<Expr> {
+    ) -> Vec<Vec<Expr>> {
+        const _: () = assert!(CHAINS == 1);
         let d = spec.kv.head_dim;
-        let chunks = d / W;
-        let chains = if chunks.is_multiple_of(chains) {
-            chains
-        } else {
-            1
-        };
-        let zero = splat(Expr::f32(0.0));
+        let zero = splat_n(Expr::f32(0.0), 2 * W);
+        let pairs = bases.len() / 2;
         let regs: Vec<Vec<_>> = (0..n)
-            .map(|_| (0..chains).map(|_| b.var("dv", zero.clone())).collect())
+            .map(|_| (0..pairs).map(|_| b.var("dv", zero.clone())).collect())
             .collect();
-        b.unroll("c", chunks / chains, |b, c| {
-            for k in 0..chains {
-                let cc = c.clone() * i32(chains) + i32(k);
-                // One W-lane chunk of K in f32.
-                let kv = load_chunk_f32(k_cache, base, &cc, spec.kv.dtype);
-                let kv = b.let_("kv", kv);
-                for (h, hr) in regs.iter().enumerate() {
-                    let qrow = (first.clone() + i32(h as u32)) * i32(d);
-                    let q = Expr::load(self.qf, qrow + cc.clone() * i32(W), W as u8);
-                    let r = hr[k as usize];
-                    b.set(r, q.fma(kv.clone(), Expr::Var(r)));
+        b.unroll("c", d / W, |b, c| {
+            let ks: Vec<Expr> = (0..pairs)
+                .map(|p| {
+                    let kv =
+                        load_pair_f32(k_cache, &bases[2 * p], &bases[2 * p + 1], &c, spec.kv.dtype);
+                    b.let_("kv", kv)
+                })
+                .collect();
+            for (h, hr) in regs.iter().enumerate() {
+                let qrow = (first.clone() + i32(h as u32)) * i32(d);
+                let q = b.let_("q", Expr::load(self.qf, qrow + c.clone() * i32(W), W as u8));
+                let q2 = Expr::Vector((0..2 * W).map(|e| q.clone().lane((e % W) as u8)).collect());
+                let q2 = b.let_("q2", q2);
+                for (p, r) in hr.iter().enumerate() {
+                    b.set(*r, q2.clone().fma(ks[p].clone(), Expr::Var(*r)));
                 }
             }
         });
-        regs.iter()
-            .map(|hr| {
-                let mut sum: Vec<Expr> = hr.iter().map(|r| Expr::Var(*r)).collect();
-                while sum.len() > 1 {
-                    let half = sum.len() / 2;
-                    sum = (0..half)
-                        .map(|j| sum[j].clone() + sum[j + half].clone())
-                        .collect();
-                }
-                let v = b.let_("dsum", sum.pop().unwrap_or(zero.clone()));
-                lanes_fold(v, |p, q| p + q)
-            })
-            .collect()
+        fold_dots(b, &regs)
     }
+}
 
+/// The dot products of `regs[row][pair]` (16-lane chains, two tokens each:
+/// at most HEADS rows, STEP/2 = 2 pairs) as `[row][token]`, each chain's W
+/// lanes folded exactly as [`lanes_fold`] folds them (lane e onto lane
+/// e + W/2, then neighbours pairwise), but four chains per vector add:
+///
+/// ```text
+/// fold 1  per row: the two pairs' quads lo + hi     -> quarter t: token t's 4 partials
+/// fold 2  rows (0,1), (2,3): partials 2k + 2k+1     -> quarter t: 2 per row
+/// fold 3  the two results: again 2k + 2k+1          -> lane 4t + r: row r, token t
+/// ```
+fn fold_dots(b: &mut KernelBuilder, regs: &[Vec<crate::ir::VarId>]) -> Vec<Vec<Expr>> {
+    const _: () = assert!(STEP == 4 && W == 8 && HEADS == 4);
+    // Lanes `idx` of the 32 lanes of `x` then `y`.
+    let pick = |x: &Expr, y: &Expr, idx: &[u32]| {
+        Expr::Vector(
+            idx.iter()
+                .map(|&i| match i {
+                    0..16 => x.clone().lane(i as u8),
+                    _ => y.clone().lane((i - 16) as u8),
+                })
+                .collect(),
+        )
+    };
+    // Per 4-lane quarter q of the result: lanes (q, q+2) of x's and y's
+    // quarter q as evens, (q+1, q+3) as odds: `evens + odds` sums
+    // neighbours, x's two then y's two.
+    let pairwise = |b: &mut KernelBuilder, x: &Expr, y: &Expr| {
+        let (mut ev, mut od) = (Vec::new(), Vec::new());
+        for q in 0..4 {
+            for (src, k) in [(0, 0), (0, 2), (16, 0), (16, 2)] {
+                ev.push(src + 4 * q + k);
+                od.push(src + 4 * q + k + 1);
+            }
+        }
+        b.let_("fold", pick(x, y, &ev) + pick(x, y, &od))
+    };
+    let zero = splat_n(Expr::f32(0.0), 2 * W);
+    let first: Vec<Expr> = (0..HEADS as usize)
+        .map(|r| match regs.get(r) {
+            Some(hr) => {
+                let (x, y) = (Expr::Var(hr[0]), Expr::Var(hr[1]));
+                // Quarter t: token t's low quad (lanes 0..4 of its 8), and
+                // its high quad.
+                let lo = pick(
+                    &x,
+                    &y,
+                    &[0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27],
+                );
+                let hi = pick(
+                    &x,
+                    &y,
+                    &[4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31],
+                );
+                b.let_("fold", lo + hi)
+            }
+            None => zero.clone(),
+        })
+        .collect();
+    let a = pairwise(b, &first[0], &first[1]);
+    let c = pairwise(b, &first[2], &first[3]);
+    let u = pairwise(b, &a, &c);
+    (0..regs.len())
+        .map(|r| {
+            (0..STEP)
+                .map(|t| u.clone().lane((4 * t + r as u32) as u8))
+                .collect()
+        })
+        .collect()
+}
+
+impl Tile {
     /// The online softmax over the tile's logits: each row's new max, its
     /// rescale factor (kept for [`Tile::accumulate`]) and sum; `s` becomes
     /// the weights 2^(s − max).
     pub fn softmax(&self, b: &mut KernelBuilder) {
         let ninf = Expr::f32(f32::NEG_INFINITY);
+        // A row's TILE logits in one vector; the max and the sum fold its
+        // two W-lane halves onto each other first, then the W lanes.
+        const _: () = assert!(TILE == 2 * W);
+        let halves = |x: &Expr| {
+            let half =
+                |h: u32| Expr::Vector((0..W).map(|e| x.clone().lane((h * W + e) as u8)).collect());
+            (half(0), half(1))
+        };
         b.unroll("r", self.rows, |b, r| {
-            let row = |v: u32| r.clone() * i32(TILE) + i32(v * W);
-            let sv: Vec<Expr> = (0..TILE / W)
-                .map(|v| b.let_("sv", Expr::load(self.s, row(v), W as u8)))
-                .collect();
-            let vmax = sv
-                .iter()
-                .cloned()
-                .reduce(|x, y| x.max(y))
-                .expect("a tile has lanes");
-            let mt = lanes_fold(b.let_("vmax", vmax), |x, y| x.max(y));
+            let row = r.clone() * i32(TILE);
+            let sv = b.let_("sv", Expr::load(self.s, row.clone(), TILE as u8));
+            let (lo, hi) = halves(&sv);
+            let mt = lanes_fold(b.let_("vmax", lo.max(hi)), |x, y| x.max(y));
             let m_old = b.let_("m_old", Expr::load(self.m, r.clone(), 1));
             let m_new = b.let_("m_new", m_old.clone().max(mt));
             let empty = m_new.clone().eq_(ninf.clone());
@@ -224,18 +315,10 @@ impl Tile {
             // 2^(s − max): 0 for masked tokens (−∞), also while every token
             // so far is masked (then the max is −∞: subtract 0 instead).
             let m_safe = b.let_("m_safe", empty.select(Expr::f32(0.0), m_new.clone()));
-            let mut psum = None;
-            for (v, x) in sv.into_iter().enumerate() {
-                let p = b.let_("pv", (x - splat(m_safe.clone())).exp2());
-                b.store(self.s, row(v as u32), p.clone());
-                psum = Some(match psum {
-                    None => p,
-                    Some(acc) => acc + p,
-                });
-            }
-            let psum = lanes_fold(b.let_("vsum", psum.expect("a tile has lanes")), |x, y| {
-                x + y
-            });
+            let p = b.let_("pv", (sv - splat_n(m_safe, TILE)).exp2());
+            b.store(self.s, row, p.clone());
+            let (lo, hi) = halves(&p);
+            let psum = lanes_fold(b.let_("vsum", lo + hi), |x, y| x + y);
             let l_old = Expr::load(self.l, r.clone(), 1);
             let alpha = Expr::load(self.alpha, r.clone(), 1);
             b.store(self.l, r.clone(), l_old.fma(alpha, psum));
@@ -245,19 +328,18 @@ impl Tile {
 
     /// `acc = acc·alpha + Σ_i p_i·v_i` for every row over the tile's V rows
     /// (tokens `t0 + i`).
-    pub fn accumulate(
-        &self,
-        b: &mut KernelBuilder,
-        kv: &KvLayoutSpec,
-        at: &Rows<'_>,
-        v_cache: BufId,
-        t0: &Expr,
-    ) {
+    pub fn accumulate(&self, b: &mut KernelBuilder, kv: &KvLayoutSpec, v_cache: BufId) {
         let d = kv.head_dim;
+        let wv = wide_lanes(d);
+        // With one register block of rows, each V chunk is used once: it is
+        // converted where the FMAs use it; otherwise the tile's V rows are
+        // converted to f32 once, for every block.
+        let direct = self.rows <= VROWS;
         b.unroll("i", TILE, |b, i| {
-            let t = t0.clone() + i.clone();
-            let base = at.base(b, t.clone());
-            at.prefetch_next(b, v_cache, t);
+            let base = b.let_("row_base", Expr::load(self.bases, i.clone(), 1));
+            if direct {
+                return;
+            }
             let vec = kv_vector_lanes(kv);
             b.unroll("c", d / vec, |b, c| {
                 let raw = Expr::load(v_cache, base.clone() + i64(c.clone() * i32(vec)), vec as u8);
@@ -268,9 +350,10 @@ impl Tile {
                 );
             });
         });
-        // Register blocks of VROWS rows × VGROUP/VROWS chunks: each V chunk
-        // loaded serves VROWS rows.
-        let chunks = d / W;
+        // Register blocks of VROWS rows × VGROUP/VROWS chunks of `wv` lanes:
+        // each V chunk loaded serves VROWS rows. Element-wise, so the lane
+        // count changes no sum.
+        let chunks = d / wv;
         let per = (VGROUP / VROWS).min(chunks);
         let mut r0 = 0;
         while r0 < self.rows {
@@ -283,14 +366,17 @@ impl Tile {
                 let rest = chunks % per;
                 let block = |b: &mut KernelBuilder, c0: Expr, n: u32| {
                     let at = |r: u32, k: u32| {
-                        (first.clone() + i32(r)) * i32(d) + (c0.clone() + i32(k)) * i32(W)
+                        (first.clone() + i32(r)) * i32(d) + (c0.clone() + i32(k)) * i32(wv)
                     };
                     let regs: Vec<Vec<_>> = (0..nr)
                         .map(|r| {
-                            let a = splat(Expr::load(self.alpha, first.clone() + i32(r), 1));
+                            let a = splat_n(Expr::load(self.alpha, first.clone() + i32(r), 1), wv);
                             (0..n)
                                 .map(|k| {
-                                    b.var("av", Expr::load(self.acc, at(r, k), W as u8) * a.clone())
+                                    b.var(
+                                        "av",
+                                        Expr::load(self.acc, at(r, k), wv as u8) * a.clone(),
+                                    )
                                 })
                                 .collect()
                         })
@@ -298,13 +384,25 @@ impl Tile {
                     b.unroll("i", TILE, |b, i| {
                         let v: Vec<Expr> = (0..n)
                             .map(|k| {
-                                let at = i.clone() * i32(d) + (c0.clone() + i32(k)) * i32(W);
-                                b.let_("vv", Expr::load(self.vrows, at, W as u8))
+                                let v = if direct {
+                                    let base = Expr::load(self.bases, i.clone(), 1);
+                                    load_row_f32(
+                                        v_cache,
+                                        &base,
+                                        &(c0.clone() + i32(k)),
+                                        wv,
+                                        kv.dtype,
+                                    )
+                                } else {
+                                    let at = i.clone() * i32(d) + (c0.clone() + i32(k)) * i32(wv);
+                                    Expr::load(self.vrows, at, wv as u8)
+                                };
+                                b.let_("vv", v)
                             })
                             .collect();
                         for (r, row) in regs.iter().enumerate() {
                             let sat = (first.clone() + i32(r as u32)) * i32(TILE) + i.clone();
-                            let p = b.let_("pv", splat(Expr::load(self.s, sat, 1)));
+                            let p = b.let_("pv", splat_n(Expr::load(self.s, sat, 1), wv));
                             for (k, reg) in row.iter().enumerate() {
                                 b.set(*reg, p.clone().fma(v[k].clone(), Expr::Var(*reg)));
                             }

@@ -5,7 +5,9 @@
 //! Run: `cargo run --release --example bench_cpu_decode` (BENCHMARKS.md).
 //! Shape: Llama-3-8B (32 query / 8 KV heads, head_dim 128, f16), 16
 //! sequences of 2048 tokens, pages of 16 scattered over the arena
-//! (`AF_SEQS` and `AF_LEN` change the count and the length).
+//! (`AF_SEQS` and `AF_LEN` change the count and the length; `AF_CACHED=1`
+//! puts every sequence on the same 32 pages, `AF_HOST_ONLY=1` leaves the
+//! GPU-shaped kernels out).
 
 use attnforge::kernels::specs::Llama3;
 use attnforge::runtime::bench::median_time;
@@ -24,11 +26,17 @@ fn main() {
             .unwrap_or(d)
     };
     let (seqs, len) = (env("AF_SEQS", 16), env("AF_LEN", 2048));
+    // `AF_CACHED=1`: every sequence on the same 32 pages (2 MiB of K and
+    // V), so the K/V stay in cache: the kernel's compute-bound rate.
+    let cached = env("AF_CACHED", 0) == 1;
     let pages_per_seq = len / l.page_size as usize;
     let max_pages = seqs * pages_per_seq;
     // Scatter pages: a fixed permutation (multiplicative hash) of 0..max_pages.
     let ids: Vec<i32> = (0..max_pages)
-        .map(|i| ((i * 7919) % max_pages) as i32)
+        .map(|i| match cached {
+            true => (i % 32) as i32,
+            false => ((i * 7919) % max_pages) as i32,
+        })
         .collect();
     let elems = max_pages * l.page_elems() as usize;
     let k: Vec<f16> = (0..elems)
@@ -56,7 +64,12 @@ fn main() {
     println!("memcpy: {memcpy1:.2} GB/s on 1 thread, {memcpy:.2} GB/s on {threads} threads");
 
     let device = CpuDevice::new();
+    // `AF_HOST_ONLY=1` leaves the GPU-shaped kernels out (they take seconds).
+    let host_only = std::env::var("AF_HOST_ONLY").is_ok_and(|v| v == "1");
     for arch in [Arch::Gfx90a, Arch::Gfx1030, Arch::Host] {
+        if host_only && arch != Arch::Host {
+            continue;
+        }
         let target = arch.target();
         let d = median_time(5, || {
             device

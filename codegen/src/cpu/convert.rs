@@ -27,6 +27,7 @@ enum IOp {
     Add,
     Shl,
     LShr,
+    AShr,
 }
 
 impl<'a, 'ctx> Lowerer<'a, 'ctx> {
@@ -38,6 +39,15 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
     /// An i32 constant, splatted over `lanes`.
     fn ki(&self, n: u64, lanes: u8) -> BasicValueEnum<'ctx> {
         let c = self.cx.i32_type().const_int(n, false);
+        if lanes == 1 {
+            return c.into();
+        }
+        inkwell::types::VectorType::const_vector(&vec![c; lanes as usize]).into()
+    }
+
+    /// An i16 constant, splatted over `lanes`.
+    fn ki16(&self, n: u64, lanes: u8) -> BasicValueEnum<'ctx> {
+        let c = self.cx.i16_type().const_int(n, false);
         if lanes == 1 {
             return c.into();
         }
@@ -67,6 +77,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     IOp::Add => e(self.b.build_int_add($x, $y, "add"))?.into(),
                     IOp::Shl => e(self.b.build_left_shift($x, $y, "shl"))?.into(),
                     IOp::LShr => e(self.b.build_right_shift($x, $y, false, "shr"))?.into(),
+                    IOp::AShr => e(self.b.build_right_shift($x, $y, true, "sar"))?.into(),
                 }
             };
         }
@@ -187,23 +198,26 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
     /// and mantissa bits are laid into an f16 (bias 15 against e4m3's 7),
     /// which the host converts with one instruction, then scaled by 2^8;
     /// subnormals land on f16 normals the same way, and 0x7f / 0xff are NaN.
+    /// The bit work is done in 16-bit lanes (twice as many per vector
+    /// instruction as 32-bit ones): the byte shifted to the top of its lane
+    /// and back down one bit arithmetically puts the sign at bit 15 and the
+    /// 7 bits at 13..7, with a copy of the sign at bit 14 that is cleared.
     /// The values equal `af_to_f32(af_fp8e4m3)` in attnforge.h, which does
     /// the same in integer arithmetic.
     fn fp8_to_f32(&self, v: BasicValueEnum<'ctx>, lanes: u8) -> R<BasicValueEnum<'ctx>> {
-        let k = |n: u64| self.ki(n, lanes);
-        let b = self.iwidth(v, Scalar::I32, lanes, true)?;
-        let sign = self.iop(IOp::And, b, k(0x80))?;
-        let em = self.iop(IOp::And, b, k(0x7f))?;
-        let h = self.iop(IOp::Shl, sign, k(8))?;
-        let h = self.iop(IOp::Or, h, self.iop(IOp::Shl, em, k(7))?)?;
-        let h = self.iwidth(h, Scalar::BF16, lanes, false)?;
+        let k = |n: u64| self.ki16(n, lanes);
+        let b = self.iwidth(v, Scalar::BF16, lanes, true)?;
+        let top = self.iop(IOp::Shl, b, k(8))?;
+        let h = self.iop(IOp::AShr, top, k(1))?;
+        let h = self.iop(IOp::And, h, k(0xbfff))?;
+        // 0x7f / 0xff: the f16 exponent set to all ones over a nonzero
+        // mantissa, a NaN of the same sign.
+        let em = self.iop(IOp::And, h, k(0x7fff))?;
+        let nan = self.icmp(IntPredicate::EQ, em, k(0x3f80))?;
+        let h = self.sel(nan, self.iop(IOp::Or, h, k(0x7c00))?, h)?;
         let h = self.bitcast(h, Scalar::F16, lanes)?;
         let f = self.fwidth(h, Scalar::F32, lanes)?;
-        let f = self.fop(FOp::Mul, f, self.kf(256.0, lanes))?;
-        let nan = self.icmp(IntPredicate::EQ, em, k(0x7f))?;
-        let nan_bits = self.iop(IOp::Or, self.iop(IOp::Shl, sign, k(24))?, k(0x7fc0_0000))?;
-        let nan_f = self.bitcast(nan_bits, Scalar::F32, lanes)?;
-        self.sel(nan, nan_f, f)
+        self.fop(FOp::Mul, f, self.kf(256.0, lanes))
     }
 
     /// Converts `v` (of `lanes` lanes) from `from` to `to`: floats round to

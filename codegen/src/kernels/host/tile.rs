@@ -3,10 +3,13 @@
 //! consecutive KV tokens of one KV head.
 //!
 //! ```text
-//! logits   s[r·TILE + i]   each K chunk loaded and converted once, multiplied into
-//!                          HEADS rows' FMA chains; chains and lanes summed in a fixed order
-//! softmax  per row: new max, alpha = 2^(m_old - m_new), p = 2^(s - m_new) (8 lanes at once)
-//! V        rows[i·d + j]   the tile's V rows in f32, converted once
+//! locate   bases[i]        one page-table lookup per token for K and V; next tile prefetched
+//! logits   s[r·TILE + i]   two tokens' K chunks per 16-lane vector, converted once, multiplied
+//!                          into HEADS rows' FMA chains; a shuffle tree folds rows × tokens in
+//!                          `lanes_fold`'s order
+//! softmax  per row: new max, alpha = 2^(m_old - m_new), p = 2^(s - m_new) (16 lanes at once)
+//! V        rows[i·d + j]   the tile's V rows in f32, converted once (blocks of > VROWS rows;
+//!                          smaller ones convert each chunk straight into their FMAs)
 //! acc      per row, VGROUP chunks in registers: acc = acc·alpha + Σ_i p_i·v_i
 //! ```
 

@@ -45,28 +45,48 @@ pub(crate) fn splat_n(x: Expr, n: u32) -> Expr {
     Expr::Vector(vec![x; n as usize])
 }
 
-/// Chunk `chunk` (W elements from `chunk·W`) of the row of `buf` at
-/// element `base`, in f32: one 16-byte load (two for an f32 row).
-pub(crate) fn load_chunk_f32(buf: BufId, base: &Expr, chunk: &Expr, dtype: DType) -> Expr {
-    let per_load = (16 / dtype.size_bytes()).min(W);
-    let parts: Vec<Expr> = (0..W / per_load)
+/// The 16-byte loads of chunk `chunk` (`lanes` elements from
+/// `chunk·lanes`) of the row of `buf` at element `base`, in storage type,
+/// and the elements each holds.
+fn chunk_loads(
+    buf: BufId,
+    base: &Expr,
+    chunk: &Expr,
+    lanes: u32,
+    dtype: DType,
+) -> (Vec<Expr>, u32) {
+    let per_load = (16 / dtype.size_bytes()).min(lanes);
+    let loads = (0..lanes / per_load)
         .map(|p| {
-            let off = chunk.clone() * Expr::i32(W as i32) + Expr::i32((p * per_load) as i32);
-            Expr::load(buf, base.clone() + off.cast(Scalar::I64), per_load as u8).cast(Scalar::F32)
+            let off = chunk.clone() * Expr::i32(lanes as i32) + Expr::i32((p * per_load) as i32);
+            Expr::load(buf, base.clone() + off.cast(Scalar::I64), per_load as u8)
         })
         .collect();
-    match parts.len() {
-        1 => parts[0].clone(),
+    (loads, per_load)
+}
+
+/// The loads' elements in order, converted to f32 together: one vector of
+/// `loads.len() · per_load` lanes (the load itself where there is one).
+fn gather_f32(loads: &[Expr], per_load: u32) -> Expr {
+    let raw = match loads {
+        [one] => one.clone(),
         _ => Expr::Vector(
-            (0..W)
+            (0..loads.len() as u32 * per_load)
                 .map(|e| {
-                    parts[(e / per_load) as usize]
+                    loads[(e / per_load) as usize]
                         .clone()
                         .lane((e % per_load) as u8)
                 })
                 .collect(),
         ),
-    }
+    };
+    raw.cast(Scalar::F32)
+}
+
+/// Chunk `chunk` (W elements from `chunk·W`) of the row of `buf` at
+/// element `base`, in f32: one 16-byte load (two for an f32 row).
+pub(crate) fn load_chunk_f32(buf: BufId, base: &Expr, chunk: &Expr, dtype: DType) -> Expr {
+    load_row_f32(buf, base, chunk, W, dtype)
 }
 
 /// Chunk `chunk` (`lanes` elements from `chunk·lanes`) of the row of
@@ -78,26 +98,8 @@ pub(crate) fn load_row_f32(
     lanes: u32,
     dtype: DType,
 ) -> Expr {
-    let per_load = (16 / dtype.size_bytes()).min(lanes);
-    let parts: Vec<Expr> = (0..lanes / per_load)
-        .map(|p| {
-            let off = chunk.clone() * Expr::i32(lanes as i32) + Expr::i32((p * per_load) as i32);
-            Expr::load(buf, base.clone() + off.cast(Scalar::I64), per_load as u8)
-        })
-        .collect();
-    let raw = match parts.len() {
-        1 => parts[0].clone(),
-        _ => Expr::Vector(
-            (0..lanes)
-                .map(|e| {
-                    parts[(e / per_load) as usize]
-                        .clone()
-                        .lane((e % per_load) as u8)
-                })
-                .collect(),
-        ),
-    };
-    raw.cast(Scalar::F32)
+    let (loads, per_load) = chunk_loads(buf, base, chunk, lanes, dtype);
+    gather_f32(&loads, per_load)
 }
 
 /// Chunk `chunk` of the rows at `base0` and `base1` in one 2W-lane f32
@@ -110,26 +112,9 @@ pub(crate) fn load_pair_f32(
     chunk: &Expr,
     dtype: DType,
 ) -> Expr {
-    let per_load = (16 / dtype.size_bytes()).min(W);
-    let parts: Vec<Expr> = [base0, base1]
-        .into_iter()
-        .flat_map(|base| {
-            (0..W / per_load).map(move |p| {
-                let off = chunk.clone() * Expr::i32(W as i32) + Expr::i32((p * per_load) as i32);
-                Expr::load(buf, base.clone() + off.cast(Scalar::I64), per_load as u8)
-            })
-        })
-        .collect();
-    let raw = Expr::Vector(
-        (0..2 * W)
-            .map(|e| {
-                parts[(e / per_load) as usize]
-                    .clone()
-                    .lane((e % per_load) as u8)
-            })
-            .collect(),
-    );
-    raw.cast(Scalar::F32)
+    let (mut loads, per_load) = chunk_loads(buf, base0, chunk, W, dtype);
+    loads.extend(chunk_loads(buf, base1, chunk, W, dtype).0);
+    gather_f32(&loads, per_load)
 }
 
 /// The W lanes of `v` combined in a fixed order: the upper half onto the

@@ -338,21 +338,21 @@ impl Tile {
         // converted where the FMAs use it; otherwise the tile's V rows are
         // converted to f32 once, for every block.
         let direct = self.rows <= VROWS;
-        b.unroll("i", TILE, |b, i| {
-            let base = b.let_("row_base", Expr::load(self.bases, i.clone(), 1));
-            if direct {
-                return;
-            }
-            let vec = kv_vector_lanes(kv);
-            b.unroll("c", d / vec, |b, c| {
-                let raw = Expr::load(v_cache, base.clone() + i64(c.clone() * i32(vec)), vec as u8);
-                b.store(
-                    self.vrows,
-                    i.clone() * i32(d) + c * i32(vec),
-                    raw.cast(Scalar::F32),
-                );
+        if !direct {
+            b.unroll("i", TILE, |b, i| {
+                let base = b.let_("row_base", Expr::load(self.bases, i.clone(), 1));
+                let vec = kv_vector_lanes(kv);
+                b.unroll("c", d / vec, |b, c| {
+                    let raw =
+                        Expr::load(v_cache, base.clone() + i64(c.clone() * i32(vec)), vec as u8);
+                    b.store(
+                        self.vrows,
+                        i.clone() * i32(d) + c * i32(vec),
+                        raw.cast(Scalar::F32),
+                    );
+                });
             });
-        });
+        }
         // Register blocks of VROWS rows × VGROUP/VROWS chunks of `wv` lanes:
         // each V chunk loaded serves VROWS rows. Element-wise, so the lane
         // count changes no sum.

@@ -6,7 +6,7 @@
 //! constants.
 
 use inkwell::types::BasicTypeEnum;
-use inkwell::values::{BasicValueEnum, FloatValue, IntValue};
+use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
 use super::lower::{e, Lowerer, R};
@@ -36,31 +36,27 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         self.ty(Ty { scalar: s, lanes })
     }
 
-    /// An i32 constant, splatted over `lanes`.
-    fn ki(&self, n: u64, lanes: u8) -> BasicValueEnum<'ctx> {
-        let c = self.cx.i32_type().const_int(n, false);
+    /// The constant `c`, splatted over `lanes` (itself for 1).
+    fn splat_k<V: BasicValue<'ctx> + Copy>(&self, c: V, lanes: u8) -> BasicValueEnum<'ctx> {
         if lanes == 1 {
-            return c.into();
+            return c.as_basic_value_enum();
         }
         inkwell::types::VectorType::const_vector(&vec![c; lanes as usize]).into()
+    }
+
+    /// An i32 constant, splatted over `lanes`.
+    fn ki(&self, n: u64, lanes: u8) -> BasicValueEnum<'ctx> {
+        self.splat_k(self.cx.i32_type().const_int(n, false), lanes)
     }
 
     /// An i16 constant, splatted over `lanes`.
     fn ki16(&self, n: u64, lanes: u8) -> BasicValueEnum<'ctx> {
-        let c = self.cx.i16_type().const_int(n, false);
-        if lanes == 1 {
-            return c.into();
-        }
-        inkwell::types::VectorType::const_vector(&vec![c; lanes as usize]).into()
+        self.splat_k(self.cx.i16_type().const_int(n, false), lanes)
     }
 
     /// An f32 constant, splatted over `lanes`.
     fn kf(&self, x: f64, lanes: u8) -> BasicValueEnum<'ctx> {
-        let c = self.cx.f32_type().const_float(x);
-        if lanes == 1 {
-            return c.into();
-        }
-        inkwell::types::VectorType::const_vector(&vec![c; lanes as usize]).into()
+        self.splat_k(self.cx.f32_type().const_float(x), lanes)
     }
 
     fn iop(

@@ -7,7 +7,7 @@
 //! sequences of 2048 tokens, pages of 16 scattered over the arena
 //! (`AF_SEQS` and `AF_LEN` change the count and the length; `AF_CACHED=1`
 //! puts every sequence on the same 32 pages, `AF_HOST_ONLY=1` leaves the
-//! GPU-shaped kernels out).
+//! GPU-shaped kernels out, `AF_ORDER=hnd` stores the pages head-major).
 
 use attnforge::kernels::specs::Llama3;
 use attnforge::runtime::bench::median_time;
@@ -17,7 +17,11 @@ use attnforge::{Arch, Attention, AttentionSpec, DType, KvLayoutSpec, KvScale, F8
 use half::{bf16, f16};
 
 fn main() {
-    let spec = Llama3::SPEC;
+    let mut spec = Llama3::SPEC;
+    // `AF_ORDER=hnd`: the same shape with head-major pages.
+    if std::env::var("AF_ORDER").is_ok_and(|v| v.eq_ignore_ascii_case("hnd")) {
+        spec.kv.order = attnforge::Order::Hnd;
+    }
     let l = spec.kv;
     let env = |k: &str, d: usize| {
         std::env::var(k)

@@ -111,7 +111,8 @@ fn main() {
             split,
             ..Params::default()
         };
-        let plan = plan_decode(&spec, [n], split, threads as u32).expect("a valid split");
+        let plan = plan_decode(&spec, Arch::Host.target(), [n], split, threads as u32)
+            .expect("a valid split");
         let t = median_time(5, || {
             device
                 .decode_ext(

@@ -821,3 +821,139 @@ fn prefill_vs_decode_bits<Q: Element>(device: &CpuDevice, spec: &AttentionSpec, 
         );
     }
 }
+
+/// A host decode block that serves several KV heads (NHD pages, where
+/// reading a page whole is what keeps the memory busy) runs each head's
+/// arithmetic exactly as a block serving one: every decomposition a launch
+/// may pick (`decode_kv_heads_per_block`) gives the bits of one head per
+/// block, plain and split-K, with the variants, fp8 per-head scales and
+/// ragged, partial pages, fast and checked. (One head per block is checked
+/// against the reference by the tests above.)
+#[test]
+fn host_decode_blocks_serving_several_kv_heads_have_the_bits_of_one_head_per_block() {
+    let seed = seed();
+    let device = CpuDevice::new();
+    let kv = KvLayoutSpec {
+        page_size: 16,
+        kv_heads: 8,
+        head_dim: 64,
+        dtype: DType::F16,
+        order: Order::Nhd,
+        scale: KvScale::Unscaled,
+    };
+    let three = KvLayoutSpec { kv_heads: 3, ..kv };
+    let fp8 = KvLayoutSpec {
+        kv_heads: 4,
+        dtype: DType::F8E4M3,
+        scale: KvScale::PerHead,
+        ..kv
+    };
+    let specs = [
+        AttentionSpec::new(kv, 32),
+        AttentionSpec {
+            logits_soft_cap: Some(30.0),
+            alibi: Some(Alibi::Computed),
+            sinks: true,
+            sliding_window: Some(40),
+            ..AttentionSpec::new(three, 9)
+        },
+        AttentionSpec {
+            q_dtype: Some(DType::F16),
+            ..AttentionSpec::new(fp8, 8)
+        },
+    ];
+    for spec in specs {
+        spec.validate().unwrap();
+        match spec.kv.dtype {
+            DType::F8E4M3 => several_heads_bits::<attnforge::F8E4M3>(&device, &spec, seed),
+            _ => several_heads_bits::<f16>(&device, &spec, seed),
+        }
+    }
+}
+
+fn several_heads_bits<T: Element>(device: &CpuDevice, spec: &AttentionSpec, seed: u64) {
+    use attnforge::codegen::cpu::Arg;
+    use attnforge::codegen::kernels::decode_kv_heads_per_block;
+    let mut rng = Rng(seed ^ 0x4ead5);
+    let lens = [70usize, 33, 5];
+    let s = check::paged_inputs::<T>(&spec.kv, &lens, &mut rng);
+    let scales = check::kv_scales(&spec.kv, &mut rng);
+    let (d, batch) = (spec.kv.head_dim as usize, lens.len());
+    let q: Vec<f16> = (0..batch * spec.q_heads as usize * d)
+        .map(|_| f16::from_f64(2.0 * rng.uniform() - 1.0))
+        .collect();
+    let sinks: Vec<f32> = (0..spec.q_heads).map(|_| rng.uniform() as f32).collect();
+    let target = Arch::Host.target();
+    // The most a block serves: what a launch with plenty of blocks picks.
+    let most = decode_kv_heads_per_block(spec, target, 1 << 20, 1);
+    assert!(most > 1, "{spec:?} serves one KV head per block");
+    let (splits, chunk) = (3u32, 32i32);
+    let name = format!("{} kv_heads {}", spec.kv.dtype, spec.kv.kv_heads);
+    for split in [false, true] {
+        let ks = match split {
+            false => KernelSpec::Decode(*spec),
+            true => KernelSpec::DecodeSplit(*spec),
+        };
+        let rows = batch * spec.q_heads as usize * if split { splits as usize } else { 1 };
+        let run = |per_block: u32, mode: Mode| -> Vec<u32> {
+            let kernel = device.kernel(&ks, target, mode).unwrap();
+            let mut out = vec![f16::from_f64(f64::NAN); q.len()];
+            let mut part = vec![f32::NAN; rows * d];
+            let mut ml = vec![f32::NAN; rows * 2];
+            let mut args: Vec<Arg> = vec![
+                Arg::input(&q),
+                Arg::input(&s.k),
+                Arg::input(&s.v),
+                Arg::input(&s.table.indptr),
+                Arg::input(&s.table.indices),
+                Arg::input(&s.table.last_page_len),
+            ];
+            if spec.sinks && !split {
+                args.push(Arg::input(&sinks));
+            }
+            if let Some((k, v)) = &scales {
+                args.extend([Arg::input(k), Arg::input(v)]);
+            }
+            let grid = match split {
+                false => {
+                    args.push(Arg::output(&mut out));
+                    ks.grid_serving(batch as u32, 1, per_block)
+                }
+                true => {
+                    args.extend([
+                        Arg::output(&mut part),
+                        Arg::output(&mut ml),
+                        Arg::I32(chunk),
+                    ]);
+                    ks.grid_serving(batch as u32, splits, per_block)
+                }
+            };
+            // SAFETY: the table was built over these arenas, q and out (or
+            // the partials, `splits` rows per query row, whose chunks cover
+            // the longest sequence) have the batch's shape, the sinks and
+            // scales one value per query and KV head.
+            unsafe { kernel.launch(grid, &mut args) }.unwrap();
+            drop(args);
+            match split {
+                false => out.iter().map(|x| x.to_bits() as u32).collect(),
+                true => part.iter().chain(&ml).map(|x| x.to_bits()).collect(),
+            }
+        };
+        let one = run(1, Mode::Fast);
+        assert!(
+            !split || splits as usize * chunk as usize >= lens[0],
+            "the chunks cover every token"
+        );
+        for per_block in (2..=most).filter(|h| most.is_multiple_of(*h)) {
+            for mode in [Mode::Fast, Mode::Checked] {
+                let got = run(per_block, mode);
+                let diff = one.iter().zip(&got).position(|(a, b)| a != b);
+                assert_eq!(
+                    diff, None,
+                    "{name} split {split}: {per_block} KV heads per block ({mode:?}) \
+                     differ from one at element {diff:?}, seed {seed}"
+                );
+            }
+        }
+    }
+}

@@ -157,7 +157,7 @@ impl CpuDevice {
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let lens = (0..batch).map(|b| table.seq_len(b, spec.kv.page_size));
-        let plan = plan_decode(spec, lens, params.split, cores)?;
+        let plan = plan_decode(spec, target, lens, params.split, cores)?;
         let table_args = || {
             [
                 Arg::input(&table.indptr),
@@ -185,7 +185,12 @@ impl CpuDevice {
             // page below max_pages, lengths within pages), q/out have the
             // batch's shape and the variant buffers one value per query head,
             // so every access of the decode kernel is in bounds.
-            unsafe { kernel.launch(ks.grid(batch as u32, 1), &mut args)? };
+            unsafe {
+                kernel.launch(
+                    ks.grid_serving(batch as u32, 1, plan.kv_heads_per_block),
+                    &mut args,
+                )?
+            };
             return Ok(());
         }
         let rows = batch * spec.q_heads as usize * plan.splits as usize;
@@ -206,7 +211,12 @@ impl CpuDevice {
         // SAFETY: as for the plain kernel; the partial buffers hold
         // batch · q_heads · splits rows, the grid's z is `splits`, and
         // splits · chunk_tokens covers every sequence's visible tokens.
-        unsafe { kernel.launch(ks.grid(batch as u32, plan.splits), &mut args)? };
+        unsafe {
+            kernel.launch(
+                ks.grid_serving(batch as u32, plan.splits, plan.kv_heads_per_block),
+                &mut args,
+            )?
+        };
         let ms = KernelSpec::DecodeMerge(*spec);
         let merge = self.kernel(&ms, target, mode)?;
         let mut args: Vec<Arg> = [Arg::input(&part_out), Arg::input(&part_ml)]

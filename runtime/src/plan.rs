@@ -11,7 +11,8 @@
 //! chunk size only, so a sequence's output has the same bits whatever batch
 //! it is in (deterministic mode); [`Split::Off`] never splits.
 
-use attnforge_codegen::{Alibi, AttentionSpec, KvLayoutSpec, KvScale};
+use attnforge_codegen::kernels::decode_kv_heads_per_block;
+use attnforge_codegen::{Alibi, AttentionSpec, KvLayoutSpec, KvScale, Target};
 
 use crate::RuntimeError;
 
@@ -175,15 +176,36 @@ pub struct DecodePlan {
     pub chunk_tokens: u32,
     /// Whether the split and merge kernels run (else the plain decode kernel).
     pub split: bool,
+    /// The KV heads each decode block serves: 1 except at the host target
+    /// (see [`decode_kv_heads_per_block`]); the launch's grid is
+    /// `KernelSpec::grid_serving(batch, splits, kv_heads_per_block)`.
+    pub kv_heads_per_block: u32,
 }
 
 /// Plans a decode launch for sequences of `kv_lens` tokens on a device with
-/// `compute_units` compute units (CUs on a GPU, cores on the CPU).
+/// `compute_units` compute units (CUs on a GPU, cores on the CPU) running
+/// `target`'s kernels.
 ///
 /// Fails only for a [`Split::Fixed`] that [`Params::validate`] refuses, or
 /// whose chunk cuts the longest context into more than
 /// [`MAX_FIXED_SPLITS`] chunks.
 pub fn plan_decode(
+    spec: &AttentionSpec,
+    target: Target,
+    kv_lens: impl IntoIterator<Item = usize>,
+    split: Split,
+    compute_units: u32,
+) -> Result<DecodePlan, RuntimeError> {
+    let mut batch = 0u64;
+    let kv_lens = kv_lens.into_iter().inspect(|_| batch += 1);
+    let mut plan = plan_split(spec, kv_lens, split, compute_units)?;
+    let per_kv_head = batch * plan.splits as u64;
+    plan.kv_heads_per_block = decode_kv_heads_per_block(spec, target, per_kv_head, compute_units);
+    Ok(plan)
+}
+
+/// [`plan_decode`]'s split, with one KV head per block.
+fn plan_split(
     spec: &AttentionSpec,
     kv_lens: impl IntoIterator<Item = usize>,
     split: Split,
@@ -203,6 +225,7 @@ pub fn plan_decode(
         splits: 1,
         chunk_tokens: longest.clamp(1, u32::MAX as u64) as u32,
         split: false,
+        kv_heads_per_block: 1,
     };
     match split {
         Split::Off => Ok(off),
@@ -224,6 +247,7 @@ pub fn plan_decode(
                 splits: splits as u32,
                 chunk_tokens,
                 split: true,
+                kv_heads_per_block: 1,
             })
         }
         Split::Auto => {
@@ -248,6 +272,7 @@ pub fn plan_decode(
                 splits: longest.div_ceil(chunk) as u32,
                 chunk_tokens: chunk as u32,
                 split: true,
+                kv_heads_per_block: 1,
             })
         }
     }
@@ -256,7 +281,10 @@ pub fn plan_decode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attnforge_codegen::{DType, KvLayoutSpec, KvScale, Order};
+    use attnforge_codegen::{Arch, DType, KvLayoutSpec, KvScale, Order};
+
+    const GPU: Target = Arch::Gfx90a.target();
+    const HOST: Target = Arch::Host.target();
 
     fn spec() -> AttentionSpec {
         let kv = KvLayoutSpec {
@@ -273,7 +301,7 @@ mod tests {
     #[test]
     fn auto_splits_only_small_batches_with_long_contexts() {
         // 1 sequence x 8 KV heads on 104 CUs, 32k tokens: 13 chunks of whole pages.
-        let p = plan_decode(&spec(), [32768], Split::Auto, 104).unwrap();
+        let p = plan_decode(&spec(), GPU, [32768], Split::Auto, 104).unwrap();
         assert!(p.split);
         assert_eq!(p.chunk_tokens % 16, 0);
         assert!(p.splits as u64 * p.chunk_tokens as u64 >= 32768);
@@ -281,25 +309,31 @@ mod tests {
         assert_eq!(p.splits, 13);
         // A full device, or short contexts: no split.
         assert!(
-            !plan_decode(&spec(), vec![32768; 16], Split::Auto, 104)
+            !plan_decode(&spec(), GPU, vec![32768; 16], Split::Auto, 104)
                 .unwrap()
                 .split
         );
-        assert!(!plan_decode(&spec(), [300], Split::Auto, 104).unwrap().split);
+        assert!(
+            !plan_decode(&spec(), GPU, [300], Split::Auto, 104)
+                .unwrap()
+                .split
+        );
         // A window bounds what is split.
         let w = AttentionSpec {
             sliding_window: Some(512),
             ..spec()
         };
-        let p = plan_decode(&w, [32768], Split::Auto, 104).unwrap();
+        let p = plan_decode(&w, GPU, [32768], Split::Auto, 104).unwrap();
         assert!(p.split && p.splits == 2 && p.chunk_tokens == 256);
     }
 
     #[test]
     fn fixed_splits_do_not_depend_on_the_batch_or_the_device() {
-        let alone = plan_decode(&spec(), [1000], Split::Fixed { chunk_tokens: 128 }, 4).unwrap();
+        let alone =
+            plan_decode(&spec(), GPU, [1000], Split::Fixed { chunk_tokens: 128 }, 4).unwrap();
         let batch = plan_decode(
             &spec(),
+            GPU,
             [1000, 5000],
             Split::Fixed { chunk_tokens: 128 },
             200,
@@ -309,7 +343,7 @@ mod tests {
         assert!(alone.split && batch.split);
         assert_eq!((alone.splits, batch.splits), (8, 40));
         assert!(
-            !plan_decode(&spec(), [1 << 20], Split::Off, 1000)
+            !plan_decode(&spec(), GPU, [1 << 20], Split::Off, 1000)
                 .unwrap()
                 .split
         );
@@ -318,7 +352,7 @@ mod tests {
     #[test]
     fn fixed_splits_that_the_kernels_cannot_run_are_refused() {
         let err = |chunk_tokens, len| {
-            plan_decode(&spec(), [len], Split::Fixed { chunk_tokens }, 4).unwrap_err()
+            plan_decode(&spec(), GPU, [len], Split::Fixed { chunk_tokens }, 4).unwrap_err()
         };
         for e in [err(0, 10), err(u32::MAX, 10), err(1, 70_000)] {
             assert!(
@@ -330,6 +364,7 @@ mod tests {
         // The largest allowed values still plan.
         let p = plan_decode(
             &spec(),
+            GPU,
             [10],
             Split::Fixed {
                 chunk_tokens: MAX_CHUNK_TOKENS,
@@ -337,7 +372,7 @@ mod tests {
             4,
         );
         assert_eq!(p.unwrap().splits, 1);
-        let p = plan_decode(&spec(), [65_535], Split::Fixed { chunk_tokens: 1 }, 4);
+        let p = plan_decode(&spec(), GPU, [65_535], Split::Fixed { chunk_tokens: 1 }, 4);
         assert_eq!(p.unwrap().splits, 65_535);
         let params = Params {
             split: Split::Fixed {
@@ -346,5 +381,41 @@ mod tests {
             ..Params::default()
         };
         assert!(params.validate(&spec()).is_err());
+    }
+
+    #[test]
+    fn host_blocks_serve_several_kv_heads_only_while_every_core_keeps_four() {
+        let per_block = |s: &AttentionSpec, target, lens: &[usize], split, cores| {
+            plan_decode(s, target, lens.iter().copied(), split, cores)
+                .unwrap()
+                .kv_heads_per_block
+        };
+        let s = spec();
+        // 16 sequences on 2 cores: every KV head of a sequence in one block.
+        assert_eq!(per_block(&s, HOST, &[2048; 16], Split::Auto, 2), 8);
+        // GPU targets: always one.
+        assert_eq!(per_block(&s, GPU, &[2048; 16], Split::Auto, 2), 1);
+        // 2 sequences on 2 cores: 4 heads per block leave 4 blocks, not 8;
+        // 2 heads leave 8.
+        assert_eq!(per_block(&s, HOST, &[100; 2], Split::Off, 2), 2);
+        // One sequence: one head per block (8 blocks, fewer than 4 per core
+        // whatever the block).
+        assert_eq!(per_block(&s, HOST, &[100], Split::Off, 2), 1);
+        // Split chunks count as blocks: 16 chunks of one sequence.
+        let p = plan_decode(&s, HOST, [4096], Split::Fixed { chunk_tokens: 256 }, 2).unwrap();
+        assert_eq!((p.splits, p.kv_heads_per_block), (16, 8));
+        // HND pages keep one head per block.
+        let hnd = AttentionSpec {
+            kv: KvLayoutSpec {
+                order: Order::Hnd,
+                ..s.kv
+            },
+            ..s
+        };
+        assert_eq!(per_block(&hnd, HOST, &[2048; 16], Split::Auto, 2), 1);
+        // The grid divides the KV heads between the blocks.
+        let ks = attnforge_codegen::kernels::KernelSpec::Decode(s);
+        assert_eq!(ks.grid_serving(16, 1, 8), [1, 16, 1]);
+        assert_eq!(ks.grid_serving(16, 1, 1), ks.grid(16, 1));
     }
 }

@@ -130,6 +130,17 @@ impl HeadBlock {
         self.kv_head.clone() * Expr::i32(self.group as i32) + self.in_group(gi)
     }
 
+    /// The same heads of the group of KV head `kv_head` (for a host block
+    /// serving several KV heads).
+    pub fn of_kv_head(&self, kv_head: Expr) -> HeadBlock {
+        HeadBlock {
+            kv_head,
+            group: self.group,
+            first: self.first.clone(),
+            partial: self.partial,
+        }
+    }
+
     /// Whether the block's head `gi` is one of the group's (`None`: always).
     pub fn real(&self, gi: Expr) -> Option<Expr> {
         match (&self.first, self.partial) {

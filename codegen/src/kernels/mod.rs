@@ -21,6 +21,7 @@ use crate::spec::{Alibi, AttentionSpec, KvLayoutSpec, KvScale, SpecError};
 use crate::target::Target;
 
 pub use decode::{decode_head_blocks, DECODE_WARPS};
+pub use host::decode_kv_heads_per_block;
 pub use mma::matrix_instr;
 pub use prefill::{prefill_kv_tile, PREFILL_ROWS};
 
@@ -108,11 +109,20 @@ impl KernelSpec {
     /// decode: one per (KV head, sequence, split). Merge: one per (query
     /// head, sequence).
     pub fn grid(&self, n: u32, m: u32) -> [u32; 3] {
+        self.grid_serving(n, m, 1)
+    }
+
+    /// [`KernelSpec::grid`] with each decode block serving
+    /// `kv_heads_per_block` KV heads (from [`decode_kv_heads_per_block`]:
+    /// more than one only at the host target; other kernels ignore it).
+    pub fn grid_serving(&self, n: u32, m: u32, kv_heads_per_block: u32) -> [u32; 3] {
+        let decode_x =
+            |a: &AttentionSpec| a.kv.kv_heads / kv_heads_per_block.max(1) * decode_head_blocks(a).0;
         match self {
-            KernelSpec::Decode(a) => [a.kv.kv_heads * decode_head_blocks(a).0, n, 1],
+            KernelSpec::Decode(a) => [decode_x(a), n, 1],
             KernelSpec::Append(_) => [n, 1, 1],
             KernelSpec::Prefill(a) => [m, a.kv.kv_heads, n],
-            KernelSpec::DecodeSplit(a) => [a.kv.kv_heads * decode_head_blocks(a).0, n, m],
+            KernelSpec::DecodeSplit(a) => [decode_x(a), n, m],
             KernelSpec::DecodeMerge(a) => [a.q_heads, n, 1],
         }
     }

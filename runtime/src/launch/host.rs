@@ -77,7 +77,13 @@ impl<D: Driver> Gpu<D> {
         split: Split,
     ) -> Result<Workspace<D>, RuntimeError> {
         let lens = (0..table.batch()).map(|b| table.seq_len(b, spec.kv.page_size));
-        let plan = plan_decode(spec, lens, split, self.driver().compute_units())?;
+        let plan = plan_decode(
+            spec,
+            self.driver().target(),
+            lens,
+            split,
+            self.driver().compute_units(),
+        )?;
         let limits = WorkspaceLimits {
             max_batch: table.batch() as u32,
             max_pages: table.indices.len() as u32,

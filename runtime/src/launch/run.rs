@@ -289,7 +289,12 @@ impl<D: Driver> Kernels<D> {
             // least `pages_needed` pages, which the K/V views hold; q/out
             // have the batch's shape and the variant buffers one value per
             // query head (checked above).
-            return unsafe { self.decode.launch(stream, ks.grid(batch, 1), &args) };
+            return unsafe {
+                {
+                    let grid = ks.grid_serving(batch, 1, sp.decode.kv_heads_per_block);
+                    self.decode.launch(stream, grid, &args)
+                }
+            };
         }
         let rows = batch as usize * self.spec.q_heads as usize * sp.decode.splits as usize;
         let part_out = plan
@@ -314,8 +319,11 @@ impl<D: Driver> Kernels<D> {
         // · splits rows (the workspace was checked against the splits when
         // planning) and splits · chunk_tokens covers every visible token.
         unsafe {
-            self.split
-                .launch(stream, ks.grid(batch, sp.decode.splits), &args)?
+            self.split.launch(
+                stream,
+                ks.grid_serving(batch, sp.decode.splits, sp.decode.kv_heads_per_block),
+                &args,
+            )?
         };
         let ms = KernelSpec::DecodeMerge(self.spec);
         // SAFETY: the partials and out have the shapes the merge reads.

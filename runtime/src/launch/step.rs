@@ -91,6 +91,8 @@ pub struct Workspace<D: Driver> {
     heads: usize,
     head_dim: usize,
     compute_units: u32,
+    /// The target of the device's kernels (the decode plan depends on it).
+    target: attnforge_codegen::Target,
     ordinal: u32,
     offsets: Offsets,
     /// The host side of the upload, reserved up front.
@@ -142,6 +144,7 @@ impl<D: Driver> Workspace<D> {
             heads,
             head_dim,
             compute_units: gpu.driver().compute_units(),
+            target: gpu.driver().target(),
             ordinal: gpu.ordinal(),
             offsets,
             staging,
@@ -286,7 +289,13 @@ impl<D: Driver> Workspace<D> {
         };
         let mut plans = Vec::with_capacity(specs.len());
         for s in specs {
-            let decode = plan_decode(s, lens.iter().copied(), split, self.compute_units)?;
+            let decode = plan_decode(
+                s,
+                self.target,
+                lens.iter().copied(),
+                split,
+                self.compute_units,
+            )?;
             if decode.split {
                 check("splits", decode.splits as usize, l.max_splits)?;
             }

@@ -15,10 +15,65 @@ mod tile;
 
 use crate::ir::builder::KernelBuilder;
 use crate::ir::{BufId, Expr, Scalar};
-use crate::spec::DType;
+use crate::spec::{AttentionSpec, DType, Order};
+use crate::target::{Arch, Target};
 
 /// Tokens per tile of the host schedules.
 pub const TILE: u32 = 16;
+
+/// The f32 query and accumulator rows a host decode block may keep for
+/// the KV heads it serves (about an L1 data cache).
+const BLOCK_ROWS_BYTES: u32 = 32 * 1024;
+
+/// The most KV heads one host decode block can serve (each with its whole
+/// group of query heads): as many as divide `kv_heads` and whose f32 query
+/// and accumulator rows fit [`BLOCK_ROWS_BYTES`], for NHD pages; one for
+/// HND pages (a head's rows are contiguous already) and for a group spread
+/// over several blocks.
+///
+/// Why: in an NHD page a KV head's rows are `head_dim` elements every
+/// `kv_heads · head_dim`, so a block walking one head reads a few cache
+/// lines in every 2 KB and the core's prefetchers never get ahead. A block
+/// serving every KV head reads each page whole, head by head, tile by tile
+/// (BENCHMARKS.md). Each head's arithmetic is the same either way, so the
+/// outputs have the same bits.
+pub(crate) fn max_kv_heads_per_block(spec: &AttentionSpec) -> u32 {
+    let kv = &spec.kv;
+    if kv.order != Order::Nhd || super::decode_head_blocks(spec).0 > 1 {
+        return 1;
+    }
+    let per_head = spec.group_size() * kv.head_dim * 4 * 2;
+    (1..=kv.kv_heads)
+        .rev()
+        .find(|&h| kv.kv_heads.is_multiple_of(h) && h * per_head <= BLOCK_ROWS_BYTES)
+        .unwrap_or(1)
+}
+
+/// The KV heads each block of a decode (or split-K decode) launch serves
+/// at `target`, given `per_kv_head` blocks per KV head (sequences × chunks)
+/// on a device of `compute_units` cores: 1 except at the host target, where
+/// it is the most a block can serve that still leaves four blocks per core
+/// to balance uneven sequences (one when even that does not).
+///
+/// The launch's grid x is then `kv_heads / kv_heads_per_block` (see
+/// [`crate::kernels::KernelSpec::grid_serving`]); the host kernel reads
+/// its share from the grid.
+pub fn decode_kv_heads_per_block(
+    spec: &AttentionSpec,
+    target: Target,
+    per_kv_head: u64,
+    compute_units: u32,
+) -> u32 {
+    if target.arch != Arch::Host {
+        return 1;
+    }
+    let most = max_kv_heads_per_block(spec);
+    let wanted = 4 * compute_units.max(1) as u64;
+    (1..=most)
+        .rev()
+        .find(|&h| most.is_multiple_of(h) && per_kv_head * (spec.kv.kv_heads / h) as u64 >= wanted)
+        .unwrap_or(1)
+}
 
 /// Lanes of the host schedules' vectors: one 256-bit register of f32.
 pub(crate) const W: u32 = 8;

@@ -73,7 +73,7 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         let (kv_lo, kv_hi) =
             super::super::prefill::visible_kv(b, spec, &row0, rows, &q_len, &kv_len);
 
-        let tile = Tile::new(b, rows, d);
+        let tile = Tile::new(b, rows, &kv);
         let by_tokens = ByTokens::new(b, rows, d);
         // The rows' queries in f32 (padding rows as zeros).
         let qvec = vector_lanes(spec.query_dtype());
@@ -153,10 +153,14 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                 });
                 vector_logit(spec, dots, scales.as_ref().map(|s| &s.0), bias)
             };
-            tile.locate(b, &at, [io.k_cache, io.v_cache], &kv0);
+            tile.locate(b, &at, &kv0);
+            let all = tile.all();
+            for cache in [io.k_cache, io.v_cache] {
+                tile.prefetch_next(b, &all, cache, &Expr::i32(0), TILE);
+            }
             by_tokens.logits(b, &tile, spec, io.k_cache, &full, &vlogit, &logit);
-            tile.softmax(b);
-            tile.accumulate(b, &kv, io.v_cache);
+            tile.softmax(b, &all);
+            tile.accumulate(b, &all, io.v_cache, false);
         });
 
         b.comment("Normalise (with the sink in the denominator) and write the real rows.");

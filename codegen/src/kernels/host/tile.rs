@@ -3,7 +3,8 @@
 //! consecutive KV tokens of one KV head.
 //!
 //! ```text
-//! locate   bases[i]        one page-table lookup per token for K and V; next tile prefetched
+//! locate   bases[i]        one page-table lookup per token for K and V, and the next tile's
+//!                          (prefetched STEP tokens at a time while the logits run)
 //! logits   s[r·TILE + i]   two tokens' K chunks per 16-lane vector, converted once, multiplied
 //!                          into HEADS rows' FMA chains; a shuffle tree folds rows × tokens in
 //!                          `lanes_fold`'s order
@@ -74,13 +75,58 @@ impl Rows<'_> {
             kv_offset(self.kv, i64(page), i64(slot), i64(self.head.clone())),
         )
     }
+}
 
-    /// Prefetches the row of `cache` at `base`, a cache line at a time.
-    pub fn prefetch(&self, b: &mut KernelBuilder, cache: BufId, next: &Expr) {
-        let per_line = 64 / self.kv.dtype.size_bytes();
-        b.unroll("pf", self.kv.head_dim.div_ceil(per_line), |b, pf| {
-            b.prefetch(cache, next.clone() + i64(pf * i32(per_line)));
-        });
+/// The rows one pass over a tile works on: the tile's rows `first..first
+/// + n`, whose K and V rows sit `off` elements past the rows
+/// [`Tile::locate`] found (another KV head of the same tokens, for a
+/// block serving several).
+pub(crate) struct Span {
+    /// The first row (i32).
+    pub first: Expr,
+    /// How many rows.
+    pub n: u32,
+    /// The arena offset from the located rows (i64).
+    pub off: Expr,
+    /// Where the block's next pass reads: while `.0` holds, this tile's
+    /// tokens at offset `.1` (the block's next KV head); otherwise, and
+    /// without it, the next tile's at the located rows. The passes
+    /// prefetch it.
+    pub next: Option<(Expr, Expr)>,
+}
+
+impl Span {
+    /// Rows `first..first + n` at the located K/V rows.
+    pub fn rows(first: u32, n: u32) -> Span {
+        Span {
+            first: Expr::i32(first as i32),
+            n,
+            off: Expr::i64(0),
+            next: None,
+        }
+    }
+
+    /// Row `first + k`.
+    fn row(&self, k: Expr) -> Expr {
+        self.first.clone() + k
+    }
+
+    /// The span's K/V row of the token whose located row is `base`.
+    fn at(&self, base: Expr) -> Expr {
+        base + self.off.clone()
+    }
+
+    /// The row of token `i` (0..TILE) of the block's next pass (see
+    /// [`Span::next`]).
+    fn next_row(&self, bases: BufId, i: Expr) -> Expr {
+        let next_tile = Expr::load(bases, i.clone() + i32(TILE), 1);
+        match &self.next {
+            None => next_tile,
+            Some((here, off)) => {
+                let this_tile = Expr::load(bases, i, 1) + off.clone();
+                here.clone().select(this_tile, next_tile)
+            }
+        }
     }
 }
 
@@ -88,6 +134,8 @@ impl Rows<'_> {
 pub(crate) struct Tile {
     /// Softmax rows.
     pub rows: u32,
+    /// The layout of the K/V rows.
+    kv: KvLayoutSpec,
     /// Queries in f32: `qf[r·d + j]`.
     pub qf: BufId,
     /// Running max (base 2) and sum per row.
@@ -104,45 +152,76 @@ pub(crate) struct Tile {
 }
 
 impl Tile {
-    /// Declares the state of `rows` softmax rows of `d` elements.
-    pub fn new(b: &mut KernelBuilder, rows: u32, d: u32) -> Tile {
+    /// Declares the state of `rows` softmax rows against K/V rows of `kv`.
+    pub fn new(b: &mut KernelBuilder, rows: u32, kv: &KvLayoutSpec) -> Tile {
         let ninf = Expr::f32(f32::NEG_INFINITY);
+        let d = kv.head_dim;
         Tile {
             rows,
+            kv: *kv,
             qf: b.local("qf", Scalar::F32, rows * d),
             m: b.local_filled("m", Scalar::F32, rows, ninf),
             l: b.local_filled("l", Scalar::F32, rows, Expr::f32(0.0)),
             acc: b.local_filled("acc", Scalar::F32, rows * d, Expr::f32(0.0)),
             s: b.local("s", Scalar::F32, rows * TILE),
-            bases: b.local("kv_base", Scalar::I64, TILE),
+            bases: b.local("kv_base", Scalar::I64, 2 * TILE),
             alpha: b.local("alpha", Scalar::F32, rows),
             vrows: b.local("vrows", Scalar::F32, TILE * d),
         }
     }
 
+    /// Every row, at the located K/V rows.
+    pub fn all(&self) -> Span {
+        Span::rows(0, self.rows)
+    }
+
     /// Finds the rows of the tile's tokens `t0 + i` (one page-table lookup
-    /// per token, for K and V alike) and prefetches the next tile's K and V
-    /// rows.
-    pub fn locate(&self, b: &mut KernelBuilder, at: &Rows<'_>, caches: [BufId; 2], t0: &Expr) {
+    /// per token, for K and V alike), and those of the next tile's, for
+    /// [`Tile::prefetch_next`].
+    pub fn locate(&self, b: &mut KernelBuilder, at: &Rows<'_>, t0: &Expr) {
         b.unroll("i", TILE, |b, i| {
             let t = b.let_("t", t0.clone() + i.clone());
             let base = at.base(b, t.clone());
             b.store(self.bases, i.clone(), base);
             let next = at.base(b, t + i32(TILE));
-            for cache in caches {
-                at.prefetch(b, cache, &next);
-            }
+            b.store(self.bases, i.clone() + i32(TILE), next);
+        });
+    }
+
+    /// Prefetches the rows of `cache` of tokens `from .. from + n` of the
+    /// pass after the span's ([`Span::next`]), a cache line at a time.
+    pub fn prefetch_next(
+        &self,
+        b: &mut KernelBuilder,
+        span: &Span,
+        cache: BufId,
+        from: &Expr,
+        n: u32,
+    ) {
+        let per_line = 64 / self.kv.dtype.size_bytes();
+        b.unroll("pi", n, |b, pi| {
+            let next = b.let_("next_base", span.next_row(self.bases, from.clone() + pi));
+            b.unroll("pf", self.kv.head_dim.div_ceil(per_line), |b, pf| {
+                b.prefetch(cache, next.clone() + i64(pf * i32(per_line)));
+            });
         });
     }
 
     /// The logits of the tile's tokens `t0 + i`: row r's raw dot product
     /// goes through `logit(b, r, i, dot)`, which returns the base-2 logit
-    /// or −∞ where row r may not see the token.
+    /// or −∞ where row r may not see the token; only the span's rows. With
+    /// `ahead`, each step of STEP tokens first prefetches the K rows of the
+    /// block's next pass at the same positions ([`Span::next`]): spread over
+    /// the pass, one pass ahead, the prefetches keep the memory busy while
+    /// the FMAs run (one burst per tile, or a shorter distance, left it
+    /// idle: BENCHMARKS.md).
     pub fn logits(
         &self,
         b: &mut KernelBuilder,
         spec: &AttentionSpec,
+        span: &Span,
         k_cache: BufId,
+        ahead: bool,
         logit: &dyn Fn(&mut KernelBuilder, &Expr, &Expr, Expr) -> Expr,
     ) {
         // STEP tokens at a time, in pairs: a pair's K chunks share one
@@ -150,18 +229,22 @@ impl Tile {
         // so every lane does the W-lane chain's operations, and the STEP/2
         // pairs' chains are independent while each FMA waits for the last.
         b.unroll("ig", TILE / STEP, |b, ig| {
+            if ahead {
+                let from = ig.clone() * i32(STEP);
+                self.prefetch_next(b, span, k_cache, &from, STEP);
+            }
             let bases: Vec<Expr> = (0..STEP)
                 .map(|k| {
                     let i = ig.clone() * i32(STEP) + i32(k);
-                    b.let_("row_base", Expr::load(self.bases, i, 1))
+                    b.let_("row_base", span.at(Expr::load(self.bases, i, 1)))
                 })
                 .collect();
             let mut r0 = 0;
-            while r0 < self.rows {
-                let n = HEADS.min(self.rows - r0);
-                let groups = (self.rows - r0) / n;
+            while r0 < span.n {
+                let n = HEADS.min(span.n - r0);
+                let groups = (span.n - r0) / n;
                 b.unroll("rb", groups, |b, rb| {
-                    let first = b.let_("r_first", rb * i32(n) + i32(r0));
+                    let first = b.let_("r_first", span.row(rb * i32(n) + i32(r0)));
                     let dots = self.dots(b, spec, k_cache, &bases, &first, n);
                     for (k, per_token) in dots.into_iter().enumerate() {
                         let r = b.let_("r", first.clone() + i32(k as u32));
@@ -293,7 +376,7 @@ impl Tile {
     /// The online softmax over the tile's logits: each row's new max, its
     /// rescale factor (kept for [`Tile::accumulate`]) and sum; `s` becomes
     /// the weights 2^(s − max).
-    pub fn softmax(&self, b: &mut KernelBuilder) {
+    pub fn softmax(&self, b: &mut KernelBuilder, span: &Span) {
         let ninf = Expr::f32(f32::NEG_INFINITY);
         // A row's TILE logits in one vector; the max and the sum fold its
         // two W-lane halves onto each other first, then the W lanes.
@@ -303,7 +386,8 @@ impl Tile {
                 |h: u32| Expr::Vector((0..W).map(|e| x.clone().lane((h * W + e) as u8)).collect());
             (half(0), half(1))
         };
-        b.unroll("r", self.rows, |b, r| {
+        b.unroll("r", span.n, |b, r| {
+            let r = b.let_("row", span.row(r));
             let row = r.clone() * i32(TILE);
             let sv = b.let_("sv", Expr::load(self.s, row.clone(), TILE as u8));
             let (lo, hi) = halves(&sv);
@@ -329,18 +413,20 @@ impl Tile {
         });
     }
 
-    /// `acc = acc·alpha + Σ_i p_i·v_i` for every row over the tile's V rows
-    /// (tokens `t0 + i`).
-    pub fn accumulate(&self, b: &mut KernelBuilder, kv: &KvLayoutSpec, v_cache: BufId) {
+    /// `acc = acc·alpha + Σ_i p_i·v_i` for the span's rows over the tile's
+    /// V rows (tokens `t0 + i`). With `ahead`, each sweep over the tile's
+    /// tokens prefetches the part of the next pass's V rows it reads.
+    pub fn accumulate(&self, b: &mut KernelBuilder, span: &Span, v_cache: BufId, ahead: bool) {
+        let kv = &self.kv;
         let d = kv.head_dim;
         let wv = wide_lanes(d);
         // With one register block of rows, each V chunk is used once: it is
         // converted where the FMAs use it; otherwise the tile's V rows are
         // converted to f32 once, for every block.
-        let direct = self.rows <= VROWS;
+        let direct = span.n <= VROWS;
         if !direct {
             b.unroll("i", TILE, |b, i| {
-                let base = b.let_("row_base", Expr::load(self.bases, i.clone(), 1));
+                let base = b.let_("row_base", span.at(Expr::load(self.bases, i.clone(), 1)));
                 let vec = kv_vector_lanes(kv);
                 b.unroll("c", d / vec, |b, c| {
                     let raw =
@@ -359,11 +445,11 @@ impl Tile {
         let chunks = d / wv;
         let per = (VGROUP / VROWS).min(chunks);
         let mut r0 = 0;
-        while r0 < self.rows {
-            let nr = VROWS.min(self.rows - r0);
-            let blocks = (self.rows - r0) / nr;
+        while r0 < span.n {
+            let nr = VROWS.min(span.n - r0);
+            let blocks = (span.n - r0) / nr;
             b.unroll("rb", blocks, |b, rb| {
-                let first = b.let_("r_first", rb * i32(nr) + i32(r0));
+                let first = b.let_("r_first", span.row(rb * i32(nr) + i32(r0)));
                 // Whole groups of `per` chunks in a loop, then the rest.
                 let groups = chunks / per;
                 let rest = chunks % per;
@@ -385,10 +471,22 @@ impl Tile {
                         })
                         .collect();
                     b.unroll("i", TILE, |b, i| {
+                        if ahead {
+                            // The part of the next tile's V row i this pass reads.
+                            let next = span.next_row(self.bases, i.clone());
+                            let next = b.let_("next_base", next);
+                            let bytes = n * wv * kv.dtype.size_bytes();
+                            let per_line = 64 / kv.dtype.size_bytes();
+                            for l in 0..bytes.div_ceil(64) {
+                                let at =
+                                    next.clone() + i64(c0.clone() * i32(wv) + i32(l * per_line));
+                                b.prefetch(v_cache, at);
+                            }
+                        }
                         let v: Vec<Expr> = (0..n)
                             .map(|k| {
                                 let v = if direct {
-                                    let base = Expr::load(self.bases, i.clone(), 1);
+                                    let base = span.at(Expr::load(self.bases, i.clone(), 1));
                                     load_row_f32(
                                         v_cache,
                                         &base,

@@ -384,7 +384,7 @@ mod tests {
     }
 
     #[test]
-    fn host_blocks_serve_several_kv_heads_only_while_every_core_keeps_four() {
+    fn host_blocks_serve_every_kv_head_only_while_every_core_keeps_four() {
         let per_block = |s: &AttentionSpec, target, lens: &[usize], split, cores| {
             plan_decode(s, target, lens.iter().copied(), split, cores)
                 .unwrap()
@@ -393,17 +393,19 @@ mod tests {
         let s = spec();
         // 16 sequences on 2 cores: every KV head of a sequence in one block.
         assert_eq!(per_block(&s, HOST, &[2048; 16], Split::Auto, 2), 8);
+        assert_eq!(per_block(&s, HOST, &[100; 8], Split::Off, 2), 8);
         // GPU targets: always one.
         assert_eq!(per_block(&s, GPU, &[2048; 16], Split::Auto, 2), 1);
-        // 2 sequences on 2 cores: 4 heads per block leave 4 blocks, not 8;
-        // 2 heads leave 8.
-        assert_eq!(per_block(&s, HOST, &[100; 2], Split::Off, 2), 2);
-        // One sequence: one head per block (8 blocks, fewer than 4 per core
-        // whatever the block).
+        // Fewer than four sequences per core: one head per block.
+        assert_eq!(per_block(&s, HOST, &[100; 7], Split::Off, 2), 1);
         assert_eq!(per_block(&s, HOST, &[100], Split::Off, 2), 1);
         // Split chunks count as blocks: 16 chunks of one sequence.
         let p = plan_decode(&s, HOST, [4096], Split::Fixed { chunk_tokens: 256 }, 2).unwrap();
         assert_eq!((p.splits, p.kv_heads_per_block), (16, 8));
+        // Query and accumulator rows past 64 KiB: one head per block
+        // (128 query heads of 128).
+        let big = AttentionSpec::new(s.kv, 128);
+        assert_eq!(per_block(&big, HOST, &[2048; 16], Split::Auto, 2), 1);
         // HND pages keep one head per block.
         let hnd = AttentionSpec {
             kv: KvLayoutSpec {

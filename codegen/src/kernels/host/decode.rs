@@ -14,7 +14,7 @@ use crate::target::Target;
 
 use super::super::decode::{declare, walk, HeadBlock, Output};
 use super::super::{alibi_slope, kv_offset, kv_scale_values, seq_pages, vector_lanes};
-use super::tile::{masked_logit, Rows, Span, Tile};
+use super::tile::{masked_logit, PageOrder, Rows, Span, Tile};
 use super::{finish_row, max_kv_heads_per_block, TILE};
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
@@ -75,10 +75,12 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
                             first: b.let_("row0", hh.clone() * i32(g)),
                             n: g,
                             off: b.let_("head_off", i64(hh.clone()) * stride.clone()),
-                            next: Some((
-                                (hh.clone() + Expr::i32(1)).lt(n.clone()),
-                                i64(hh + Expr::i32(1)) * stride,
-                            )),
+                            next: Some(PageOrder {
+                                all: n.clone().eq_(i32(most)),
+                                pass: hh,
+                                heads: most,
+                                stride,
+                            }),
                         };
                         body(b, &at, &span)
                     })

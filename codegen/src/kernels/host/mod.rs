@@ -22,38 +22,41 @@ use crate::target::{Arch, Target};
 pub const TILE: u32 = 16;
 
 /// The f32 query and accumulator rows a host decode block may keep for
-/// the KV heads it serves (about an L1 data cache).
-const BLOCK_ROWS_BYTES: u32 = 32 * 1024;
+/// the KV heads it serves.
+const BLOCK_ROWS_BYTES: u32 = 64 * 1024;
 
-/// The most KV heads one host decode block can serve (each with its whole
-/// group of query heads): as many as divide `kv_heads` and whose f32 query
-/// and accumulator rows fit [`BLOCK_ROWS_BYTES`], for NHD pages; one for
-/// HND pages (a head's rows are contiguous already) and for a group spread
-/// over several blocks.
+/// The KV heads one host decode block can serve (each with its whole group
+/// of query heads): every one, for NHD pages where their f32 query and
+/// accumulator rows fit [`BLOCK_ROWS_BYTES`]; otherwise one (HND pages,
+/// where a head's rows are contiguous already, and a group spread over
+/// several blocks).
 ///
 /// Why: in an NHD page a KV head's rows are `head_dim` elements every
 /// `kv_heads · head_dim`, so a block walking one head reads a few cache
 /// lines in every 2 KB and the core's prefetchers never get ahead. A block
-/// serving every KV head reads each page whole, head by head, tile by tile
-/// (BENCHMARKS.md). Each head's arithmetic is the same either way, so the
-/// outputs have the same bits.
+/// serving every KV head reads each page whole, head by head, and
+/// prefetches the next tile's pages whole, in address order (BENCHMARKS.md).
+/// Each head's arithmetic is the same either way, so the outputs have the
+/// same bits.
 pub(crate) fn max_kv_heads_per_block(spec: &AttentionSpec) -> u32 {
     let kv = &spec.kv;
-    if kv.order != Order::Nhd || super::decode_head_blocks(spec).0 > 1 {
-        return 1;
+    let rows_bytes = spec.q_heads * kv.head_dim * 4 * 2;
+    let every = kv.order == Order::Nhd
+        && kv.kv_heads > 1
+        && super::decode_head_blocks(spec).0 == 1
+        && rows_bytes <= BLOCK_ROWS_BYTES;
+    if every {
+        kv.kv_heads
+    } else {
+        1
     }
-    let per_head = spec.group_size() * kv.head_dim * 4 * 2;
-    (1..=kv.kv_heads)
-        .rev()
-        .find(|&h| kv.kv_heads.is_multiple_of(h) && h * per_head <= BLOCK_ROWS_BYTES)
-        .unwrap_or(1)
 }
 
 /// The KV heads each block of a decode (or split-K decode) launch serves
 /// at `target`, given `per_kv_head` blocks per KV head (sequences × chunks)
-/// on a device of `compute_units` cores: 1 except at the host target, where
-/// it is the most a block can serve that still leaves four blocks per core
-/// to balance uneven sequences (one when even that does not).
+/// on a device of `compute_units` cores: 1 except at the host target,
+/// where a block serves every KV head when it can ([`max_kv_heads_per_block`])
+/// and that still leaves four blocks per core to balance uneven sequences.
 ///
 /// The launch's grid x is then `kv_heads / kv_heads_per_block` (see
 /// [`crate::kernels::KernelSpec::grid_serving`]); the host kernel reads
@@ -64,15 +67,13 @@ pub fn decode_kv_heads_per_block(
     per_kv_head: u64,
     compute_units: u32,
 ) -> u32 {
-    if target.arch != Arch::Host {
-        return 1;
-    }
     let most = max_kv_heads_per_block(spec);
-    let wanted = 4 * compute_units.max(1) as u64;
-    (1..=most)
-        .rev()
-        .find(|&h| most.is_multiple_of(h) && per_kv_head * (spec.kv.kv_heads / h) as u64 >= wanted)
-        .unwrap_or(1)
+    let enough = per_kv_head >= 4 * compute_units.max(1) as u64;
+    if target.arch == Arch::Host && enough {
+        most
+    } else {
+        1
+    }
 }
 
 /// Lanes of the host schedules' vectors: one 256-bit register of f32.

@@ -77,8 +77,8 @@ impl Rows<'_> {
     }
 }
 
-/// The rows one pass over a tile works on: the tile's rows `first..first
-/// + n`, whose K and V rows sit `off` elements past the rows
+/// The rows one pass over a tile works on: `n` of the tile's rows from
+/// `first`, whose K and V rows sit `off` elements past the rows
 /// [`Tile::locate`] found (another KV head of the same tokens, for a
 /// block serving several).
 pub(crate) struct Span {
@@ -88,11 +88,27 @@ pub(crate) struct Span {
     pub n: u32,
     /// The arena offset from the located rows (i64).
     pub off: Expr,
-    /// Where the block's next pass reads: while `.0` holds, this tile's
-    /// tokens at offset `.1` (the block's next KV head); otherwise, and
-    /// without it, the next tile's at the located rows. The passes
-    /// prefetch it.
-    pub next: Option<(Expr, Expr)>,
+    /// What the pass prefetches for the block ([`Span::next_row`]):
+    /// without it, the next tile's rows at the located ones.
+    pub next: Option<PageOrder>,
+}
+
+/// The prefetches of a pass of a block that may serve every KV head of
+/// NHD pages: while `all` holds, the pass prefetches its share of the next
+/// tile's rows in address order (pass `pass` of `heads` takes rows `pass ·
+/// TILE .. (pass + 1) · TILE` of the tile's `TILE · heads`, token-major),
+/// so the passes of a tile read the next tile's pages whole, in order, a
+/// tile ahead; otherwise (a block serving one head) the next tile's rows
+/// of its head.
+pub(crate) struct PageOrder {
+    /// Whether the block serves every KV head (bool).
+    pub all: Expr,
+    /// The pass: the block's KV head (i32; an unroll variable).
+    pub pass: Expr,
+    /// The KV heads.
+    pub heads: u32,
+    /// The arena offset from one KV head's row to the next's (i64).
+    pub stride: Expr,
 }
 
 impl Span {
@@ -116,15 +132,18 @@ impl Span {
         base + self.off.clone()
     }
 
-    /// The row of token `i` (0..TILE) of the block's next pass (see
+    /// The `i`-th (0..TILE) of the rows the pass prefetches (see
     /// [`Span::next`]).
     fn next_row(&self, bases: BufId, i: Expr) -> Expr {
         let next_tile = Expr::load(bases, i.clone() + i32(TILE), 1);
         match &self.next {
             None => next_tile,
-            Some((here, off)) => {
-                let this_tile = Expr::load(bases, i, 1) + off.clone();
-                here.clone().select(this_tile, next_tile)
+            Some(order) => {
+                let q = order.pass.clone() * i32(TILE) + i;
+                let h = i32(order.heads);
+                let token = Expr::load(bases, q.clone() / h.clone() + i32(TILE), 1);
+                let row = token + (q % h).cast(Scalar::I64) * order.stride.clone();
+                order.all.clone().select(row, next_tile)
             }
         }
     }

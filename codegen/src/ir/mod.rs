@@ -375,7 +375,8 @@ pub enum Expr {
         buf: BufId,
         /// Element index (any integer type).
         index: Box<Expr>,
-        /// Lanes to load: 1, 2, 4, 8 or 16 (at most 16 bytes).
+        /// Lanes to load: 1, 2, 4, 8 or 16 (at most 16 bytes from global or
+        /// shared memory; 64 at the host target).
         lanes: u8,
     },
     /// One lane of a vector.

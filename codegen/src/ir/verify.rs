@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use super::*;
+use crate::target::{Arch, Target};
 
 /// One problem found in a kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,7 +207,7 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
             if ti.lanes != 1 || !ti.scalar.is_int() {
                 return Err(format!("load index must be an integer, got {ti}"));
             }
-            check_lanes(*lanes, b.elem, b.space)?;
+            check_lanes(*lanes, b.elem, b.space, k.target)?;
             Ty::vector(b.elem, *lanes)
         }
         Expr::Lane(v, i) => {
@@ -229,25 +230,30 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
             if n < 2 {
                 return Err("a vector has 2, 4, 8 or 16 lanes".into());
             }
-            check_lanes(n, s, Space::Local)?;
+            check_lanes(n, s, Space::Local, k.target)?;
             Ty::vector(s, n)
         }
     })
 }
 
 /// A vector has 2, 4, 8 or 16 lanes; one that goes to or from global or
-/// shared memory is at most 16 bytes (one GPU vector access), a value or a
+/// shared memory is at most 16 bytes (one GPU vector access; 64, one
+/// AVX-512 register, at the host target, which no GPU runs), a value or a
 /// local array access at most 64.
-fn check_lanes(lanes: u8, elem: Scalar, space: Space) -> Result<(), String> {
+fn check_lanes(lanes: u8, elem: Scalar, space: Space, target: Target) -> Result<(), String> {
     if !matches!(lanes, 1 | 2 | 4 | 8 | 16) {
         return Err(format!("{lanes} lanes: vectors have 2, 4, 8 or 16 lanes"));
     }
     if space == Space::Local {
         return Ok(());
     }
-    if lanes > 1 && elem.size_bytes() * lanes as u32 > 16 {
+    let most = match target.arch {
+        Arch::Host => 64,
+        _ => 16,
+    };
+    if lanes > 1 && elem.size_bytes() * lanes as u32 > most {
         return Err(format!(
-            "{elem}x{lanes} is {} bytes: vector accesses are at most 16 bytes",
+            "{elem}x{lanes} is {} bytes: vector accesses are at most {most} bytes",
             elem.size_bytes() * lanes as u32
         ));
     }
@@ -661,7 +667,7 @@ impl Checker<'_> {
                     if tv.scalar != elem {
                         let msg = format!("storing {tv} into a buffer of {elem}");
                         self.err(at, msg);
-                    } else if let Err(m) = check_lanes(tv.lanes, elem, b.space) {
+                    } else if let Err(m) = check_lanes(tv.lanes, elem, b.space, self.k.target) {
                         self.err(at, m);
                     }
                 }

@@ -281,3 +281,28 @@ fn vector_arithmetic_is_f32_and_elementwise() {
     assert!(m[0].contains("scalar operands, got i32x4"), "{m:?}");
     assert!(m[1].contains("Tanh is not defined on f32x4"), "{m:?}");
 }
+
+#[test]
+fn global_vector_accesses_are_16_bytes_on_a_gpu_and_64_on_the_host() {
+    let access = |arch: Arch, lanes: u8, elem: Scalar| {
+        let t = arch.target();
+        let mut b = KernelBuilder::new("t", t, t.warp_size);
+        let x = b.global("x", elem, Access::Read);
+        let y = b.global("y", elem, Access::ReadWrite);
+        let v = b.let_("v", Expr::load(x, Expr::i64(0), lanes));
+        b.store(y, Expr::i64(0), v);
+        messages(&b.finish())
+    };
+    for arch in [Arch::Gfx90a, Arch::Gfx1030, Arch::Sm90] {
+        assert_eq!(access(arch, 8, Scalar::F16), Vec::<String>::new());
+        let m = access(arch, 16, Scalar::F16);
+        assert!(
+            m.len() == 2 && m[0].contains("at most 16 bytes"),
+            "{arch}: {m:?}"
+        );
+    }
+    assert_eq!(access(Arch::Host, 16, Scalar::F16), Vec::<String>::new());
+    assert_eq!(access(Arch::Host, 16, Scalar::F32), Vec::<String>::new());
+    let m = access(Arch::Host, 16, Scalar::I64);
+    assert!(m.len() == 2 && m[0].contains("at most 64 bytes"), "{m:?}");
+}

@@ -15,7 +15,7 @@ use crate::target::Target;
 use super::super::decode::{declare, walk, HeadBlock, Output};
 use super::super::{alibi_slope, kv_offset, kv_scale_values, seq_pages, vector_lanes};
 use super::tile::{masked_logit, PageOrder, Rows, Span, Tile};
-use super::{finish_row, max_kv_heads_per_block, TILE};
+use super::{finish_row, max_kv_heads_per_block, write_row, TILE};
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
@@ -185,10 +185,8 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
                         )
                     }
                 };
-                b.unroll("j", d, |b, j| {
-                    let o = Expr::load(tile.acc, r.clone() * i32(d) + j.clone(), 1) * inv.clone();
-                    b.store(dst, base.clone() + i64(j), o.cast(elem));
-                });
+                let at = r.clone() * i32(d);
+                write_row(b, tile.acc, &at, &inv, dst, &base, elem, d);
             };
             match real {
                 Some(real) => b.if_(real, write),

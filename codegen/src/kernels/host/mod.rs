@@ -101,7 +101,7 @@ pub(crate) fn splat_n(x: Expr, n: u32) -> Expr {
     Expr::Vector(vec![x; n as usize])
 }
 
-/// The 16-byte loads of chunk `chunk` (`lanes` elements from
+/// The loads (32 bytes at most: one AVX register) of chunk `chunk` (`lanes` elements from
 /// `chunk·lanes`) of the row of `buf` at element `base`, in storage type,
 /// and the elements each holds.
 fn chunk_loads(
@@ -111,7 +111,7 @@ fn chunk_loads(
     lanes: u32,
     dtype: DType,
 ) -> (Vec<Expr>, u32) {
-    let per_load = (16 / dtype.size_bytes()).min(lanes);
+    let per_load = (32 / dtype.size_bytes()).min(lanes);
     let loads = (0..lanes / per_load)
         .map(|p| {
             let off = chunk.clone() * Expr::i32(lanes as i32) + Expr::i32((p * per_load) as i32);
@@ -140,13 +140,13 @@ fn gather_f32(loads: &[Expr], per_load: u32) -> Expr {
 }
 
 /// Chunk `chunk` (W elements from `chunk·W`) of the row of `buf` at
-/// element `base`, in f32: one 16-byte load (two for an f32 row).
+/// element `base`, in f32: one 16-byte load (32 bytes for an f32 row).
 pub(crate) fn load_chunk_f32(buf: BufId, base: &Expr, chunk: &Expr, dtype: DType) -> Expr {
     load_row_f32(buf, base, chunk, W, dtype)
 }
 
 /// Chunk `chunk` (`lanes` elements from `chunk·lanes`) of the row of
-/// `buf` at element `base`, in f32, loaded 16 bytes at a time.
+/// `buf` at element `base`, in f32, loaded 32 bytes at a time.
 pub(crate) fn load_row_f32(
     buf: BufId,
     base: &Expr,
@@ -188,6 +188,28 @@ pub(crate) fn lanes_fold(v: Expr, f: impl Fn(Expr, Expr) -> Expr) -> Expr {
             .collect();
     }
     lanes.pop().unwrap_or_else(|| Expr::f32(0.0))
+}
+
+/// Writes `d` elements of `acc` from element `at` (i32), times `inv`, as
+/// `elem` to `dst` from element `base` (i64): element-wise, `wide_lanes(d)`
+/// at a time.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_row(
+    b: &mut KernelBuilder,
+    acc: BufId,
+    at: &Expr,
+    inv: &Expr,
+    dst: BufId,
+    base: &Expr,
+    elem: Scalar,
+    d: u32,
+) {
+    let n = wide_lanes(d);
+    b.unroll("j", d / n, |b, j| {
+        let first = j * Expr::i32(n as i32);
+        let o = Expr::load(acc, at.clone() + first.clone(), n as u8) * splat_n(inv.clone(), n);
+        b.store(dst, base.clone() + first.cast(Scalar::I64), o.cast(elem));
+    });
 }
 
 /// A softmax row's normaliser: from its running max `mx` and sum `lsum`

@@ -22,7 +22,7 @@ use super::super::prefill::{declare, prefill_block, PrefillBlock, PREFILL_ROWS};
 use super::super::{alibi_slope, vector_lanes};
 use super::by_tokens::{vector_logit, ByTokens};
 use super::tile::{masked_logit, Rows, Tile};
-use super::{finish_row, splat, TILE, W};
+use super::{finish_row, splat, write_row, TILE, W};
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
@@ -178,10 +178,8 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                     (i64(t) * Expr::i64(spec.q_heads as i64) + i64(h.clone()))
                         * Expr::i64(d as i64),
                 );
-                b.unroll("j", d, |b, j| {
-                    let o = Expr::load(tile.acc, r.clone() * i32(d) + j.clone(), 1) * inv.clone();
-                    b.store(io.out, base.clone() + i64(j), o.cast(q_elem));
-                });
+                let at = r.clone() * i32(d);
+                write_row(b, tile.acc, &at, &inv, io.out, &base, q_elem, d);
             });
         });
     });

@@ -402,7 +402,8 @@ mod tests {
         // Split chunks count as blocks: 16 chunks of one sequence.
         let p = plan_decode(&s, HOST, [4096], Split::Fixed { chunk_tokens: 256 }, 2).unwrap();
         assert_eq!((p.splits, p.kv_heads_per_block), (16, 8));
-        // Query and accumulator rows past 64 KiB: one head per block
+        // Query rows past 4096 elements (a block keeps them and their
+        // accumulators in f32): one head per block
         // (128 query heads of 128).
         let big = AttentionSpec::new(s.kv, 128);
         assert_eq!(per_block(&big, HOST, &[2048; 16], Split::Auto, 2), 1);

@@ -21,13 +21,14 @@ use crate::target::{Arch, Target};
 /// Tokens per tile of the host schedules.
 pub const TILE: u32 = 16;
 
-/// The f32 query and accumulator rows a host decode block may keep for
-/// the KV heads it serves.
-const BLOCK_ROWS_BYTES: u32 = 64 * 1024;
+/// The f32 query (and accumulator) elements a host decode block may keep
+/// for the KV heads it serves: 16 KiB each, and the most a local array
+/// filled by an unrolled loop may hold ([`crate::ir::verify::MAX_UNROLL`]).
+const BLOCK_ROW_ELEMS: u32 = 4096;
 
 /// The KV heads one host decode block can serve (each with its whole group
 /// of query heads): every one, for NHD pages where their f32 query and
-/// accumulator rows fit [`BLOCK_ROWS_BYTES`]; otherwise one (HND pages,
+/// accumulator rows fit [`BLOCK_ROW_ELEMS`] each; otherwise one (HND pages,
 /// where a head's rows are contiguous already, and a group spread over
 /// several blocks).
 ///
@@ -40,11 +41,10 @@ const BLOCK_ROWS_BYTES: u32 = 64 * 1024;
 /// same bits.
 pub(crate) fn max_kv_heads_per_block(spec: &AttentionSpec) -> u32 {
     let kv = &spec.kv;
-    let rows_bytes = spec.q_heads * kv.head_dim * 4 * 2;
     let every = kv.order == Order::Nhd
         && kv.kv_heads > 1
         && super::decode_head_blocks(spec).0 == 1
-        && rows_bytes <= BLOCK_ROWS_BYTES;
+        && spec.q_heads * kv.head_dim <= BLOCK_ROW_ELEMS;
     if every {
         kv.kv_heads
     } else {

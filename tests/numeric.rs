@@ -957,3 +957,78 @@ fn several_heads_bits<T: Element>(device: &CpuDevice, spec: &AttentionSpec, seed
         }
     }
 }
+
+/// The launch path picks whole-page blocks by itself: a batch of four
+/// sequences per core through `CpuDevice::decode_ext` (the planner gives a
+/// block every KV head) has the bits of one head per block.
+#[test]
+fn host_decode_of_a_large_batch_plans_whole_page_blocks_with_the_same_bits() {
+    use attnforge::codegen::cpu::Arg;
+    let seed = seed();
+    let device = CpuDevice::new();
+    let kv = KvLayoutSpec {
+        page_size: 16,
+        kv_heads: 8,
+        head_dim: 64,
+        dtype: DType::F16,
+        order: Order::Nhd,
+        scale: KvScale::Unscaled,
+    };
+    let spec = AttentionSpec::new(kv, 32);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lens: Vec<usize> = (0..4 * cores).map(|i| 1 + (i * 37) % 90).collect();
+    let target = Arch::Host.target();
+    let plan = attnforge::runtime::plan_decode(
+        &spec,
+        target,
+        lens.iter().copied(),
+        Split::Off,
+        cores as u32,
+    )
+    .unwrap();
+    assert_eq!(plan.kv_heads_per_block, 8, "the planner serves every head");
+    let mut rng = Rng(seed ^ 0xba7c4);
+    let s = check::paged_inputs::<f16>(&kv, &lens, &mut rng);
+    let q: Vec<f16> = (0..lens.len() * 32 * 64)
+        .map(|_| f16::from_f64(2.0 * rng.uniform() - 1.0))
+        .collect();
+    let params = Params {
+        split: Split::Off,
+        ..Params::default()
+    };
+    let mut got = vec![f16::from_f64(f64::NAN); q.len()];
+    device
+        .decode_ext(
+            &spec,
+            target,
+            Mode::Fast,
+            &params,
+            &q,
+            &s.k,
+            &s.v,
+            &s.table,
+            &mut got,
+        )
+        .unwrap();
+    let ks = KernelSpec::Decode(spec);
+    let kernel = device.kernel(&ks, target, Mode::Fast).unwrap();
+    let mut one = vec![f16::from_f64(f64::NAN); q.len()];
+    let mut args = vec![
+        Arg::input(&q),
+        Arg::input(&s.k),
+        Arg::input(&s.v),
+        Arg::input(&s.table.indptr),
+        Arg::input(&s.table.indices),
+        Arg::input(&s.table.last_page_len),
+        Arg::output(&mut one),
+    ];
+    // SAFETY: the table was built over these arenas; q and out have the
+    // batch's shape.
+    unsafe { kernel.launch(ks.grid(lens.len() as u32, 1), &mut args) }.unwrap();
+    drop(args);
+    let diff = one
+        .iter()
+        .zip(&got)
+        .position(|(a, b)| a.to_bits() != b.to_bits());
+    assert_eq!(diff, None, "first differing element, seed {seed}");
+}

@@ -420,5 +420,7 @@ mod tests {
         let ks = attnforge_codegen::kernels::KernelSpec::Decode(s);
         assert_eq!(ks.grid_serving(16, 1, 8), [1, 16, 1]);
         assert_eq!(ks.grid_serving(16, 1, 1), ks.grid(16, 1));
+        // A share that does not divide the heads gives the one-head grid.
+        assert_eq!(ks.grid_serving(16, 1, 3), ks.grid(16, 1));
     }
 }

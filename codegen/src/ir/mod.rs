@@ -369,7 +369,8 @@ pub enum Expr {
     /// Scalar conversion (float↔float rounds to nearest even; float→int truncates).
     Cast(Scalar, Box<Expr>),
     /// Load of `lanes` consecutive elements starting at element `index`
-    /// (a vector load of up to 16 bytes; `index` must be a multiple of `lanes`).
+    /// (a vector load of up to 16 bytes, 64 at the host target; `index`
+    /// must be a multiple of `lanes`).
     Load {
         /// The buffer.
         buf: BufId,

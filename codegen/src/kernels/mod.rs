@@ -112,12 +112,21 @@ impl KernelSpec {
         self.grid_serving(n, m, 1)
     }
 
-    /// [`KernelSpec::grid`] with each decode block serving
-    /// `kv_heads_per_block` KV heads (from [`decode_kv_heads_per_block`]:
-    /// more than one only at the host target; other kernels ignore it).
+    /// [`KernelSpec::grid`] with each host decode block serving
+    /// `kv_heads_per_block` KV heads (from [`decode_kv_heads_per_block`],
+    /// which gives more than one only at the host target, for specs whose
+    /// host kernel reads its share from the grid). A value that does not
+    /// divide the KV heads, or a spec whose group spreads over several
+    /// blocks, gives the one-head grid, which every kernel runs correctly;
+    /// the other kernels' grids do not depend on it.
     pub fn grid_serving(&self, n: u32, m: u32, kv_heads_per_block: u32) -> [u32; 3] {
-        let decode_x =
-            |a: &AttentionSpec| a.kv.kv_heads / kv_heads_per_block.max(1) * decode_head_blocks(a).0;
+        let decode_x = |a: &AttentionSpec| {
+            let (blocks, p) = (decode_head_blocks(a).0, kv_heads_per_block.max(1));
+            match blocks == 1 && a.kv.kv_heads.is_multiple_of(p) {
+                true => a.kv.kv_heads / p,
+                false => a.kv.kv_heads * blocks,
+            }
+        };
         match self {
             KernelSpec::Decode(a) => [decode_x(a), n, 1],
             KernelSpec::Append(_) => [n, 1, 1],

@@ -285,16 +285,12 @@ impl<D: Driver> Kernels<D> {
         }
         if !sp.decode.split {
             let ks = KernelSpec::Decode(self.spec);
+            let grid = ks.grid_serving(batch, 1, sp.decode.kv_heads_per_block);
             // SAFETY: the plan's table was validated against arenas of at
             // least `pages_needed` pages, which the K/V views hold; q/out
             // have the batch's shape and the variant buffers one value per
             // query head (checked above).
-            return unsafe {
-                {
-                    let grid = ks.grid_serving(batch, 1, sp.decode.kv_heads_per_block);
-                    self.decode.launch(stream, grid, &args)
-                }
-            };
+            return unsafe { self.decode.launch(stream, grid, &args) };
         }
         let rows = batch as usize * self.spec.q_heads as usize * sp.decode.splits as usize;
         let part_out = plan

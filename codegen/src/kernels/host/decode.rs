@@ -1,9 +1,12 @@
 //! Decode (and split-K decode) on the host target: one thread per block
 //! serves one KV head of one sequence and every query head of its group,
-//! one tile of TILE tokens at a time (see [`super::tile`]).
+//! or with NHD pages every KV head of the sequence (`kv_heads / gridDim.x`
+//! of them, see [`super::decode_kv_heads_per_block`]), one tile of TILE
+//! tokens at a time, head after head (see [`super::tile`]).
 //!
-//! Parameters, grid and results are those of the GPU decode kernel (see
-//! [`crate::kernels::decode`]); a token past the end is read at the last
+//! Parameters and results are those of the GPU decode kernel (see
+//! [`crate::kernels::decode`]), and so is the grid with one KV head per
+//! block (`KernelSpec::grid_serving`); a token past the end is read at the last
 //! token (a valid row) and weighs nothing, so NaN in free pages never
 //! reaches the output.
 

@@ -26,9 +26,14 @@ pub const TILE: u32 = 16;
 /// filled by an unrolled loop may hold ([`crate::ir::verify::MAX_UNROLL`]).
 const BLOCK_ROW_ELEMS: u32 = 4096;
 
+/// The most KV heads one host decode block serves (its passes are a loop
+/// of that many iterations).
+const MAX_BLOCK_KV_HEADS: u32 = 16;
+
 /// The KV heads one host decode block can serve (each with its whole group
-/// of query heads): every one, for NHD pages where their f32 query and
-/// accumulator rows fit [`BLOCK_ROW_ELEMS`] each; otherwise one (HND pages,
+/// of query heads): every one, for NHD pages with at most
+/// [`MAX_BLOCK_KV_HEADS`] KV heads whose f32 query and accumulator rows fit
+/// [`BLOCK_ROW_ELEMS`] each; otherwise one (HND pages,
 /// where a head's rows are contiguous already, and a group spread over
 /// several blocks).
 ///
@@ -42,7 +47,7 @@ const BLOCK_ROW_ELEMS: u32 = 4096;
 pub(crate) fn max_kv_heads_per_block(spec: &AttentionSpec) -> u32 {
     let kv = &spec.kv;
     let every = kv.order == Order::Nhd
-        && kv.kv_heads > 1
+        && (2..=MAX_BLOCK_KV_HEADS).contains(&kv.kv_heads)
         && super::decode_head_blocks(spec).0 == 1
         && spec.q_heads * kv.head_dim <= BLOCK_ROW_ELEMS;
     if every {

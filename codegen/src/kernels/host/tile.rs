@@ -1,10 +1,11 @@
 //! One tile of the host schedules: `R` softmax rows (a decode block's
 //! query heads, or a prefill block's packed query rows) against TILE
-//! consecutive KV tokens of one KV head.
+//! consecutive KV tokens, in passes ([`Span`]) of one KV head each (a
+//! decode block may serve several KV heads).
 //!
 //! ```text
-//! locate   bases[i]        one page-table lookup per token for K and V, and the next tile's
-//!                          (prefetched STEP tokens at a time while the logits run)
+//! locate   bases[i]        one page-table lookup per token for K and V, for this tile and the
+//!                          next (whose rows each pass prefetches a share of: `Span::next`)
 //! logits   s[r·TILE + i]   two tokens' K chunks per 16-lane vector, converted once, multiplied
 //!                          into HEADS rows' FMA chains; a shuffle tree folds rows × tokens in
 //!                          `lanes_fold`'s order
@@ -98,7 +99,7 @@ pub(crate) struct Span {
 /// tile's rows in address order (pass `pass` of `heads` takes rows `pass ·
 /// TILE .. (pass + 1) · TILE` of the tile's `TILE · heads`, token-major),
 /// so the passes of a tile read the next tile's pages whole, in order, a
-/// tile ahead; otherwise (a block serving one head) the next tile's rows
+/// tile ahead; otherwise (a block serving fewer heads) the next tile's rows
 /// of its head.
 pub(crate) struct PageOrder {
     /// Whether the block serves every KV head (bool).
@@ -143,7 +144,7 @@ impl Span {
                 let h = i32(order.heads);
                 let token = Expr::load(bases, q.clone() / h.clone() + i32(TILE), 1);
                 let row = token + (q % h).cast(Scalar::I64) * order.stride.clone();
-                order.all.clone().select(row, next_tile)
+                order.all.clone().select(row, next_tile + self.off.clone())
             }
         }
     }

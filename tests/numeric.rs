@@ -833,14 +833,7 @@ fn prefill_vs_decode_bits<Q: Element>(device: &CpuDevice, spec: &AttentionSpec, 
 fn host_decode_blocks_serving_several_kv_heads_have_the_bits_of_one_head_per_block() {
     let seed = seed();
     let device = CpuDevice::new();
-    let kv = KvLayoutSpec {
-        page_size: 16,
-        kv_heads: 8,
-        head_dim: 64,
-        dtype: DType::F16,
-        order: Order::Nhd,
-        scale: KvScale::Unscaled,
-    };
+    let kv = nhd_eight_heads();
     let three = KvLayoutSpec { kv_heads: 3, ..kv };
     let fp8 = KvLayoutSpec {
         kv_heads: 4,
@@ -872,88 +865,133 @@ fn host_decode_blocks_serving_several_kv_heads_have_the_bits_of_one_head_per_blo
 }
 
 fn several_heads_bits<T: Element>(device: &CpuDevice, spec: &AttentionSpec, seed: u64) {
-    use attnforge::codegen::cpu::Arg;
     use attnforge::codegen::kernels::decode_kv_heads_per_block;
     let mut rng = Rng(seed ^ 0x4ead5);
     let lens = [70usize, 33, 5];
     let s = check::paged_inputs::<T>(&spec.kv, &lens, &mut rng);
     let scales = check::kv_scales(&spec.kv, &mut rng);
-    let (d, batch) = (spec.kv.head_dim as usize, lens.len());
-    let q: Vec<f16> = (0..batch * spec.q_heads as usize * d)
-        .map(|_| f16::from_f64(2.0 * rng.uniform() - 1.0))
-        .collect();
+    let q = random_queries(spec, lens.len(), &mut rng);
     let sinks: Vec<f32> = (0..spec.q_heads).map(|_| rng.uniform() as f32).collect();
-    let target = Arch::Host.target();
     // The most a block serves: what a launch with plenty of blocks picks.
-    let most = decode_kv_heads_per_block(spec, target, 1 << 20, 1);
+    let most = decode_kv_heads_per_block(spec, Arch::Host.target(), 1 << 20, 1);
     assert!(most > 1, "{spec:?} serves one KV head per block");
     let (splits, chunk) = (3u32, 32i32);
+    assert!(
+        splits as usize * chunk as usize >= lens[0],
+        "the chunks cover every token"
+    );
     let name = format!("{} kv_heads {}", spec.kv.dtype, spec.kv.kv_heads);
-    for split in [false, true] {
-        let ks = match split {
-            false => KernelSpec::Decode(*spec),
-            true => KernelSpec::DecodeSplit(*spec),
-        };
-        let rows = batch * spec.q_heads as usize * if split { splits as usize } else { 1 };
-        let run = |per_block: u32, mode: Mode| -> Vec<u32> {
-            let kernel = device.kernel(&ks, target, mode).unwrap();
-            let mut out = vec![f16::from_f64(f64::NAN); q.len()];
-            let mut part = vec![f32::NAN; rows * d];
-            let mut ml = vec![f32::NAN; rows * 2];
-            let mut args: Vec<Arg> = vec![
-                Arg::input(&q),
-                Arg::input(&s.k),
-                Arg::input(&s.v),
-                Arg::input(&s.table.indptr),
-                Arg::input(&s.table.indices),
-                Arg::input(&s.table.last_page_len),
-            ];
-            if spec.sinks && !split {
-                args.push(Arg::input(&sinks));
-            }
-            if let Some((k, v)) = &scales {
-                args.extend([Arg::input(k), Arg::input(v)]);
-            }
-            let grid = match split {
-                false => {
-                    args.push(Arg::output(&mut out));
-                    ks.grid_serving(batch as u32, 1, per_block)
-                }
-                true => {
-                    args.extend([
-                        Arg::output(&mut part),
-                        Arg::output(&mut ml),
-                        Arg::I32(chunk),
-                    ]);
-                    ks.grid_serving(batch as u32, splits, per_block)
-                }
+    for split in [None, Some((splits, chunk))] {
+        let run = |per_block: u32, mode: Mode| {
+            let launch = HostDecode {
+                spec,
+                split,
+                q: &q,
+                sinks: &sinks,
+                scales: scales.as_ref(),
             };
-            // SAFETY: the table was built over these arenas, q and out (or
-            // the partials, `splits` rows per query row, whose chunks cover
-            // the longest sequence) have the batch's shape, the sinks and
-            // scales one value per query and KV head.
-            unsafe { kernel.launch(grid, &mut args) }.unwrap();
-            drop(args);
-            match split {
-                false => out.iter().map(|x| x.to_bits() as u32).collect(),
-                true => part.iter().chain(&ml).map(|x| x.to_bits()).collect(),
-            }
+            launch.bits(device, &s, per_block, mode)
         };
         let one = run(1, Mode::Fast);
-        assert!(
-            !split || splits as usize * chunk as usize >= lens[0],
-            "the chunks cover every token"
-        );
         for per_block in (2..=most).filter(|h| most.is_multiple_of(*h)) {
             for mode in [Mode::Fast, Mode::Checked] {
                 let got = run(per_block, mode);
                 let diff = one.iter().zip(&got).position(|(a, b)| a != b);
                 assert_eq!(
                     diff, None,
-                    "{name} split {split}: {per_block} KV heads per block ({mode:?}) \
+                    "{name} split {split:?}: {per_block} KV heads per block ({mode:?}) \
                      differ from one at element {diff:?}, seed {seed}"
                 );
             }
+        }
+    }
+}
+
+/// The NHD layout of the host decode block tests: 8 KV heads of 64, f16,
+/// pages of 16.
+fn nhd_eight_heads() -> KvLayoutSpec {
+    KvLayoutSpec {
+        page_size: 16,
+        kv_heads: 8,
+        head_dim: 64,
+        dtype: DType::F16,
+        order: Order::Nhd,
+        scale: KvScale::Unscaled,
+    }
+}
+
+/// Random f16 queries for `batch` sequences of `spec`.
+fn random_queries(spec: &AttentionSpec, batch: usize, rng: &mut Rng) -> Vec<f16> {
+    (0..batch * spec.q_heads as usize * spec.kv.head_dim as usize)
+        .map(|_| f16::from_f64(2.0 * rng.uniform() - 1.0))
+        .collect()
+}
+
+/// One raw launch of the host decode kernel, or with `split` (chunks,
+/// tokens per chunk) of the split-K decode kernel.
+struct HostDecode<'a> {
+    spec: &'a AttentionSpec,
+    split: Option<(u32, i32)>,
+    q: &'a [f16],
+    sinks: &'a [f32],
+    scales: Option<&'a (Vec<f32>, Vec<f32>)>,
+}
+
+impl HostDecode<'_> {
+    /// The output's bits (or the partials' and their (max, sum)'s) with
+    /// each block serving `per_block` KV heads.
+    fn bits<T: Element>(
+        &self,
+        device: &CpuDevice,
+        s: &check::PagedInputs<T>,
+        per_block: u32,
+        mode: Mode,
+    ) -> Vec<u32> {
+        use attnforge::codegen::cpu::Arg;
+        let spec = self.spec;
+        let batch = s.table.batch();
+        let ks = match self.split {
+            None => KernelSpec::Decode(*spec),
+            Some(_) => KernelSpec::DecodeSplit(*spec),
+        };
+        let kernel = device.kernel(&ks, Arch::Host.target(), mode).unwrap();
+        let splits = self.split.map_or(1, |(n, _)| n);
+        let rows = batch * spec.q_heads as usize * splits as usize;
+        let mut out = vec![f16::from_f64(f64::NAN); self.q.len()];
+        let mut part = vec![f32::NAN; rows * spec.kv.head_dim as usize];
+        let mut ml = vec![f32::NAN; rows * 2];
+        let mut args: Vec<Arg> = vec![
+            Arg::input(self.q),
+            Arg::input(&s.k),
+            Arg::input(&s.v),
+            Arg::input(&s.table.indptr),
+            Arg::input(&s.table.indices),
+            Arg::input(&s.table.last_page_len),
+        ];
+        if spec.sinks && self.split.is_none() {
+            args.push(Arg::input(self.sinks));
+        }
+        if let Some((k, v)) = self.scales {
+            args.extend([Arg::input(k), Arg::input(v)]);
+        }
+        match self.split {
+            None => args.push(Arg::output(&mut out)),
+            Some((_, chunk)) => args.extend([
+                Arg::output(&mut part),
+                Arg::output(&mut ml),
+                Arg::I32(chunk),
+            ]),
+        }
+        let grid = ks.grid_serving(batch as u32, splits, per_block);
+        // SAFETY: the table was built over these arenas, q and out (or the
+        // partials, `splits` rows per query row, whose chunks cover the
+        // longest sequence) have the batch's shape, the sinks and scales
+        // one value per query and KV head.
+        unsafe { kernel.launch(grid, &mut args) }.unwrap();
+        drop(args);
+        match self.split {
+            None => out.iter().map(|x| x.to_bits() as u32).collect(),
+            Some(_) => part.iter().chain(&ml).map(|x| x.to_bits()).collect(),
         }
     }
 }
@@ -963,17 +1001,9 @@ fn several_heads_bits<T: Element>(device: &CpuDevice, spec: &AttentionSpec, seed
 /// block every KV head) has the bits of one head per block.
 #[test]
 fn host_decode_of_a_large_batch_plans_whole_page_blocks_with_the_same_bits() {
-    use attnforge::codegen::cpu::Arg;
     let seed = seed();
     let device = CpuDevice::new();
-    let kv = KvLayoutSpec {
-        page_size: 16,
-        kv_heads: 8,
-        head_dim: 64,
-        dtype: DType::F16,
-        order: Order::Nhd,
-        scale: KvScale::Unscaled,
-    };
+    let kv = nhd_eight_heads();
     let spec = AttentionSpec::new(kv, 32);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let lens: Vec<usize> = (0..4 * cores).map(|i| 1 + (i * 37) % 90).collect();
@@ -989,9 +1019,7 @@ fn host_decode_of_a_large_batch_plans_whole_page_blocks_with_the_same_bits() {
     assert_eq!(plan.kv_heads_per_block, 8, "the planner serves every head");
     let mut rng = Rng(seed ^ 0xba7c4);
     let s = check::paged_inputs::<f16>(&kv, &lens, &mut rng);
-    let q: Vec<f16> = (0..lens.len() * 32 * 64)
-        .map(|_| f16::from_f64(2.0 * rng.uniform() - 1.0))
-        .collect();
+    let q = random_queries(&spec, lens.len(), &mut rng);
     let params = Params {
         split: Split::Off,
         ..Params::default()
@@ -1010,25 +1038,17 @@ fn host_decode_of_a_large_batch_plans_whole_page_blocks_with_the_same_bits() {
             &mut got,
         )
         .unwrap();
-    let ks = KernelSpec::Decode(spec);
-    let kernel = device.kernel(&ks, target, Mode::Fast).unwrap();
-    let mut one = vec![f16::from_f64(f64::NAN); q.len()];
-    let mut args = vec![
-        Arg::input(&q),
-        Arg::input(&s.k),
-        Arg::input(&s.v),
-        Arg::input(&s.table.indptr),
-        Arg::input(&s.table.indices),
-        Arg::input(&s.table.last_page_len),
-        Arg::output(&mut one),
-    ];
-    // SAFETY: the table was built over these arenas; q and out have the
-    // batch's shape.
-    unsafe { kernel.launch(ks.grid(lens.len() as u32, 1), &mut args) }.unwrap();
-    drop(args);
+    let one = HostDecode {
+        spec: &spec,
+        split: None,
+        q: &q,
+        sinks: &[],
+        scales: None,
+    }
+    .bits(&device, &s, 1, Mode::Fast);
     let diff = one
         .iter()
         .zip(&got)
-        .position(|(a, b)| a.to_bits() != b.to_bits());
+        .position(|(a, b)| *a != b.to_bits() as u32);
     assert_eq!(diff, None, "first differing element, seed {seed}");
 }

@@ -218,12 +218,25 @@ impl Tile {
         from: &Expr,
         n: u32,
     ) {
-        let per_line = 64 / self.kv.dtype.size_bytes();
         b.unroll("pi", n, |b, pi| {
             let next = b.let_("next_base", span.next_row(self.bases, from.clone() + pi));
-            b.unroll("pf", self.kv.head_dim.div_ceil(per_line), |b, pf| {
-                b.prefetch(cache, next.clone() + i64(pf * i32(per_line)));
-            });
+            self.prefetch_part(b, cache, &next, i32(0), self.kv.head_dim);
+        });
+    }
+
+    /// Prefetches elements `from .. from + elems` of the row of `cache` at
+    /// `row`, a cache line at a time.
+    fn prefetch_part(
+        &self,
+        b: &mut KernelBuilder,
+        cache: BufId,
+        row: &Expr,
+        from: Expr,
+        elems: u32,
+    ) {
+        let per_line = 64 / self.kv.dtype.size_bytes();
+        b.unroll("pf", elems.div_ceil(per_line), |b, pf| {
+            b.prefetch(cache, row.clone() + i64(from.clone() + pf * i32(per_line)));
         });
     }
 
@@ -492,16 +505,11 @@ impl Tile {
                         .collect();
                     b.unroll("i", TILE, |b, i| {
                         if ahead {
-                            // The part of the next tile's V row i this pass reads.
+                            // The part of the next pass's V row i this sweep reads.
                             let next = span.next_row(self.bases, i.clone());
                             let next = b.let_("next_base", next);
-                            let bytes = n * wv * kv.dtype.size_bytes();
-                            let per_line = 64 / kv.dtype.size_bytes();
-                            for l in 0..bytes.div_ceil(64) {
-                                let at =
-                                    next.clone() + i64(c0.clone() * i32(wv) + i32(l * per_line));
-                                b.prefetch(v_cache, at);
-                            }
+                            let from = c0.clone() * i32(wv);
+                            self.prefetch_part(b, v_cache, &next, from, n * wv);
                         }
                         let v: Vec<Expr> = (0..n)
                             .map(|k| {

@@ -5,14 +5,15 @@
 //!
 //! 1. A 1024-token prompt's attention: the prefill kernel against the decode
 //!    kernel over one row per prompt token (what the serving simulations did
-//!    before prefill existed), in attention TFLOP/s (4·d per visible pair).
+//!    before prefill existed), in attention TFLOP/s (4·d per visible pair)
+//!    and as a share of the f32 FMA peak measured in the same run.
 //! 2. Decode of one 16384-token sequence (8 blocks of work for 2 cores and
 //!    more): the plain kernel against split-K with the planner's split and
 //!    with a fixed split.
 //! 3. The same decode over an fp8 e4m3 cache with per-head scales (f16
 //!    queries): half the K/V bytes.
 
-use attnforge::runtime::bench::median_time;
+use attnforge::runtime::bench::{fma_peak, median_time};
 
 use attnforge::kernels::specs::Llama3;
 use attnforge::runtime::cpu::{CpuDevice, Mode};
@@ -41,6 +42,19 @@ fn main() {
     let target = Arch::Host.target();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("machine: {threads} threads; Llama-3-8B shape, f16, host target");
+    let peak = fma_peak();
+    match peak {
+        Some(p) => println!(
+            "f32 FMA peak, measured ({}, {} threads): {:.0} GFLOP/s",
+            p.isa, p.threads, p.gflops
+        ),
+        None => println!("f32 FMA peak: not measured on this CPU"),
+    }
+    let of_peak = |flops_per_s: f64| {
+        peak.map_or(String::new(), |p| {
+            format!(", {:.0}% of the FMA peak", flops_per_s / 1e9 / p.gflops * 100.0)
+        })
+    };
 
     // 1. Prefill of a 1024-token prompt.
     let n = 1024usize;
@@ -70,9 +84,10 @@ fn main() {
             .unwrap()
     });
     println!(
-        "prefill kernel, {n}-token prompt: {:.1} ms, {:.3} TFLOP/s",
+        "prefill kernel, {n}-token prompt: {:.1} ms, {:.3} TFLOP/s{}",
         t.as_secs_f64() * 1e3,
-        flops / t.as_secs_f64() / 1e12
+        flops / t.as_secs_f64() / 1e12,
+        of_peak(flops / t.as_secs_f64())
     );
     let ps = l.page_size as usize;
     let rows = PageTable::from_sequences(
@@ -85,9 +100,10 @@ fn main() {
             .unwrap()
     });
     println!(
-        "decode kernel, one row per prompt token: {:.1} ms, {:.3} TFLOP/s",
+        "decode kernel, one row per prompt token: {:.1} ms, {:.3} TFLOP/s{}",
         t.as_secs_f64() * 1e3,
-        flops / t.as_secs_f64() / 1e12
+        flops / t.as_secs_f64() / 1e12,
+        of_peak(flops / t.as_secs_f64())
     );
 
     // 2. Decode of one long sequence.

@@ -55,3 +55,94 @@ pub fn memcpy(bytes: usize) -> Memcpy {
         threads,
     }
 }
+
+/// Measured f32 fused multiply-add throughput of this CPU, every thread
+/// busy: the ceiling a compute-bound kernel (prefill) is compared with.
+#[derive(Clone, Copy, Debug)]
+pub struct FmaPeak {
+    /// GFLOP/s (an FMA counts as two flops).
+    pub gflops: f64,
+    /// The vectors it was measured with: `"avx512"` or `"avx2"`.
+    pub isa: &'static str,
+    /// The threads that ran.
+    pub threads: usize,
+}
+
+/// Runs independent chains of vector FMAs on every thread (the widest
+/// vectors the CPU has: AVX-512, else AVX2 with FMA) and returns the
+/// median of five runs of about 100 ms. `None` on a CPU without either
+/// (or not x86-64).
+pub fn fma_peak() -> Option<FmaPeak> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (isa, lanes, run): (_, u64, fn(u64) -> f32) =
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F was detected on this CPU just above.
+                ("avx512", 16, |n| unsafe { fma::chains_512(n) })
+            } else if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: AVX2 and FMA were detected on this CPU just above.
+                ("avx2", 8, |n| unsafe { fma::chains_256(n) })
+            } else {
+                return None;
+            };
+        // About 100 ms per thread at 4 GHz and two FMA pipes.
+        let iters = 400_000_000 / (fma::CHAINS as u64 * lanes);
+        let t = median_time(5, || {
+            std::thread::scope(|sc| {
+                for _ in 0..threads {
+                    sc.spawn(move || std::hint::black_box(run(iters)));
+                }
+            })
+        });
+        let flops = 2.0 * (fma::CHAINS as u64 * lanes * iters * threads as u64) as f64;
+        Some(FmaPeak {
+            gflops: flops / t.as_secs_f64() / 1e9,
+            isa,
+            threads,
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// The FMA chains of [`fma_peak`]: enough independent accumulators to
+/// cover the FMA latency on every pipe (4 cycles × 2 pipes on current
+/// x86 cores), each `x = x * a + b`.
+#[cfg(target_arch = "x86_64")]
+mod fma {
+    use std::arch::x86_64::*;
+
+    pub const CHAINS: usize = 12;
+
+    #[target_feature(enable = "avx512f")]
+    pub fn chains_512(iters: u64) -> f32 {
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        let sum = acc.iter().fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+        _mm512_reduce_add_ps(sum)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn chains_256(iters: u64) -> f32 {
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        let sum = acc.iter().fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
+        // SAFETY: `lanes` holds exactly the 8 floats the store writes.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+        lanes.iter().sum()
+    }
+}

@@ -202,6 +202,42 @@ fn init() -> Result<(), String> {
 /// win (BENCHMARKS.md, "JIT compile time").
 const PIPELINE: &str = "default<O1>";
 
+/// The pipeline's options: O1 without LLVM's loop unrolling (full or
+/// partial). The lowering's loops (over a block's threads, over a
+/// per-thread array's elements, the host schedules' loops over 8 or 16
+/// lanes in explicit vectors) stay loops. Unrolling them took more than
+/// half of the JIT's time, counting the larger code it gave instruction
+/// selection and loop strength reduction, and made no kernel measurably
+/// faster (BENCHMARKS.md, "JIT compile time", 2026-12-05 evening).
+fn pass_options() -> PassBuilderOptions {
+    let options = PassBuilderOptions::create();
+    options.set_loop_unrolling(false);
+    options
+}
+
+/// `ATTNFORGE_JIT_DUMP=<dir>`: each kernel compiled writes its LLVM IR,
+/// before optimisation, to `<dir>/<kernel>-<arch>-<fast|checked>.ll`, for
+/// profiling the JIT with LLVM's own tools (`opt-15 -passes='default<O1>'
+/// -time-passes`, `llc-15 -O1 -time-passes`).
+fn dump_ir(
+    module: &inkwell::module::Module<'_>,
+    kernel: &Kernel,
+    checked: bool,
+) -> Result<(), String> {
+    let Some(dir) = std::env::var_os("ATTNFORGE_JIT_DUMP") else {
+        return Ok(());
+    };
+    let mode = if checked { "checked" } else { "fast" };
+    let path = std::path::Path::new(&dir).join(format!(
+        "{}-{}-{mode}.ll",
+        kernel.name,
+        kernel.target.arch.name()
+    ));
+    module
+        .print_to_file(&path)
+        .map_err(|e| format!("ATTNFORGE_JIT_DUMP: cannot write {}: {e}", path.display()))
+}
+
 /// Lowers a verified kernel to LLVM, optimises it and compiles it to
 /// machine code for this CPU, or takes that code from this process's JIT
 /// or the on-disk cache (see `objcache`) when the same kernel was compiled
@@ -303,8 +339,9 @@ fn emit(
     module
         .verify()
         .map_err(|e| format!("invalid LLVM IR: {e}"))?;
+    dump_ir(&module, kernel, opts.checked)?;
     module
-        .run_passes(PIPELINE, &machine, PassBuilderOptions::create())
+        .run_passes(PIPELINE, &machine, pass_options())
         .map_err(|e| e.to_string())?;
     let buf = machine
         .write_to_memory_buffer(&module, FileType::Object)

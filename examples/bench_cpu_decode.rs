@@ -7,12 +7,15 @@
 //! sequences of 2048 tokens, pages of 16 scattered over the arena
 //! (`AF_SEQS` and `AF_LEN` change the count and the length; `AF_CACHED=1`
 //! puts every sequence on the same 32 pages, `AF_HOST_ONLY=1` leaves the
-//! GPU-shaped kernels out, `AF_ORDER=hnd` stores the pages head-major).
+//! GPU-shaped kernels out, `AF_ORDER=hnd` stores the pages head-major,
+//! `AF_LAYERS=n` gives each of n layers its own pages and times a decode
+//! of every layer in turn, so that a small batch's K/V is not read from
+//! cache as it would not be in a model; the figures are per layer).
 
 use attnforge::kernels::specs::Llama3;
 use attnforge::runtime::bench::median_time;
 use attnforge::runtime::cpu::{CpuDevice, Mode};
-use attnforge::runtime::{KvScales, PageTable, Params, Split};
+use attnforge::runtime::{KvScales, PageTable, Params};
 use attnforge::{Arch, Attention, AttentionSpec, DType, KvLayoutSpec, KvScale, F8E4M3};
 use half::{bf16, f16};
 
@@ -33,6 +36,7 @@ fn main() {
     // `AF_CACHED=1`: every sequence on the same 32 pages (2 MiB of K and
     // V), so the K/V stay in cache: the kernel's compute-bound rate.
     let cached = env("AF_CACHED", 0) == 1;
+    let layers = env("AF_LAYERS", 1).max(1);
     let pages_per_seq = len / l.page_size as usize;
     let max_pages = seqs * pages_per_seq;
     // Scatter pages: a fixed permutation (multiplicative hash) of 0..max_pages.
@@ -42,28 +46,38 @@ fn main() {
             false => ((i * 7919) % max_pages) as i32,
         })
         .collect();
-    let elems = max_pages * l.page_elems() as usize;
+    let elems = layers * max_pages * l.page_elems() as usize;
     let k: Vec<f16> = (0..elems)
         .map(|i| f16::from_f32(((i % 251) as f32 - 125.0) / 125.0))
         .collect();
     let v: Vec<f16> = (0..elems)
         .map(|i| f16::from_f32(((i % 241) as f32 - 120.0) / 120.0))
         .collect();
-    let table = PageTable::from_sequences(l.page_size, ids.chunks(pages_per_seq).map(|c| (c, len)));
+    // Layer i's pages: the same permutation, i · max_pages further on.
+    let tables: Vec<PageTable> = (0..layers)
+        .map(|layer| {
+            let ids: Vec<i32> = ids.iter().map(|p| p + (layer * max_pages) as i32).collect();
+            PageTable::from_sequences(l.page_size, ids.chunks(pages_per_seq).map(|c| (c, len)))
+        })
+        .collect();
+    // The median time of a decode of every layer, per layer.
+    let per_layer = |f: &mut dyn FnMut(&PageTable)| {
+        median_time(5, || tables.iter().for_each(&mut *f)) / layers as u32
+    };
     let q: Vec<f16> = (0..seqs * 32 * 128)
         .map(|i| f16::from_f32((i % 17) as f32 / 17.0))
         .collect();
     let mut out = vec![f16::ZERO; q.len()];
-    let kv_bytes = 2 * elems * 2;
+    let kv_bytes = 2 * elems * 2 / layers;
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "machine: {threads} threads; K+V read per decode: {:.1} MiB",
+        "machine: {threads} threads; K+V read per decode: {:.1} MiB, {layers} layer(s)",
         kv_bytes as f64 / (1 << 20) as f64
     );
 
-    // memcpy of the same number of bytes, same run.
-    let m = attnforge::runtime::bench::memcpy(kv_bytes);
+    // memcpy of the same number of bytes (every layer's), same run.
+    let m = attnforge::runtime::bench::memcpy(kv_bytes * layers);
     let (memcpy1, memcpy) = (m.one_thread, m.all_threads);
     println!("memcpy: {memcpy1:.2} GB/s on 1 thread, {memcpy:.2} GB/s on {threads} threads");
 
@@ -75,9 +89,9 @@ fn main() {
             continue;
         }
         let target = arch.target();
-        let d = median_time(5, || {
+        let d = per_layer(&mut |table| {
             device
-                .decode(&spec, target, Mode::Fast, &q, &k, &v, &table, &mut out)
+                .decode(&spec, target, Mode::Fast, &q, &k, &v, table, &mut out)
                 .expect("decode")
         });
         let gbs = kv_bytes as f64 / d.as_secs_f64() / 1e9;
@@ -93,7 +107,6 @@ fn main() {
     // The host kernel over the same values stored as bf16 and as fp8 e4m3
     // (per-head scales; half the bytes), same run as the memcpy above.
     let target = Arch::Host.target();
-    let time5 = |f: &mut dyn FnMut()| median_time(5, f);
     let bf = AttentionSpec {
         kv: KvLayoutSpec {
             dtype: DType::BF16,
@@ -107,9 +120,9 @@ fn main() {
     );
     let qb: Vec<bf16> = q.iter().map(|x| bf16::from_f32(x.to_f32())).collect();
     let mut outb = vec![bf16::ZERO; qb.len()];
-    let d = time5(&mut || {
+    let d = per_layer(&mut |table| {
         device
-            .decode(&bf, target, Mode::Fast, &qb, &kb, &vb, &table, &mut outb)
+            .decode(&bf, target, Mode::Fast, &qb, &kb, &vb, table, &mut outb)
             .expect("decode")
     });
     let gbs = kv_bytes as f64 / d.as_secs_f64() / 1e9;
@@ -134,15 +147,15 @@ fn main() {
     };
     let (k8, v8) = (quantize(&k), quantize(&v));
     let scale = vec![1.0f32 / 64.0; l.kv_heads as usize];
+    // Planned as the f16 and bf16 decodes above are (`Split::Auto`).
     let params = Params {
-        split: Split::Off,
         kv_scales: Some(KvScales {
             k: &scale,
             v: &scale,
         }),
         ..Params::default()
     };
-    let d8 = time5(&mut || {
+    let d8 = per_layer(&mut |table| {
         device
             .decode_ext(
                 &fp8,
@@ -152,7 +165,7 @@ fn main() {
                 &q,
                 &k8,
                 &v8,
-                &table,
+                table,
                 &mut out,
             )
             .expect("decode")
@@ -160,7 +173,7 @@ fn main() {
     println!(
         "decode host, fp8 e4m3 cache (per-head scales): {:.1} ms, {:.2} GB/s of K/V ({} MiB, half of f16's)",
         d8.as_secs_f64() * 1e3,
-        (k8.len() + v8.len()) as f64 / d8.as_secs_f64() / 1e9,
-        (k8.len() + v8.len()) >> 20
+        (k8.len() + v8.len()) as f64 / layers as f64 / d8.as_secs_f64() / 1e9,
+        ((k8.len() + v8.len()) / layers) >> 20
     );
 }

@@ -52,7 +52,10 @@ fn main() {
     }
     let of_peak = |flops_per_s: f64| {
         peak.map_or(String::new(), |p| {
-            format!(", {:.0}% of the FMA peak", flops_per_s / 1e9 / p.gflops * 100.0)
+            format!(
+                ", {:.0}% of the FMA peak",
+                flops_per_s / 1e9 / p.gflops * 100.0
+            )
         })
     };
 
@@ -107,7 +110,10 @@ fn main() {
     );
 
     // 2. Decode of one long sequence.
-    let n = 16384usize;
+    let n = std::env::var("AF_LEN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16384usize);
     let (k, v, ids) = arena(&l, n);
     let q: Vec<f16> = (0..row)
         .map(|i| f16::from_f32((i % 17) as f32 / 17.0 - 0.5))

@@ -1052,3 +1052,51 @@ fn host_decode_of_a_large_batch_plans_whole_page_blocks_with_the_same_bits() {
         .position(|(a, b)| *a != b.to_bits() as u32);
     assert_eq!(diff, None, "first differing element, seed {seed}");
 }
+
+/// A batch too small for four blocks per core, with long contexts: at the
+/// host target the planner cuts it into chunks whose blocks read every KV
+/// head's rows of whole pages (`Split::Auto`), and the split-K launch and
+/// its merge, planned and launched by `CpuDevice::decode`, agree with the
+/// f64 reference.
+#[test]
+fn host_decode_of_a_small_batch_splits_into_whole_page_blocks_and_matches_the_reference() {
+    use attnforge::runtime::reference;
+    let seed = seed();
+    let device = CpuDevice::new();
+    let kv = nhd_eight_heads();
+    let spec = AttentionSpec::new(kv, 32);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Two sequences: 2 × cores chunks of the longer one (a partial last
+    // page), fewer of the shorter.
+    let lens = [512 * cores + 37, 700];
+    let target = Arch::Host.target();
+    let plan =
+        attnforge::runtime::plan_decode(&spec, target, lens, Split::Auto, cores as u32).unwrap();
+    assert!(
+        plan.split && plan.kv_heads_per_block == 8,
+        "the planner cuts the batch into whole-page blocks: {plan:?}"
+    );
+    let mut rng = Rng(seed ^ 0x5b11);
+    let s = check::paged_inputs::<f16>(&kv, &lens, &mut rng);
+    let q = random_queries(&spec, lens.len(), &mut rng);
+    let mut got = vec![f16::from_f64(f64::NAN); q.len()];
+    device
+        .decode(
+            &spec,
+            target,
+            Mode::Fast,
+            &q,
+            &s.k,
+            &s.v,
+            &s.table,
+            &mut got,
+        )
+        .unwrap();
+    let f = |x: &[f16]| x.iter().map(|e| e.to_f64()).collect::<Vec<_>>();
+    let want = reference::decode(&spec, &f(&q), &f(&s.k), &f(&s.v), &s.table);
+    let err = reference::rel_l2(&f(&got), &want);
+    assert!(
+        err <= reference::tolerance(DType::F16),
+        "relative L2 error {err:.2e}, seed {seed}"
+    );
+}

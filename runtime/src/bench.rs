@@ -126,7 +126,9 @@ mod fma {
                 *x = _mm512_fmadd_ps(*x, a, b);
             }
         }
-        let sum = acc.iter().fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
+        let sum = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, &x| _mm512_add_ps(s, x));
         _mm512_reduce_add_ps(sum)
     }
 
@@ -140,7 +142,9 @@ mod fma {
             }
         }
         let mut lanes = [0f32; 8];
-        let sum = acc.iter().fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
+        let sum = acc
+            .iter()
+            .fold(_mm256_setzero_ps(), |s, &x| _mm256_add_ps(s, x));
         // SAFETY: `lanes` holds exactly the 8 floats the store writes.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
         lanes.iter().sum()

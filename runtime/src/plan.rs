@@ -10,6 +10,14 @@
 //! heads and the device's compute units; [`Split::Fixed`] from a fixed
 //! chunk size only, so a sequence's output has the same bits whatever batch
 //! it is in (deterministic mode); [`Split::Off`] never splits.
+//!
+//! On a GPU, [`Split::Auto`] splits only when the (sequence, KV head)
+//! blocks are fewer than the compute units. At the host target a block
+//! serves every KV head of its tokens, so that it reads whole pages (see
+//! [`decode_kv_heads_per_block`]); there a batch of fewer than four
+//! sequences per core is cut into chunks of whole pages until every core
+//! has four such blocks, which keeps both cores streaming one long
+//! sequence instead of one.
 
 use attnforge_codegen::kernels::decode_kv_heads_per_block;
 use attnforge_codegen::{Alibi, AttentionSpec, KvLayoutSpec, KvScale, Target};
@@ -19,8 +27,10 @@ use crate::RuntimeError;
 /// How decode may split long contexts across blocks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Split {
-    /// The planner decides from the batch and the device (the default).
-    /// Contexts shorter than [`MIN_CHUNK_TOKENS`] twice over never split.
+    /// The planner decides from the batch, the target and the device (the
+    /// default). Contexts shorter than [`MIN_CHUNK_TOKENS`] twice over never
+    /// split. The bits of a sequence's output may depend on the rest of the
+    /// batch; use [`Split::Fixed`] where they must not.
     #[default]
     Auto,
     /// Always the split kernels, with this many tokens per chunk: the
@@ -196,21 +206,6 @@ pub fn plan_decode(
     split: Split,
     compute_units: u32,
 ) -> Result<DecodePlan, RuntimeError> {
-    let mut batch = 0u64;
-    let kv_lens = kv_lens.into_iter().inspect(|_| batch += 1);
-    let mut plan = plan_split(spec, kv_lens, split, compute_units)?;
-    let per_kv_head = batch * plan.splits as u64;
-    plan.kv_heads_per_block = decode_kv_heads_per_block(spec, target, per_kv_head, compute_units);
-    Ok(plan)
-}
-
-/// [`plan_decode`]'s split, with one KV head per block.
-fn plan_split(
-    spec: &AttentionSpec,
-    kv_lens: impl IntoIterator<Item = usize>,
-    split: Split,
-    compute_units: u32,
-) -> Result<DecodePlan, RuntimeError> {
     // What a query sees: the window, when there is one.
     let visible = |len: usize| match spec.sliding_window {
         Some(w) => len.min(w as usize),
@@ -221,6 +216,62 @@ fn plan_split(
         batch += 1;
         longest = longest.max(visible(len) as u64);
     }
+    let mut plan = plan_split(spec, batch, longest, split, compute_units)?;
+    if split == Split::Auto {
+        if let Some(whole) = host_whole_page_split(spec, target, batch, longest, compute_units) {
+            if batch * (plan.splits as u64) < 4 * compute_units.max(1) as u64 {
+                plan = whole;
+            }
+        }
+    }
+    let per_kv_head = batch * plan.splits as u64;
+    plan.kv_heads_per_block = decode_kv_heads_per_block(spec, target, per_kv_head, compute_units);
+    Ok(plan)
+}
+
+/// [`Split::Auto`]'s split at the host target for a batch too small to
+/// give every core four blocks that read whole pages (every KV head of a
+/// sequence; see [`decode_kv_heads_per_block`]): each sequence is cut into
+/// enough chunks of whole pages, at least [`MIN_CHUNK_TOKENS`] each, that
+/// the launch has four such blocks per core. A single 16k-token sequence
+/// of Llama-3-8B's shape decodes about 1.5× faster so (BENCHMARKS.md).
+/// `None` where blocks cannot serve every KV head (HND pages, GPU targets,
+/// groups too large) or the contexts are too short for four blocks per core.
+fn host_whole_page_split(
+    spec: &AttentionSpec,
+    target: Target,
+    batch: u64,
+    longest: u64,
+    compute_units: u32,
+) -> Option<DecodePlan> {
+    let wanted = 4 * compute_units.max(1) as u64;
+    if batch == 0 || decode_kv_heads_per_block(spec, target, wanted, compute_units) <= 1 {
+        return None;
+    }
+    let splits = wanted
+        .div_ceil(batch)
+        .min(longest / MIN_CHUNK_TOKENS as u64)
+        .min(MAX_SPLITS as u64);
+    let page = spec.kv.page_size as u64;
+    let chunk = longest.div_ceil(splits.max(1)).div_ceil(page) * page;
+    let splits = longest.div_ceil(chunk.max(1));
+    (splits >= 2 && batch * splits >= wanted).then_some(DecodePlan {
+        splits: splits as u32,
+        chunk_tokens: chunk as u32,
+        split: true,
+        kv_heads_per_block: 1,
+    })
+}
+
+/// [`plan_decode`]'s split for `batch` sequences whose longest visible
+/// context is `longest` tokens, with one KV head per block.
+fn plan_split(
+    spec: &AttentionSpec,
+    batch: u64,
+    longest: u64,
+    split: Split,
+    compute_units: u32,
+) -> Result<DecodePlan, RuntimeError> {
     let off = DecodePlan {
         splits: 1,
         chunk_tokens: longest.clamp(1, u32::MAX as u64) as u32,
@@ -422,5 +473,59 @@ mod tests {
         assert_eq!(ks.grid_serving(16, 1, 1), ks.grid(16, 1));
         // A share that does not divide the heads gives the one-head grid.
         assert_eq!(ks.grid_serving(16, 1, 3), ks.grid(16, 1));
+    }
+
+    #[test]
+    fn auto_cuts_a_small_host_batch_into_chunks_whose_blocks_read_whole_pages() {
+        let s = spec();
+        let plan = |s: &AttentionSpec, target, lens: &[usize], cores| {
+            plan_decode(s, target, lens.iter().copied(), Split::Auto, cores).unwrap()
+        };
+        // One 16k-token sequence on 2 cores: 8 chunks of 2048, every KV
+        // head in each chunk's block.
+        let p = plan(&s, HOST, &[16384], 2);
+        assert_eq!(
+            (p.split, p.splits, p.chunk_tokens, p.kv_heads_per_block),
+            (true, 8, 2048, 8)
+        );
+        // Three sequences: three chunks each (9 blocks), of whole pages.
+        let p = plan(&s, HOST, &[2048, 100, 2000], 2);
+        assert_eq!(
+            (p.splits, p.chunk_tokens, p.kv_heads_per_block),
+            (3, 688, 8)
+        );
+        // Chunks of at least MIN_CHUNK_TOKENS: too short for 8 blocks, so
+        // the plain kernel, one KV head per block, as before.
+        let p = plan(&s, HOST, &[2047], 2);
+        assert_eq!((p.split, p.kv_heads_per_block), (false, 1));
+        // Four sequences per core already: no split.
+        let p = plan(&s, HOST, &[16384; 8], 2);
+        assert_eq!((p.split, p.kv_heads_per_block), (false, 8));
+        // More cores want more chunks, at most MAX_SPLITS: on 16 cores, 64;
+        // on 64 cores 256 would be needed, so the one-head split (8 chunks
+        // of 8 heads, a block per core).
+        let p = plan(&s, HOST, &[1 << 20], 16);
+        assert_eq!((p.splits, p.kv_heads_per_block), (64, 8));
+        let p = plan(&s, HOST, &[1 << 20], 64);
+        assert_eq!((p.splits, p.kv_heads_per_block), (8, 1));
+        // A window bounds the context that is cut.
+        let w = AttentionSpec {
+            sliding_window: Some(2048),
+            ..s
+        };
+        assert_eq!(plan(&w, HOST, &[16384], 2).chunk_tokens, 256);
+        // Blocks that cannot serve every KV head keep the GPU planner's
+        // split: HND pages, GPU targets, Fixed and Off.
+        let hnd = AttentionSpec {
+            kv: KvLayoutSpec {
+                order: Order::Hnd,
+                ..s.kv
+            },
+            ..s
+        };
+        assert!(!plan(&hnd, HOST, &[16384], 2).split);
+        assert!(!plan(&s, GPU, &[16384], 2).split);
+        let off = plan_decode(&s, HOST, [16384], Split::Off, 2).unwrap();
+        assert_eq!((off.split, off.kv_heads_per_block), (false, 1));
     }
 }

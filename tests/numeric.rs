@@ -1066,12 +1066,24 @@ fn host_decode_of_a_small_batch_splits_into_whole_page_blocks_and_matches_the_re
     let kv = nhd_eight_heads();
     let spec = AttentionSpec::new(kv, 32);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Two sequences: 2 × cores chunks of the longer one (a partial last
-    // page), fewer of the shorter.
-    let lens = [512 * cores + 37, 700];
+    // Enough sequences that each is cut into at most 32 chunks, for four
+    // blocks per core: the first into `per` chunks and one more (its last
+    // page partial), the others (300 tokens, two chunks) left with empty
+    // chunks.
+    let seqs = (4 * cores).div_ceil(32).max(2);
+    let per = (4 * cores).div_ceil(seqs);
+    let lens: Vec<usize> = (0..seqs)
+        .map(|i| if i == 0 { 256 * per.max(2) + 37 } else { 300 })
+        .collect();
     let target = Arch::Host.target();
-    let plan =
-        attnforge::runtime::plan_decode(&spec, target, lens, Split::Auto, cores as u32).unwrap();
+    let plan = attnforge::runtime::plan_decode(
+        &spec,
+        target,
+        lens.iter().copied(),
+        Split::Auto,
+        cores as u32,
+    )
+    .unwrap();
     assert!(
         plan.split && plan.kv_heads_per_block == 8,
         "the planner cuts the batch into whole-page blocks: {plan:?}"

@@ -16,8 +16,8 @@
 //! serves every KV head of its tokens, so that it reads whole pages (see
 //! [`decode_kv_heads_per_block`]); there a batch of fewer than four
 //! sequences per core is cut into chunks of whole pages until every core
-//! has four such blocks, which keeps both cores streaming one long
-//! sequence instead of one.
+//! has four such blocks, so that one long sequence keeps every core
+//! streaming.
 
 use attnforge_codegen::kernels::decode_kv_heads_per_block;
 use attnforge_codegen::{Alibi, AttentionSpec, KvLayoutSpec, KvScale, Target};
@@ -233,10 +233,15 @@ pub fn plan_decode(
 /// give every core four blocks that read whole pages (every KV head of a
 /// sequence; see [`decode_kv_heads_per_block`]): each sequence is cut into
 /// enough chunks of whole pages, at least [`MIN_CHUNK_TOKENS`] each, that
-/// the launch has four such blocks per core. A single 16k-token sequence
+/// the launch has four such blocks per core (with a sliding window the
+/// chunks start where the window does, which may be inside a page). A single 16k-token sequence
 /// of Llama-3-8B's shape decodes about 1.5× faster so (BENCHMARKS.md).
 /// `None` where blocks cannot serve every KV head (HND pages, GPU targets,
-/// groups too large) or the contexts are too short for four blocks per core.
+/// groups too large) or the contexts are too short for four blocks per core,
+/// and where [`MAX_SPLITS`] chunks of whole pages cannot cover them with
+/// four blocks per core (from 16 cores on: one sequence of 16,385 tokens
+/// needs 65 chunks of 256, or 61 of 272); those keep one KV head per
+/// block.
 fn host_whole_page_split(
     spec: &AttentionSpec,
     target: Target,
@@ -252,9 +257,19 @@ fn host_whole_page_split(
         .div_ceil(batch)
         .min(longest / MIN_CHUNK_TOKENS as u64)
         .min(MAX_SPLITS as u64);
+    if splits < 2 {
+        return None;
+    }
+    // Whole pages per chunk: rounded down (a chunk more, rather than one
+    // fewer than wanted) unless that makes more than MAX_SPLITS chunks.
     let page = spec.kv.page_size as u64;
-    let chunk = longest.div_ceil(splits.max(1)).div_ceil(page) * page;
-    let splits = longest.div_ceil(chunk.max(1));
+    let min_chunk = (MIN_CHUNK_TOKENS as u64).div_ceil(page) * page;
+    let down = (longest / splits / page * page).max(min_chunk);
+    let chunk = match longest.div_ceil(down) <= MAX_SPLITS as u64 {
+        true => down,
+        false => longest.div_ceil(splits).div_ceil(page) * page,
+    };
+    let splits = longest.div_ceil(chunk);
     (splits >= 2 && batch * splits >= wanted).then_some(DecodePlan {
         splits: splits as u32,
         chunk_tokens: chunk as u32,
@@ -488,16 +503,30 @@ mod tests {
             (p.split, p.splits, p.chunk_tokens, p.kv_heads_per_block),
             (true, 8, 2048, 8)
         );
-        // Three sequences: three chunks each (9 blocks), of whole pages.
+        // Three sequences: three chunks of 682 tokens wanted each, cut
+        // into whole pages of 16: four chunks of 672 (12 blocks).
         let p = plan(&s, HOST, &[2048, 100, 2000], 2);
         assert_eq!(
             (p.splits, p.chunk_tokens, p.kv_heads_per_block),
-            (3, 688, 8)
+            (4, 672, 8)
         );
-        // Chunks of at least MIN_CHUNK_TOKENS: too short for 8 blocks, so
-        // the plain kernel, one KV head per block, as before.
-        let p = plan(&s, HOST, &[2047], 2);
+        // A length that 32 chunks of whole pages do not cover: 33 of them
+        // (rounding the chunk up would give 31, too few for 8 cores).
+        let p = plan(&s, HOST, &[8193], 8);
+        assert_eq!(
+            (p.splits, p.chunk_tokens, p.kv_heads_per_block),
+            (33, 256, 8)
+        );
+        // Chunks of at least MIN_CHUNK_TOKENS: 1792 tokens are too short
+        // for 8 blocks, so the plain kernel, one KV head per block, as
+        // before; a token more makes 8 chunks of 256.
+        let p = plan(&s, HOST, &[1792], 2);
         assert_eq!((p.split, p.kv_heads_per_block), (false, 1));
+        let p = plan(&s, HOST, &[1793], 2);
+        assert_eq!(
+            (p.splits, p.chunk_tokens, p.kv_heads_per_block),
+            (8, 256, 8)
+        );
         // Four sequences per core already: no split.
         let p = plan(&s, HOST, &[16384; 8], 2);
         assert_eq!((p.split, p.kv_heads_per_block), (false, 8));

@@ -91,7 +91,23 @@ impl KernelBuilder {
     /// A per-thread array of `len` elements, each set to `init`.
     pub fn local_filled(&mut self, name: &str, elem: Scalar, len: u32, init: Expr) -> BufId {
         let buf = self.local(name, elem, len);
-        self.unroll(&format!("{name}_i"), len, |b, i| b.store(buf, i, init));
+        // One unrolled loop, or nested ones where `len` is over the
+        // verifier's limit for one (any divisor split works: the stores are
+        // independent).
+        let max = crate::ir::verify::MAX_UNROLL;
+        let inner = (1..=len.min(max))
+            .rev()
+            .find(|i| len.is_multiple_of(*i))
+            .unwrap_or(1);
+        if inner == len {
+            self.unroll(&format!("{name}_i"), len, |b, i| b.store(buf, i, init));
+        } else {
+            self.unroll(&format!("{name}_o"), len / inner, |b, o| {
+                b.unroll(&format!("{name}_i"), inner, |b, i| {
+                    b.store(buf, o * Expr::i32(inner as i32) + i, init)
+                })
+            });
+        }
         buf
     }
 

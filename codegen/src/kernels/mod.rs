@@ -18,10 +18,11 @@ use crate::ir::verify::{verify, Analysis, VerifyErrors};
 use crate::ir::Kernel;
 use crate::registry::KernelKind;
 use crate::spec::{Alibi, AttentionSpec, KvLayoutSpec, KvScale, SpecError};
-use crate::target::Target;
+use crate::target::{Arch, Target};
 
 pub use decode::{decode_head_blocks, DECODE_WARPS};
 pub use host::decode_kv_heads_per_block;
+pub use host::prefill::HOST_PREFILL_ROWS;
 pub use mma::matrix_instr;
 pub use prefill::{prefill_kv_tile, PREFILL_ROWS};
 
@@ -35,7 +36,8 @@ pub fn decode_instr(spec: &AttentionSpec, target: Target) -> Option<crate::ir::m
 /// Packed query rows (tokens × the group's query heads) per prefill block
 /// on `target`: the prefill grid's x counts tiles of this many rows.
 /// [`PREFILL_ROWS`] for the SIMT kernel, 16 per warp for the matrix-core
-/// one ([`matrix_instr`]): 64, or 32 for head dims over 128 on NVIDIA.
+/// one ([`matrix_instr`]): 64, or 32 for head dims over 128 on NVIDIA;
+/// [`HOST_PREFILL_ROWS`] for the host schedule.
 pub fn prefill_rows(spec: &AttentionSpec, target: Target) -> u32 {
     prefill_rows_path(spec, target, KernelPath::Auto)
 }
@@ -43,6 +45,7 @@ pub fn prefill_rows(spec: &AttentionSpec, target: Target) -> u32 {
 /// [`prefill_rows`] of the prefill kernel `path` gives.
 pub fn prefill_rows_path(spec: &AttentionSpec, target: Target, path: KernelPath) -> u32 {
     match (matrix_instr(spec, target), path) {
+        _ if target.arch == Arch::Host => host::prefill::HOST_PREFILL_ROWS,
         (Some(instr), KernelPath::Auto) => mma::prefill::block_rows(spec.kv.head_dim, instr),
         _ => PREFILL_ROWS,
     }

@@ -1,10 +1,10 @@
 //! A tile's logits with the tokens in the vector lanes, for prefill's many
 //! rows: the K tile is converted and transposed once (`kt[j·TILE + i]`),
-//! then each row's dot products with W tokens at a time are W vector FMA
-//! chains, one per element lane of [`Tile::logits`]'s chain, folded the
-//! same way. Every lane therefore does exactly the operations of the
-//! row-by-row dot product: the logits, and so prefill's outputs, have the
-//! bits of the decode schedule's (tested), without its per-token
+//! then each row's dot products with the tile's TILE tokens are W vector
+//! FMA chains, one per element lane of [`Tile::logits`]'s chain, folded the
+//! same way, in registers. Every lane therefore does exactly the operations
+//! of the row-by-row dot product: the logits, and so prefill's outputs,
+//! have the bits of the decode schedule's (tested), without its per-token
 //! horizontal sums.
 
 use crate::ir::builder::KernelBuilder;
@@ -14,7 +14,8 @@ use crate::spec::AttentionSpec;
 use super::tile::{Tile, CHAINS};
 use super::{load_chunk_f32, splat, splat_n, TILE, W};
 
-/// Rows per register block: RB rows × TILE/W token vectors of chains.
+/// Rows per register block: RB rows × 4 element lanes of chains, each a
+/// vector of the tile's TILE tokens (16 accumulators).
 const RB: u32 = 4;
 
 // The fold below restates Tile::logits's reduction for one chain.
@@ -27,7 +28,6 @@ fn i32(v: u32) -> Expr {
 /// The state [`logits_by_tokens`] needs beside a [`Tile`].
 pub(crate) struct ByTokens {
     kt: BufId,
-    parts: BufId,
 }
 
 impl ByTokens {
@@ -36,7 +36,6 @@ impl ByTokens {
         assert!(rows.is_multiple_of(RB), "rows in whole register blocks");
         ByTokens {
             kt: b.local("kt", Scalar::F32, d * TILE),
-            parts: b.local("parts", Scalar::F32, W * rows * TILE),
         }
     }
 
@@ -76,52 +75,51 @@ impl ByTokens {
                 }
             });
         });
-        // parts[(e·rows + r)·TILE + i]: lane e of row r's chain for token i,
-        // the tile's TILE tokens in one vector (each lane its own chain).
+        // Row r's chain for token i has W lanes e, each a vector FMA chain
+        // over the chunks with the tile's TILE tokens in its lanes; they
+        // fold as the row-by-row dot folds its lanes:
+        // ((p0 + p4) + (p1 + p5)) + ((p2 + p6) + (p3 + p7)). So a register
+        // block of RB rows runs the chains of lanes {0, 4, 1, 5}, folds
+        // them into its rows' logits, then those of {2, 6, 3, 7}, and adds.
+        const _: () = assert!(W == 8);
         b.unroll("rb", rows / RB, |b, rb| {
-            b.unroll("e", W, |b, e| {
+            for half in 0..2u32 {
+                let lanes = [2 * half, 2 * half + 4, 2 * half + 1, 2 * half + 5];
                 let zero = splat_n(Expr::f32(0.0), TILE);
-                let regs: Vec<_> = (0..RB).map(|_| b.var("pv", zero.clone())).collect();
+                let regs: Vec<Vec<_>> = (0..RB)
+                    .map(|_| lanes.iter().map(|_| b.var("pv", zero.clone())).collect())
+                    .collect();
                 b.unroll("c", d / W, |b, c| {
-                    let j = b.let_("j", c * i32(W) + e.clone());
-                    let kv = b.let_(
-                        "ktv",
-                        Expr::load(self.kt, j.clone() * i32(TILE), TILE as u8),
-                    );
-                    for (rr, reg) in regs.iter().enumerate() {
+                    let ks: Vec<Expr> = lanes
+                        .iter()
+                        .map(|&e| {
+                            let j = (c.clone() * i32(W) + i32(e)) * i32(TILE);
+                            b.let_("ktv", Expr::load(self.kt, j, TILE as u8))
+                        })
+                        .collect();
+                    for (rr, row) in regs.iter().enumerate() {
                         let r = rb.clone() * i32(RB) + i32(rr as u32);
-                        let q = Expr::load(tile.qf, r * i32(d) + j.clone(), 1);
-                        let q = b.let_("qb", splat_n(q, TILE));
-                        b.set(*reg, q.fma(kv.clone(), Expr::Var(*reg)));
+                        for ((reg, kv), &e) in row.iter().zip(&ks).zip(&lanes) {
+                            let at = r.clone() * i32(d) + c.clone() * i32(W) + i32(e);
+                            let q = b.let_("qb", splat_n(Expr::load(tile.qf, at, 1), TILE));
+                            b.set(*reg, q.fma(kv.clone(), Expr::Var(*reg)));
+                        }
                     }
                 });
-                for (rr, reg) in regs.iter().enumerate() {
+                for (rr, row) in regs.iter().enumerate() {
                     let r = rb.clone() * i32(RB) + i32(rr as u32);
-                    let at = (e.clone() * i32(rows) + r) * i32(TILE);
-                    b.store(self.parts, at, Expr::Var(*reg));
+                    let p = |k: usize| Expr::Var(row[k]);
+                    let sum = (p(0) + p(1)) + (p(2) + p(3));
+                    let at = r * i32(TILE);
+                    let dots = match half {
+                        0 => sum,
+                        _ => Expr::load(tile.s, at.clone(), TILE as u8) + sum,
+                    };
+                    b.store(tile.s, at, dots);
                 }
-            });
-        });
-        let vecs = TILE / W;
-        // Fold the lanes of each chain as the row-by-row dot does: lane e
-        // onto lane e + W/2, then neighbours pairwise.
-        b.unroll("r", rows, |b, r| {
-            for h in 0..vecs {
-                let p = |e: u32| {
-                    Expr::load(
-                        self.parts,
-                        (i32(e) * i32(rows) + r.clone()) * i32(TILE) + i32(h * W),
-                        W as u8,
-                    )
-                };
-                let a: Vec<Expr> = (0..W / 2).map(|e| p(e) + p(e + W / 2)).collect();
-                let dots = b.let_(
-                    "dots",
-                    (a[0].clone() + a[1].clone()) + (a[2].clone() + a[3].clone()),
-                );
-                b.store(tile.s, r.clone() * i32(TILE) + i32(h * W), dots);
             }
         });
+        let vecs = TILE / W;
         b.if_else(
             full.clone(),
             |b| {

@@ -26,12 +26,21 @@ use super::{finish_row, splat, write_row, TILE, W};
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
+/// Packed query rows per host prefill block. A tile's K rows are converted
+/// and transposed, and its V rows converted, once for all of a block's
+/// rows, and its page-table lookups and prefetches are made once: with 64
+/// rows that costs a quarter of what it does per row with 16 (a 1024-token
+/// prompt's attention took 1.4x less time; 128 gained nothing more:
+/// BENCHMARKS.md). Four times the GPU kernel's rows, in whole vectors of
+/// the per-row softmax values ([`super::tile::Tile::softmax`]).
+pub const HOST_PREFILL_ROWS: u32 = 4 * PREFILL_ROWS;
+
 pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel {
     let kv = spec.kv;
     let q_elem = Scalar::of_dtype(spec.query_dtype());
     let d = kv.head_dim;
     let g = spec.group_size();
-    let rows = PREFILL_ROWS;
+    let rows = HOST_PREFILL_ROWS;
     let i32 = |v: u32| Expr::i32(v as i32);
     let i64 = |e: Expr| e.cast(Scalar::I64);
 
@@ -127,12 +136,14 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                     slope2.map(|sl| (t - p).cast(Scalar::F32) * Expr::load(sl, r.clone(), 1));
                 masked_logit(spec, dot, scales.as_ref().map(|s| &s.0), bias, ok)
             };
-            // Every row sees every token of the tile: all rows real, the tile
-            // inside the visible range, before the first row's position
-            // (causal) and inside the last row's window.
-            let mut full = (row0.clone() + i32(rows))
-                .le(packed.clone())
-                .and_then((kv0.clone() + i32(TILE)).le(kv_hi.clone()));
+            // Every row sees every token of the tile: the tile inside the
+            // visible range, before the first row's position (causal) and
+            // inside the last row's window. Padding rows (past the last real
+            // one) may see them too: they repeat the last real row's position,
+            // their queries are zeros, so their logits are finite, and their
+            // results are not written; a block's last tile of rows keeps the
+            // vector path.
+            let mut full = (kv0.clone() + i32(TILE)).le(kv_hi.clone());
             if spec.causal {
                 let p0 = Expr::load(pos, Expr::i32(0), 1);
                 full = full.and_then((kv0.clone() + i32(TILE - 1)).le(p0));

@@ -410,6 +410,9 @@ impl Tile {
     /// rescale factor (kept for [`Tile::accumulate`]) and sum; `s` becomes
     /// the weights 2^(s − max).
     pub fn softmax(&self, b: &mut KernelBuilder, span: &Span) {
+        if span.n.is_multiple_of(ROW_LANES) {
+            return self.softmax_by_rows(b, span);
+        }
         let ninf = Expr::f32(f32::NEG_INFINITY);
         // A row's TILE logits in one vector; the max and the sum fold its
         // two W-lane halves onto each other first, then the W lanes.
@@ -443,6 +446,63 @@ impl Tile {
             let alpha = Expr::load(self.alpha, r.clone(), 1);
             b.store(self.l, r.clone(), l_old.fma(alpha, psum));
             b.store(self.m, r, m_new);
+        });
+    }
+
+    /// [`Tile::softmax`] for ROW_LANES rows at a time, with every per-row
+    /// value (max, rescale factor, sum) in a lane of one vector: the rows'
+    /// maxima and sums fold across rows ([`fold_rows`], in `lanes_fold`'s
+    /// order), and one vector `exp2` gives every row's rescale factor.
+    /// Each lane does the per-row schedule's operations, so the weights,
+    /// sums and maxima have its bits, but for two values no later result
+    /// depends on:
+    /// - a row with no visible token yet (max −∞) subtracts −f32::MAX
+    ///   instead of 0 from its logits (−∞ either way, so weight 0) and
+    ///   rescales by 2^0 = 1, as there;
+    /// - at a row's first visible token its rescale factor is
+    ///   2^(−f32::MAX − max) (0, or a finite number) instead of 0, which
+    ///   multiplies the zero sum and accumulators the same.
+    fn softmax_by_rows(&self, b: &mut KernelBuilder, span: &Span) {
+        let floor = splat_n(Expr::f32(-f32::MAX), ROW_LANES);
+        let halves = |x: &Expr| {
+            let half =
+                |h: u32| Expr::Vector((0..W).map(|e| x.clone().lane((h * W + e) as u8)).collect());
+            (half(0), half(1))
+        };
+        b.unroll("rg", span.n / ROW_LANES, |b, rg| {
+            let first = b.let_("rg_first", span.row(rg * i32(ROW_LANES)));
+            let row = |k: u32| (first.clone() + i32(k)) * i32(TILE);
+            let svs: Vec<Expr> = (0..ROW_LANES)
+                .map(|k| b.let_("sv", Expr::load(self.s, row(k), TILE as u8)))
+                .collect();
+            let maxes = svs
+                .iter()
+                .map(|sv| {
+                    let (lo, hi) = halves(sv);
+                    b.let_("vmax", lo.max(hi))
+                })
+                .collect();
+            let mt = fold_rows(b, maxes, |x, y| x.max(y));
+            let m_old = b.let_("m_old", Expr::load(self.m, first.clone(), ROW_LANES as u8));
+            let m_new = b.let_("m_new", m_old.clone().max(mt));
+            let m_safe = b.let_("m_safe", m_new.clone().max(floor.clone()));
+            let alpha = b.let_("alpha", (m_old.max(floor) - m_safe.clone()).exp2());
+            b.store(self.alpha, first.clone(), alpha.clone());
+            let sums = svs
+                .into_iter()
+                .enumerate()
+                .map(|(k, sv)| {
+                    let m = splat_n(m_safe.clone().lane(k as u8), TILE);
+                    let p = b.let_("pv", (sv - m).exp2());
+                    b.store(self.s, row(k as u32), p.clone());
+                    let (lo, hi) = halves(&p);
+                    b.let_("vsum", lo + hi)
+                })
+                .collect();
+            let psum = fold_rows(b, sums, |x, y| x + y);
+            let l_old = Expr::load(self.l, first.clone(), ROW_LANES as u8);
+            b.store(self.l, first.clone(), l_old.fma(alpha, psum));
+            b.store(self.m, first, m_new);
         });
     }
 
@@ -551,6 +611,57 @@ impl Tile {
             r0 += blocks * nr;
         }
     }
+}
+
+/// Rows whose per-row softmax values share one vector
+/// ([`Tile::softmax_by_rows`]).
+const ROW_LANES: u32 = 2 * W;
+
+/// ROW_LANES rows' W-lane vectors folded into one vector whose lane k is
+/// row k's fold, each lane combining its row's lanes exactly as
+/// [`lanes_fold`] does (lane e with lane e + W/2, then neighbours
+/// pairwise), two rows per `f` in the first round, four in the second,
+/// eight in the third:
+///
+/// ```text
+/// round 1  rows 2k, 2k+1:  lanes e (< 4) with e + 4       -> 4 partials per row
+/// round 2  rows 4k..4k+3:  partials 2j with 2j + 1         -> 2 per row
+/// round 3  rows 8k..8k+7:  again                           -> 1 per row
+/// ```
+fn fold_rows(b: &mut KernelBuilder, rows: Vec<Expr>, f: impl Fn(Expr, Expr) -> Expr) -> Expr {
+    const _: () = assert!(W == 8 && ROW_LANES == 16);
+    debug_assert_eq!(rows.len(), ROW_LANES as usize);
+    // Lanes `idx` of the 2W lanes of `x` then `y`.
+    let pick = |x: &Expr, y: &Expr, idx: &[u32]| {
+        Expr::Vector(
+            idx.iter()
+                .map(|&i| match i < W {
+                    true => x.clone().lane(i as u8),
+                    false => y.clone().lane((i - W) as u8),
+                })
+                .collect(),
+        )
+    };
+    let round = |b: &mut KernelBuilder, v: Vec<Expr>, lo: [u32; 8], hi: [u32; 8]| {
+        v.chunks(2)
+            .map(|p| b.let_("fold", f(pick(&p[0], &p[1], &lo), pick(&p[0], &p[1], &hi))))
+            .collect::<Vec<_>>()
+    };
+    const EVENS: [u32; 8] = [0, 2, 4, 6, 8, 10, 12, 14];
+    const ODDS: [u32; 8] = [1, 3, 5, 7, 9, 11, 13, 15];
+    let x = round(
+        b,
+        rows,
+        [0, 1, 2, 3, 8, 9, 10, 11],
+        [4, 5, 6, 7, 12, 13, 14, 15],
+    );
+    let y = round(b, x, EVENS, ODDS);
+    let z = round(b, y, EVENS, ODDS);
+    Expr::Vector(
+        (0..ROW_LANES)
+            .map(|k| z[(k / W) as usize].clone().lane((k % W) as u8))
+            .collect(),
+    )
 }
 
 /// The base-2 logit of a raw dot product, times K's fp8 scale when there is

@@ -13,7 +13,7 @@
 //! 3. The same decode over an fp8 e4m3 cache with per-head scales (f16
 //!    queries): half the K/V bytes.
 
-use attnforge::runtime::bench::{fma_peak, median_time};
+use attnforge::runtime::bench::{fma_peak, median_time, median_times_alternating};
 
 use attnforge::kernels::specs::Llama3;
 use attnforge::runtime::cpu::{CpuDevice, Mode};
@@ -66,11 +66,17 @@ fn main() {
     let q: Vec<f16> = (0..n * row)
         .map(|i| f16::from_f32((i % 17) as f32 / 17.0 - 0.5))
         .collect();
-    let mut out = vec![f16::ZERO; q.len()];
+    let (mut out_p, mut out_d) = (vec![f16::ZERO; q.len()], vec![f16::ZERO; q.len()]);
     let table = PageTable::from_sequences(l.page_size, [(&ids[..], n)]);
     let params = Params::default();
     let flops = 4.0 * l.head_dim as f64 * spec.q_heads as f64 * (n * (n + 1) / 2) as f64;
-    let t = median_time(3, || {
+    let ps = l.page_size as usize;
+    let rows = PageTable::from_sequences(
+        l.page_size,
+        (0..n).map(|i| (&ids[..(i + 1).div_ceil(ps)], i + 1)),
+    );
+    // The two alternated, so that a drifting machine slows both alike.
+    let mut prefill = || {
         device
             .prefill(
                 &spec,
@@ -82,31 +88,30 @@ fn main() {
                 &k,
                 &v,
                 &table,
-                &mut out,
+                &mut out_p,
             )
             .unwrap()
-    });
-    println!(
-        "prefill kernel, {n}-token prompt: {:.1} ms, {:.3} TFLOP/s{}",
-        t.as_secs_f64() * 1e3,
-        flops / t.as_secs_f64() / 1e12,
-        of_peak(flops / t.as_secs_f64())
-    );
-    let ps = l.page_size as usize;
-    let rows = PageTable::from_sequences(
-        l.page_size,
-        (0..n).map(|i| (&ids[..(i + 1).div_ceil(ps)], i + 1)),
-    );
-    let t = median_time(3, || {
+    };
+    let mut decode = || {
         device
-            .decode(&spec, target, Mode::Fast, &q, &k, &v, &rows, &mut out)
+            .decode(&spec, target, Mode::Fast, &q, &k, &v, &rows, &mut out_d)
             .unwrap()
-    });
+    };
+    let t = median_times_alternating(7, &mut [&mut prefill, &mut decode]);
+    for (name, t) in [
+        (format!("prefill kernel, {n}-token prompt"), t[0]),
+        ("decode kernel, one row per prompt token".to_string(), t[1]),
+    ] {
+        println!(
+            "{name}: {:.1} ms, {:.3} TFLOP/s{}",
+            t.as_secs_f64() * 1e3,
+            flops / t.as_secs_f64() / 1e12,
+            of_peak(flops / t.as_secs_f64())
+        );
+    }
     println!(
-        "decode kernel, one row per prompt token: {:.1} ms, {:.3} TFLOP/s{}",
-        t.as_secs_f64() * 1e3,
-        flops / t.as_secs_f64() / 1e12,
-        of_peak(flops / t.as_secs_f64())
+        "prefill / decode row by row: {:.2}x faster (medians of 7 alternated runs)",
+        t[1].as_secs_f64() / t[0].as_secs_f64()
     );
 
     // 2. Decode of one long sequence.

@@ -20,6 +20,30 @@ pub fn median_time(runs: usize, mut f: impl FnMut()) -> Duration {
     t[t.len() / 2]
 }
 
+/// The medians of `runs` timed calls of each of `fs`, the calls alternated
+/// (f0, f1, ..., f0, f1, ...) after one untimed warm-up call each: on a
+/// machine whose speed drifts (a shared VM), each ratio compares calls made
+/// under the same conditions.
+pub fn median_times_alternating(runs: usize, fs: &mut [&mut dyn FnMut()]) -> Vec<Duration> {
+    for f in fs.iter_mut() {
+        f();
+    }
+    let mut t: Vec<Vec<Duration>> = vec![Vec::new(); fs.len()];
+    for _ in 0..runs.max(1) {
+        for (f, times) in fs.iter_mut().zip(&mut t) {
+            let s = Instant::now();
+            f();
+            times.push(s.elapsed());
+        }
+    }
+    t.into_iter()
+        .map(|mut v| {
+            v.sort();
+            v[v.len() / 2]
+        })
+        .collect()
+}
+
 /// memcpy bandwidth over a buffer of a given size.
 #[derive(Clone, Copy, Debug)]
 pub struct Memcpy {

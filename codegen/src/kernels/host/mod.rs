@@ -8,7 +8,7 @@
 //! once per tile, and every inner loop a loop over a row's elements that
 //! LLVM vectorises. They are never printed for a GPU.
 
-mod by_tokens;
+mod by_rows;
 pub(crate) mod decode;
 pub(crate) mod prefill;
 mod tile;
@@ -96,11 +96,6 @@ pub(crate) fn wide_lanes(d: u32) -> u32 {
     }
 }
 
-/// `x` in every lane of an f32 vector of W lanes.
-pub(crate) fn splat(x: Expr) -> Expr {
-    splat_n(x, W)
-}
-
 /// `x` in every lane of a vector of `n` lanes.
 pub(crate) fn splat_n(x: Expr, n: u32) -> Expr {
     Expr::Vector(vec![x; n as usize])
@@ -144,12 +139,6 @@ fn gather_f32(loads: &[Expr], per_load: u32) -> Expr {
     raw.cast(Scalar::F32)
 }
 
-/// Chunk `chunk` (W elements from `chunk·W`) of the row of `buf` at
-/// element `base`, in f32: one 16-byte load (32 bytes for an f32 row).
-pub(crate) fn load_chunk_f32(buf: BufId, base: &Expr, chunk: &Expr, dtype: DType) -> Expr {
-    load_row_f32(buf, base, chunk, W, dtype)
-}
-
 /// Chunk `chunk` (`lanes` elements from `chunk·lanes`) of the row of
 /// `buf` at element `base`, in f32, loaded 32 bytes at a time.
 pub(crate) fn load_row_f32(
@@ -164,7 +153,7 @@ pub(crate) fn load_row_f32(
 }
 
 /// Chunk `chunk` of the rows at `base0` and `base1` in one 2W-lane f32
-/// vector: lanes 0..W the first row's (as [`load_chunk_f32`] gives them),
+/// vector: lanes 0..W the first row's (as [`load_row_f32`] gives them),
 /// W..2W the second's, converted together.
 pub(crate) fn load_pair_f32(
     buf: BufId,
@@ -182,9 +171,15 @@ pub(crate) fn load_pair_f32(
 /// lower half, then neighbours pairwise (`_mm256_extractf128` and two
 /// `hadd`s, as ggml reduces on AVX).
 pub(crate) fn lanes_fold(v: Expr, f: impl Fn(Expr, Expr) -> Expr) -> Expr {
-    let half = W as usize / 2;
+    fold_in_order((0..W).map(|i| v.clone().lane(i as u8)).collect(), f)
+}
+
+/// W values (scalars, or vectors whose every lane is its own fold)
+/// combined in [`lanes_fold`]'s order.
+pub(crate) fn fold_in_order(x: Vec<Expr>, f: impl Fn(Expr, Expr) -> Expr) -> Expr {
+    let half = x.len() / 2;
     let mut lanes: Vec<Expr> = (0..half)
-        .map(|i| f(v.clone().lane(i as u8), v.clone().lane((i + half) as u8)))
+        .map(|i| f(x[i].clone(), x[i + half].clone()))
         .collect();
     while lanes.len() > 1 {
         lanes = lanes

@@ -1,8 +1,10 @@
 //! Prefill on the host target: one thread per block serves a tile of
-//! [`PREFILL_ROWS`] packed query rows (token × query head of the KV head's
-//! group, as in the GPU kernel) of one KV head of one sequence, against the
-//! KV tiles its rows can see, TILE tokens at a time (see [`super::tile`]):
-//! each K and V row is read once for all of the tile's rows.
+//! [`HOST_PREFILL_ROWS`] packed query rows (token × query head of the KV
+//! head's group, as in the GPU kernel) of one KV head of one sequence,
+//! against the KV tiles its rows can see, TILE tokens at a time: each K and
+//! V row is read and converted once for all of the tile's rows. The logits
+//! come with the rows in the vector lanes ([`super::by_rows`]), then the
+//! softmax and the accumulation of [`super::tile`].
 //!
 //! Each row goes through exactly the arithmetic of the host decode kernel
 //! (the same tiles from token 0, dot products, softmax and accumulation,
@@ -10,8 +12,9 @@
 //! prompt token's output has the bits decode gives it: a sequence's results
 //! do not depend on whether its tokens came in as one prompt or one by one.
 //!
-//! Parameters, grid and results are those of the GPU prefill kernel (see
-//! [`crate::kernels::prefill`]).
+//! Parameters and results are those of the GPU prefill kernel (see
+//! [`crate::kernels::prefill`]); its grid counts tiles of
+//! [`HOST_PREFILL_ROWS`] rows.
 
 use crate::ir::builder::KernelBuilder;
 use crate::ir::{Expr, Kernel, Scalar};
@@ -20,19 +23,18 @@ use crate::target::Target;
 
 use super::super::prefill::{declare, prefill_block, PrefillBlock, PREFILL_ROWS};
 use super::super::{alibi_slope, vector_lanes};
-use super::by_tokens::{vector_logit, ByTokens};
-use super::tile::{masked_logit, Rows, Tile};
-use super::{finish_row, splat, write_row, TILE, W};
+use super::by_rows::{transposed_queries, vector_logit, ByRows};
+use super::tile::{masked_logit, Rows, Tile, ROW_LANES};
+use super::{finish_row, splat_n, write_row, TILE};
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
-/// Packed query rows per host prefill block. A tile's K rows are converted
-/// and transposed, and its V rows converted, once for all of a block's
-/// rows, and its page-table lookups and prefetches are made once: with 64
-/// rows that costs a quarter of what it does per row with 16 (a 1024-token
-/// prompt's attention took 1.4x less time; 128 gained nothing more:
-/// BENCHMARKS.md). Four times the GPU kernel's rows, in whole vectors of
-/// the per-row softmax values ([`super::tile::Tile::softmax`]).
+/// Packed query rows per host prefill block: 64, four vectors of the
+/// per-row values. A tile's K and V rows are converted, its page-table
+/// lookups and prefetches made, once for all of a block's rows; with 64
+/// rows that costs a quarter of what it does per row with 16, and the
+/// logits' register blocks reuse each K element for two vectors of rows
+/// (BENCHMARKS.md: 128 rows gained nothing more).
 pub const HOST_PREFILL_ROWS: u32 = 4 * PREFILL_ROWS;
 
 pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel {
@@ -82,9 +84,9 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         let (kv_lo, kv_hi) =
             super::super::prefill::visible_kv(b, spec, &row0, rows, &q_len, &kv_len);
 
-        let tile = Tile::new(b, rows, &kv);
-        let by_tokens = ByTokens::new(b, rows, d);
-        // The rows' queries in f32 (padding rows as zeros).
+        let tile = Tile::new(b, rows, &kv).token_major();
+        let by_rows = ByRows::new(b, rows, d);
+        // The rows' queries in f32 (padding rows as zeros), transposed.
         let qvec = vector_lanes(spec.query_dtype());
         b.unroll("r", rows, |b, r| {
             let t = Expr::load(tok, r.clone(), 1);
@@ -97,19 +99,28 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             let zero = Expr::Vector(vec![Expr::f32(0.0); qvec as usize]);
             b.unroll("c", d / qvec, |b, c| {
                 let raw = Expr::load(io.q, base.clone() + i64(c.clone() * i32(qvec)), qvec as u8);
-                let x = ok.clone().select(raw.cast(Scalar::F32), zero.clone());
-                b.store(tile.qf, r.clone() * i32(d) + c * i32(qvec), x);
+                let x = b.let_("qx", ok.clone().select(raw.cast(Scalar::F32), zero.clone()));
+                for k in 0..qvec {
+                    let j = c.clone() * i32(qvec) + i32(k);
+                    let at = transposed_queries(rows, &r, &j);
+                    b.store(tile.qf, at, x.clone().lane(k as u8));
+                }
             });
         });
-        let slope2 = spec.alibi.is_some().then(|| {
-            let buf = b.local("slope2", Scalar::F32, rows);
+        // ALiBi: each row's slope (base 2) and position in f32 (exact).
+        let alibi = spec.alibi.is_some().then(|| {
+            let slope2 = b.local("slope2", Scalar::F32, rows);
+            let posf = b.local("posf", Scalar::F32, rows);
             b.unroll("r", rows, |b, r| {
                 let h = Expr::load(qhead, r.clone(), 1);
                 let s = alibi_slope(spec, h, io.slopes).expect("the spec has ALiBi");
-                b.store(buf, r, s * Expr::f32(LOG2_E));
+                b.store(slope2, r.clone(), s * Expr::f32(LOG2_E));
+                let p = Expr::load(pos, r.clone(), 1).cast(Scalar::F32);
+                b.store(posf, r, p);
             });
-            buf
+            (slope2, posf)
         });
+        let slope2 = alibi.map(|(s, _)| s);
 
         let at = Rows {
             kv: &kv,
@@ -153,23 +164,23 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                 full = full.and_then(kv0.clone().ge(p1 - i32(win) + Expr::i32(1)));
             }
             let full = b.let_("full", full);
-            let vlogit = |b: &mut KernelBuilder, r: &Expr, lane0: u32, dots: Expr| {
+            let vlogit = |b: &mut KernelBuilder, g: &Expr, i: &Expr, dots: Expr| {
                 // ALiBi: slope·(t − pos), t − pos exact in f32 lane by lane.
-                let bias = slope2.map(|sl| {
-                    let p = Expr::load(pos, r.clone(), 1);
-                    let first = (kv0.clone() + i32(lane0) - p).cast(Scalar::F32);
-                    let iota = Expr::Vector((0..W).map(|e| Expr::f32(e as f32)).collect());
-                    let dist = b.let_("dist", splat(first) + iota);
-                    dist * splat(Expr::load(sl, r.clone(), 1))
+                let bias = alibi.map(|(slope2, posf)| {
+                    let r0 = g.clone() * i32(ROW_LANES);
+                    let t = (kv0.clone() + i.clone()).cast(Scalar::F32);
+                    let pos = Expr::load(posf, r0.clone(), ROW_LANES as u8);
+                    let dist = b.let_("dist", splat_n(t, ROW_LANES) - pos);
+                    dist * Expr::load(slope2, r0, ROW_LANES as u8)
                 });
-                vector_logit(spec, dots, scales.as_ref().map(|s| &s.0), bias)
+                vector_logit(spec, dots, scales.as_ref().map(|s| &s.0), bias, ROW_LANES)
             };
             tile.locate(b, &at, &kv0);
             let all = tile.all();
             for cache in [io.k_cache, io.v_cache] {
                 tile.prefetch_next(b, &all, cache, &Expr::i32(0), TILE);
             }
-            by_tokens.logits(b, &tile, spec, io.k_cache, &full, &vlogit, &logit);
+            by_rows.logits(b, &tile, spec, io.k_cache, &full, &vlogit, &logit);
             tile.softmax(b, &all);
             tile.accumulate(b, &all, io.v_cache, false);
         });

@@ -9,7 +9,9 @@
 //! logits   s[r·TILE + i]   two tokens' K chunks per 16-lane vector, converted once, multiplied
 //!                          into HEADS rows' FMA chains; a shuffle tree folds rows × tokens in
 //!                          `lanes_fold`'s order
-//! softmax  per row: new max, alpha = 2^(m_old - m_new), p = 2^(s - m_new) (16 lanes at once)
+//!          (prefill: `super::by_rows`, token-major `s[i·rows + r]`, a row per lane)
+//! softmax  per row: new max, alpha = 2^(m_old - m_new), p = 2^(s - m_new) (16 lanes at once);
+//!          16 rows' maxima, factors and sums to a vector where the rows come in 16s
 //! V        rows[i·d + j]   the tile's V rows in f32, converted once (blocks of > VROWS rows;
 //!                          smaller ones convert each chunk straight into their FMAs)
 //! acc      per row, VGROUP chunks in registers: acc = acc·alpha + Σ_i p_i·v_i
@@ -20,7 +22,7 @@ use crate::ir::{BufId, Expr, Scalar};
 use crate::spec::{AttentionSpec, KvLayoutSpec};
 
 use super::super::{kv_offset, kv_vector_lanes, logit2};
-use super::{lanes_fold, load_pair_f32, load_row_f32, splat_n, wide_lanes, TILE, W};
+use super::{fold_in_order, lanes_fold, load_pair_f32, load_row_f32, splat_n, wide_lanes, TILE, W};
 
 /// W-lane accumulator chains per dot product (over consecutive chunks,
 /// summed pairwise). One: the HEADS rows of a K chunk are independent
@@ -169,6 +171,9 @@ pub(crate) struct Tile {
     pub bases: BufId,
     alpha: BufId,
     vrows: BufId,
+    /// Whether `s` is token-major (`s[i·rows + r]`, [`Tile::token_major`])
+    /// rather than row-major (`s[r·TILE + i]`).
+    token_major: bool,
 }
 
 impl Tile {
@@ -187,6 +192,26 @@ impl Tile {
             bases: b.local("kv_base", Scalar::I64, 2 * TILE),
             alpha: b.local("alpha", Scalar::F32, rows),
             vrows: b.local("vrows", Scalar::F32, TILE * d),
+            token_major: false,
+        }
+    }
+
+    /// The same tile with its logits and weights token-major: `s[i·rows +
+    /// r]`, a vector of ROW_LANES rows per token (what [`super::by_rows`]
+    /// writes; the rows must be whole vectors of ROW_LANES).
+    pub fn token_major(self) -> Tile {
+        assert!(self.rows.is_multiple_of(ROW_LANES), "rows in whole vectors");
+        Tile {
+            token_major: true,
+            ..self
+        }
+    }
+
+    /// Where row r's logit (then weight) for token i is in `s`.
+    pub fn s_at(&self, r: Expr, i: Expr) -> Expr {
+        match self.token_major {
+            true => i * i32(self.rows) + r,
+            false => r * i32(TILE) + i,
         }
     }
 
@@ -410,6 +435,9 @@ impl Tile {
     /// rescale factor (kept for [`Tile::accumulate`]) and sum; `s` becomes
     /// the weights 2^(s − max).
     pub fn softmax(&self, b: &mut KernelBuilder, span: &Span) {
+        if self.token_major {
+            return self.softmax_token_major(b, span);
+        }
         if span.n.is_multiple_of(ROW_LANES) {
             return self.softmax_by_rows(b, span);
         }
@@ -506,6 +534,45 @@ impl Tile {
         });
     }
 
+    /// [`Tile::softmax_by_rows`] over token-major logits: each token's
+    /// logits for ROW_LANES rows are one vector, so the maxima and sums
+    /// fold token by token, vector by vector (the sums in `lanes_fold`'s
+    /// order over the two halves' sums, as the row-by-row schedule folds
+    /// its lanes).
+    fn softmax_token_major(&self, b: &mut KernelBuilder, span: &Span) {
+        let floor = splat_n(Expr::f32(-f32::MAX), ROW_LANES);
+        b.unroll("rg", span.n / ROW_LANES, |b, rg| {
+            let first = b.let_("rg_first", span.row(rg * i32(ROW_LANES)));
+            let at = |i: Expr| self.s_at(first.clone(), i);
+            // The max is exact: any order gives the same value.
+            let mt = b.var("vmax", splat_n(Expr::f32(f32::NEG_INFINITY), ROW_LANES));
+            b.unroll("i", TILE, |b, i| {
+                let sv = Expr::load(self.s, at(i), ROW_LANES as u8);
+                b.set(mt, Expr::Var(mt).max(sv));
+            });
+            let m_old = b.let_("m_old", Expr::load(self.m, first.clone(), ROW_LANES as u8));
+            let m_new = b.let_("m_new", m_old.clone().max(Expr::Var(mt)));
+            let m_safe = b.let_("m_safe", m_new.clone().max(floor.clone()));
+            let alpha = b.let_("alpha", (m_old.max(floor) - m_safe.clone()).exp2());
+            b.store(self.alpha, first.clone(), alpha.clone());
+            b.unroll("i", TILE, |b, i| {
+                let sv = Expr::load(self.s, at(i.clone()), ROW_LANES as u8);
+                b.store(self.s, at(i), (sv - m_safe.clone()).exp2());
+            });
+            let ps: Vec<Expr> = (0..TILE)
+                .map(|i| Expr::load(self.s, at(i32(i)), ROW_LANES as u8))
+                .collect();
+            const _: () = assert!(TILE == 2 * W);
+            let halves = (0..W as usize)
+                .map(|k| b.let_("vsum", ps[k].clone() + ps[k + W as usize].clone()))
+                .collect();
+            let psum = fold_in_order(halves, |x, y| x + y);
+            let l_old = Expr::load(self.l, first.clone(), ROW_LANES as u8);
+            b.store(self.l, first.clone(), l_old.fma(alpha, psum));
+            b.store(self.m, first, m_new);
+        });
+    }
+
     /// `acc = acc·alpha + Σ_i p_i·v_i` for the span's rows over the tile's
     /// V rows (tokens `t0 + i`). With `ahead`, each sweep over the tile's
     /// tokens prefetches the part of the next pass's V rows it reads.
@@ -590,7 +657,7 @@ impl Tile {
                             })
                             .collect();
                         for (r, row) in regs.iter().enumerate() {
-                            let sat = (first.clone() + i32(r as u32)) * i32(TILE) + i.clone();
+                            let sat = self.s_at(first.clone() + i32(r as u32), i.clone());
                             let p = b.let_("pv", splat_n(Expr::load(self.s, sat, 1), wv));
                             for (k, reg) in row.iter().enumerate() {
                                 b.set(*reg, p.clone().fma(v[k].clone(), Expr::Var(*reg)));
@@ -615,7 +682,7 @@ impl Tile {
 
 /// Rows whose per-row softmax values share one vector
 /// ([`Tile::softmax_by_rows`]).
-const ROW_LANES: u32 = 2 * W;
+pub(crate) const ROW_LANES: u32 = 2 * W;
 
 /// ROW_LANES rows' W-lane vectors folded into one vector whose lane k is
 /// row k's fold, each lane combining its row's lanes exactly as

@@ -108,73 +108,83 @@ impl ByRows {
             let first = b.let_("first_of_pair", (e.clone() % i32(2)).eq_(i32(0)));
             let to = b.let_("to", (e.clone() / i32(2)) * i32(part));
             b.unroll("gb", rows / (GROUPS * ROW_LANES), |b, gb| {
-                b.unroll("ib", TILE / TOKENS, |b, ib| {
-                    let zero = splat_n(Expr::f32(0.0), ROW_LANES);
-                    // regs[lane][group][token]: lanes e and e + 4.
-                    let regs: Vec<Vec<Vec<_>>> = (0..2)
-                        .map(|_| {
-                            (0..GROUPS)
-                                .map(|_| (0..TOKENS).map(|_| b.var("dv", zero.clone())).collect())
-                                .collect()
-                        })
-                        .collect();
-                    b.unroll("c", d / W, |b, c| {
-                        for (lane, per_group) in regs.iter().enumerate() {
-                            let j = c.clone() * i32(W) + e.clone() + i32(lane as u32 * W / 2);
-                            let j = b.let_("j", j);
-                            let qs: Vec<Expr> = (0..GROUPS)
-                                .map(|g| {
-                                    let r0 = (gb.clone() * i32(GROUPS) + i32(g)) * i32(ROW_LANES);
-                                    let at = transposed_queries(rows, &r0, &j);
-                                    b.let_("qv", Expr::load(tile.qf, at, ROW_LANES as u8))
-                                })
-                                .collect();
-                            let ks: Vec<Expr> = (0..TOKENS)
-                                .map(|t| {
-                                    let i = ib.clone() * i32(TOKENS) + i32(t);
-                                    let k = Expr::load(self.kf, i * i32(d) + j.clone(), 1);
-                                    b.let_("kb", splat_n(k, ROW_LANES))
-                                })
-                                .collect();
-                            for (q, per_token) in qs.iter().zip(per_group) {
-                                for (k, reg) in ks.iter().zip(per_token) {
-                                    b.set(*reg, q.clone().fma(k.clone(), Expr::Var(*reg)));
+                let r0 = gb.clone() * i32(GROUPS * ROW_LANES);
+                tile.if_live(b, r0, |b| {
+                    b.unroll("ib", TILE / TOKENS, |b, ib| {
+                        let zero = splat_n(Expr::f32(0.0), ROW_LANES);
+                        // regs[lane][group][token]: lanes e and e + 4.
+                        let regs: Vec<Vec<Vec<_>>> = (0..2)
+                            .map(|_| {
+                                (0..GROUPS)
+                                    .map(|_| {
+                                        (0..TOKENS).map(|_| b.var("dv", zero.clone())).collect()
+                                    })
+                                    .collect()
+                            })
+                            .collect();
+                        b.unroll("c", d / W, |b, c| {
+                            for (lane, per_group) in regs.iter().enumerate() {
+                                let j = c.clone() * i32(W) + e.clone() + i32(lane as u32 * W / 2);
+                                let j = b.let_("j", j);
+                                let qs: Vec<Expr> = (0..GROUPS)
+                                    .map(|g| {
+                                        let r0 =
+                                            (gb.clone() * i32(GROUPS) + i32(g)) * i32(ROW_LANES);
+                                        let at = transposed_queries(rows, &r0, &j);
+                                        b.let_("qv", Expr::load(tile.qf, at, ROW_LANES as u8))
+                                    })
+                                    .collect();
+                                let ks: Vec<Expr> = (0..TOKENS)
+                                    .map(|t| {
+                                        let i = ib.clone() * i32(TOKENS) + i32(t);
+                                        let k = Expr::load(self.kf, i * i32(d) + j.clone(), 1);
+                                        b.let_("kb", splat_n(k, ROW_LANES))
+                                    })
+                                    .collect();
+                                for (q, per_token) in qs.iter().zip(per_group) {
+                                    for (k, reg) in ks.iter().zip(per_token) {
+                                        b.set(*reg, q.clone().fma(k.clone(), Expr::Var(*reg)));
+                                    }
                                 }
+                            }
+                        });
+                        for g in 0..GROUPS {
+                            for t in 0..TOKENS {
+                                let group = gb.clone() * i32(GROUPS) + i32(g);
+                                let i = ib.clone() * i32(TOKENS) + i32(t);
+                                let at = b.let_("at", to.clone() + s_at(&group, &i));
+                                let (g, t) = (g as usize, t as usize);
+                                let a = Expr::Var(regs[0][g][t]) + Expr::Var(regs[1][g][t]);
+                                let a = b.let_("a", a);
+                                let old = Expr::load(self.half, at.clone(), ROW_LANES as u8);
+                                b.store(self.half, at, first.clone().select(a.clone(), old + a));
                             }
                         }
                     });
-                    for g in 0..GROUPS {
-                        for t in 0..TOKENS {
-                            let group = gb.clone() * i32(GROUPS) + i32(g);
-                            let i = ib.clone() * i32(TOKENS) + i32(t);
-                            let at = b.let_("at", to.clone() + s_at(&group, &i));
-                            let (g, t) = (g as usize, t as usize);
-                            let a = Expr::Var(regs[0][g][t]) + Expr::Var(regs[1][g][t]);
-                            let a = b.let_("a", a);
-                            let old = Expr::load(self.half, at.clone(), ROW_LANES as u8);
-                            b.store(self.half, at, first.clone().select(a.clone(), old + a));
-                        }
-                    }
                 });
             });
         });
-        b.unroll("i", TILE, |b, i| {
-            b.unroll("g", rows / ROW_LANES, |b, g| {
-                let at = s_at(&g, &i);
-                let half =
-                    |k: u32| Expr::load(self.half, at.clone() + i32(k * part), ROW_LANES as u8);
-                b.store(tile.s, at.clone(), half(0) + half(1));
+        b.unroll("g", rows / ROW_LANES, |b, g| {
+            tile.if_live(b, g.clone() * i32(ROW_LANES), |b| {
+                b.unroll("i", TILE, |b, i| {
+                    let at = s_at(&g, &i);
+                    let half =
+                        |k: u32| Expr::load(self.half, at.clone() + i32(k * part), ROW_LANES as u8);
+                    b.store(tile.s, at.clone(), half(0) + half(1));
+                });
             });
         });
         b.if_else(
             full.clone(),
             |b| {
                 b.unroll("g", rows / ROW_LANES, |b, g| {
-                    b.unroll("i", TILE, |b, i| {
-                        let at = s_at(&g, &i);
-                        let dots = Expr::load(tile.s, at.clone(), ROW_LANES as u8);
-                        let v = vlogit(b, &g, &i, dots);
-                        b.store(tile.s, at, v);
+                    tile.if_live(b, g.clone() * i32(ROW_LANES), |b| {
+                        b.unroll("i", TILE, |b, i| {
+                            let at = s_at(&g, &i);
+                            let dots = Expr::load(tile.s, at.clone(), ROW_LANES as u8);
+                            let v = vlogit(b, &g, &i, dots);
+                            b.store(tile.s, at, v);
+                        });
                     });
                 });
             },

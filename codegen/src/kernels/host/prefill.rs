@@ -84,7 +84,10 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         let (kv_lo, kv_hi) =
             super::super::prefill::visible_kv(b, spec, &row0, rows, &q_len, &kv_len);
 
-        let tile = Tile::new(b, rows, &kv).token_major();
+        // Rows from `live` on are padding (past the sequence's last): their
+        // vectors' work is skipped.
+        let live = b.let_("live_rows", packed.clone() - row0.clone());
+        let tile = Tile::new(b, rows, &kv).token_major(live);
         let by_rows = ByRows::new(b, rows, d);
         // The rows' queries in f32 (padding rows as zeros), transposed.
         let qvec = vector_lanes(spec.query_dtype());

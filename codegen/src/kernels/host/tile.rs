@@ -174,6 +174,10 @@ pub(crate) struct Tile {
     /// Whether `s` is token-major (`s[i·rows + r]`, [`Tile::token_major`])
     /// rather than row-major (`s[r·TILE + i]`).
     token_major: bool,
+    /// The rows that hold real work (i32): rows from it on are padding,
+    /// whose softmax and accumulation are skipped a vector (or register
+    /// block) at a time. `None`: every row is real.
+    pub live: Option<Expr>,
 }
 
 impl Tile {
@@ -193,17 +197,30 @@ impl Tile {
             alpha: b.local("alpha", Scalar::F32, rows),
             vrows: b.local("vrows", Scalar::F32, TILE * d),
             token_major: false,
+            live: None,
         }
     }
 
     /// The same tile with its logits and weights token-major: `s[i·rows +
     /// r]`, a vector of ROW_LANES rows per token (what [`super::by_rows`]
-    /// writes; the rows must be whole vectors of ROW_LANES).
-    pub fn token_major(self) -> Tile {
+    /// writes; the rows must be whole vectors of ROW_LANES), and only its
+    /// first `live` rows (i32, block-uniform) real: the work of vectors
+    /// and register blocks wholly past them is skipped, so a short prompt
+    /// costs about what its rows need.
+    pub fn token_major(self, live: Expr) -> Tile {
         assert!(self.rows.is_multiple_of(ROW_LANES), "rows in whole vectors");
         Tile {
             token_major: true,
+            live: Some(live),
             ..self
+        }
+    }
+
+    /// Runs `f` where row `first` is real (always, without [`Tile::live`]).
+    pub fn if_live(&self, b: &mut KernelBuilder, first: Expr, f: impl FnOnce(&mut KernelBuilder)) {
+        match &self.live {
+            Some(live) => b.if_(first.lt(live.clone()), f),
+            None => f(b),
         }
     }
 
@@ -540,37 +557,44 @@ impl Tile {
     /// order over the two halves' sums, as the row-by-row schedule folds
     /// its lanes).
     fn softmax_token_major(&self, b: &mut KernelBuilder, span: &Span) {
-        let floor = splat_n(Expr::f32(-f32::MAX), ROW_LANES);
         b.unroll("rg", span.n / ROW_LANES, |b, rg| {
             let first = b.let_("rg_first", span.row(rg * i32(ROW_LANES)));
-            let at = |i: Expr| self.s_at(first.clone(), i);
-            // The max is exact: any order gives the same value.
-            let mt = b.var("vmax", splat_n(Expr::f32(f32::NEG_INFINITY), ROW_LANES));
-            b.unroll("i", TILE, |b, i| {
-                let sv = Expr::load(self.s, at(i), ROW_LANES as u8);
-                b.set(mt, Expr::Var(mt).max(sv));
+            self.if_live(b, first.clone(), |b| {
+                self.softmax_rows_token_major(b, &first)
             });
-            let m_old = b.let_("m_old", Expr::load(self.m, first.clone(), ROW_LANES as u8));
-            let m_new = b.let_("m_new", m_old.clone().max(Expr::Var(mt)));
-            let m_safe = b.let_("m_safe", m_new.clone().max(floor.clone()));
-            let alpha = b.let_("alpha", (m_old.max(floor) - m_safe.clone()).exp2());
-            b.store(self.alpha, first.clone(), alpha.clone());
-            b.unroll("i", TILE, |b, i| {
-                let sv = Expr::load(self.s, at(i.clone()), ROW_LANES as u8);
-                b.store(self.s, at(i), (sv - m_safe.clone()).exp2());
-            });
-            let ps: Vec<Expr> = (0..TILE)
-                .map(|i| Expr::load(self.s, at(i32(i)), ROW_LANES as u8))
-                .collect();
-            const _: () = assert!(TILE == 2 * W);
-            let halves = (0..W as usize)
-                .map(|k| b.let_("vsum", ps[k].clone() + ps[k + W as usize].clone()))
-                .collect();
-            let psum = fold_in_order(halves, |x, y| x + y);
-            let l_old = Expr::load(self.l, first.clone(), ROW_LANES as u8);
-            b.store(self.l, first.clone(), l_old.fma(alpha, psum));
-            b.store(self.m, first, m_new);
         });
+    }
+
+    /// [`Tile::softmax_token_major`] for the ROW_LANES rows from `first`.
+    fn softmax_rows_token_major(&self, b: &mut KernelBuilder, first: &Expr) {
+        let floor = splat_n(Expr::f32(-f32::MAX), ROW_LANES);
+        let at = |i: Expr| self.s_at(first.clone(), i);
+        // The max is exact: any order gives the same value.
+        let mt = b.var("vmax", splat_n(Expr::f32(f32::NEG_INFINITY), ROW_LANES));
+        b.unroll("i", TILE, |b, i| {
+            let sv = Expr::load(self.s, at(i), ROW_LANES as u8);
+            b.set(mt, Expr::Var(mt).max(sv));
+        });
+        let m_old = b.let_("m_old", Expr::load(self.m, first.clone(), ROW_LANES as u8));
+        let m_new = b.let_("m_new", m_old.clone().max(Expr::Var(mt)));
+        let m_safe = b.let_("m_safe", m_new.clone().max(floor.clone()));
+        let alpha = b.let_("alpha", (m_old.max(floor) - m_safe.clone()).exp2());
+        b.store(self.alpha, first.clone(), alpha.clone());
+        b.unroll("i", TILE, |b, i| {
+            let sv = Expr::load(self.s, at(i.clone()), ROW_LANES as u8);
+            b.store(self.s, at(i), (sv - m_safe.clone()).exp2());
+        });
+        let ps: Vec<Expr> = (0..TILE)
+            .map(|i| Expr::load(self.s, at(i32(i)), ROW_LANES as u8))
+            .collect();
+        const _: () = assert!(TILE == 2 * W);
+        let halves = (0..W as usize)
+            .map(|k| b.let_("vsum", ps[k].clone() + ps[k + W as usize].clone()))
+            .collect();
+        let psum = fold_in_order(halves, |x, y| x + y);
+        let l_old = Expr::load(self.l, first.clone(), ROW_LANES as u8);
+        b.store(self.l, first.clone(), l_old.fma(alpha, psum));
+        b.store(self.m, first.clone(), m_new);
     }
 
     /// `acc = acc·alpha + Σ_i p_i·v_i` for the span's rows over the tile's
@@ -670,10 +694,12 @@ impl Tile {
                         }
                     }
                 };
-                b.unroll("cg", groups, |b, cg| block(b, cg * i32(per), per));
-                if rest > 0 {
-                    block(b, i32(groups * per), rest);
-                }
+                self.if_live(b, first.clone(), |b| {
+                    b.unroll("cg", groups, |b, cg| block(b, cg * i32(per), per));
+                    if rest > 0 {
+                        block(b, i32(groups * per), rest);
+                    }
+                });
             });
             r0 += blocks * nr;
         }

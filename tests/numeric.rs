@@ -747,6 +747,12 @@ fn host_prefill_rows_have_the_bits_of_host_decode() {
                 8,
             )
         },
+        // 16 query heads per KV head: decode's softmax then keeps 16 rows'
+        // values in one vector too, as prefill's does.
+        AttentionSpec {
+            causal: true,
+            ..AttentionSpec::new(kv, 32)
+        },
     ];
     for spec in specs {
         dispatch_bits(&device, &spec, seed);

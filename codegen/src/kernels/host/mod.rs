@@ -22,8 +22,8 @@ use crate::target::{Arch, Target};
 pub const TILE: u32 = 16;
 
 /// The f32 query (and accumulator) elements a host decode block may keep
-/// for the KV heads it serves: 16 KiB each, and the most a local array
-/// filled by an unrolled loop may hold ([`crate::ir::verify::MAX_UNROLL`]).
+/// for the KV heads it serves: 16 KiB each, the most one unrolled loop
+/// fills ([`crate::ir::verify::MAX_UNROLL`]).
 const BLOCK_ROW_ELEMS: u32 = 4096;
 
 /// The most KV heads one host decode block serves (its passes are a loop

@@ -25,7 +25,7 @@ use super::super::prefill::{declare, prefill_block, PrefillBlock, PREFILL_ROWS};
 use super::super::{alibi_slope, vector_lanes};
 use super::by_rows::{transposed_queries, vector_logit, ByRows};
 use super::tile::{masked_logit, Rows, Tile, ROW_LANES};
-use super::{finish_row, splat_n, write_row, TILE};
+use super::{finish_row, write_row, TILE};
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
@@ -110,20 +110,17 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
                 }
             });
         });
-        // ALiBi: each row's slope (base 2) and position in f32 (exact).
+        // ALiBi: each row's slope (base 2).
         let alibi = spec.alibi.is_some().then(|| {
             let slope2 = b.local("slope2", Scalar::F32, rows);
-            let posf = b.local("posf", Scalar::F32, rows);
             b.unroll("r", rows, |b, r| {
                 let h = Expr::load(qhead, r.clone(), 1);
                 let s = alibi_slope(spec, h, io.slopes).expect("the spec has ALiBi");
-                b.store(slope2, r.clone(), s * Expr::f32(LOG2_E));
-                let p = Expr::load(pos, r.clone(), 1).cast(Scalar::F32);
-                b.store(posf, r, p);
+                b.store(slope2, r, s * Expr::f32(LOG2_E));
             });
-            (slope2, posf)
+            slope2
         });
-        let slope2 = alibi.map(|(s, _)| s);
+        let slope2 = alibi;
 
         let at = Rows {
             kv: &kv,
@@ -168,12 +165,15 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             }
             let full = b.let_("full", full);
             let vlogit = |b: &mut KernelBuilder, g: &Expr, i: &Expr, dots: Expr| {
-                // ALiBi: slope·(t − pos), t − pos exact in f32 lane by lane.
-                let bias = alibi.map(|(slope2, posf)| {
+                // ALiBi: slope·(t − pos), t − pos in i32 then f32, as decode.
+                let bias = alibi.map(|slope2| {
                     let r0 = g.clone() * i32(ROW_LANES);
-                    let t = (kv0.clone() + i.clone()).cast(Scalar::F32);
-                    let pos = Expr::load(posf, r0.clone(), ROW_LANES as u8);
-                    let dist = b.let_("dist", splat_n(t, ROW_LANES) - pos);
+                    let t = b.let_("kt", kv0.clone() + i.clone());
+                    let lanes = (0..ROW_LANES).map(|k| {
+                        let p = Expr::load(pos, r0.clone() + i32(k), 1);
+                        (t.clone() - p).cast(Scalar::F32)
+                    });
+                    let dist = b.let_("dist", Expr::Vector(lanes.collect()));
                     dist * Expr::load(slope2, r0, ROW_LANES as u8)
                 });
                 vector_logit(spec, dots, scales.as_ref().map(|s| &s.0), bias, ROW_LANES)

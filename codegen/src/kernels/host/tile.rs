@@ -158,7 +158,8 @@ pub(crate) struct Tile {
     pub rows: u32,
     /// The layout of the K/V rows.
     kv: KvLayoutSpec,
-    /// Queries in f32: `qf[r·d + j]`.
+    /// Queries in f32: `qf[r·d + j]` (prefill: transposed, see
+    /// [`super::by_rows::transposed_queries`]).
     pub qf: BufId,
     /// Running max (base 2) and sum per row.
     pub m: BufId,

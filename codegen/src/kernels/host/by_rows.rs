@@ -18,9 +18,8 @@ use crate::ir::builder::KernelBuilder;
 use crate::ir::{BufId, Expr, Scalar};
 use crate::spec::AttentionSpec;
 
-use super::super::kv_vector_lanes;
 use super::tile::{Tile, CHAINS, ROW_LANES};
-use super::{splat_n, TILE, W};
+use super::{i32, splat_n, TILE, W};
 
 // The fold below restates Tile::logits's reduction for one chain.
 const _: () = assert!(CHAINS == 1 && W == 8);
@@ -29,14 +28,6 @@ const _: () = assert!(CHAINS == 1 && W == 8);
 const GROUPS: u32 = 2;
 /// Tokens per register block.
 const TOKENS: u32 = 4;
-
-fn i32(v: u32) -> Expr {
-    Expr::i32(v as i32)
-}
-
-fn i64(e: Expr) -> Expr {
-    e.cast(Scalar::I64)
-}
 
 /// Where [`ByRows`] expects the block's f32 queries: element j of row r at
 /// `qf[j·rows + r]` (the transpose of [`Tile::qf`]'s row-major layout).
@@ -87,18 +78,7 @@ impl ByRows {
         let d = spec.kv.head_dim;
         let rows = tile.rows;
         // The tile's K rows in f32, once for every row.
-        let vec = kv_vector_lanes(&spec.kv);
-        b.unroll("i", TILE, |b, i| {
-            let base = b.let_("row_base", Expr::load(tile.bases, i.clone(), 1));
-            b.unroll("c", d / vec, |b, c| {
-                let raw = Expr::load(k_cache, base.clone() + i64(c.clone() * i32(vec)), vec as u8);
-                b.store(
-                    self.kf,
-                    i.clone() * i32(d) + c * i32(vec),
-                    raw.cast(Scalar::F32),
-                );
-            });
-        });
+        tile.rows_f32(b, &tile.all(), k_cache, self.kf);
         // Chains e and e + 4 together, e = 0..4: their sum is the fold's
         // a_e. `half` gets a0 + a1 in its first part, a2 + a3 in its
         // second; s their sum.

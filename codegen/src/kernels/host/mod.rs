@@ -96,6 +96,22 @@ pub(crate) fn wide_lanes(d: u32) -> u32 {
     }
 }
 
+/// An i32 literal.
+pub(crate) fn i32(v: u32) -> Expr {
+    Expr::i32(v as i32)
+}
+
+/// `e` as an i64.
+pub(crate) fn i64(e: Expr) -> Expr {
+    e.cast(Scalar::I64)
+}
+
+/// A 2W-lane vector's two W-lane halves.
+pub(crate) fn halves(x: &Expr) -> (Expr, Expr) {
+    let half = |h: u32| Expr::Vector((0..W).map(|e| x.clone().lane((h * W + e) as u8)).collect());
+    (half(0), half(1))
+}
+
 /// `x` in every lane of a vector of `n` lanes.
 pub(crate) fn splat_n(x: Expr, n: u32) -> Expr {
     Expr::Vector(vec![x; n as usize])

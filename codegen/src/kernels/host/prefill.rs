@@ -111,7 +111,7 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             });
         });
         // ALiBi: each row's slope (base 2).
-        let alibi = spec.alibi.is_some().then(|| {
+        let slope2 = spec.alibi.is_some().then(|| {
             let slope2 = b.local("slope2", Scalar::F32, rows);
             b.unroll("r", rows, |b, r| {
                 let h = Expr::load(qhead, r.clone(), 1);
@@ -120,7 +120,6 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             });
             slope2
         });
-        let slope2 = alibi;
 
         let at = Rows {
             kv: &kv,
@@ -166,7 +165,7 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
             let full = b.let_("full", full);
             let vlogit = |b: &mut KernelBuilder, g: &Expr, i: &Expr, dots: Expr| {
                 // ALiBi: slope·(t − pos), t − pos in i32 then f32, as decode.
-                let bias = alibi.map(|slope2| {
+                let bias = slope2.map(|slope2| {
                     let r0 = g.clone() * i32(ROW_LANES);
                     let t = b.let_("kt", kv0.clone() + i.clone());
                     let lanes = (0..ROW_LANES).map(|k| {

@@ -22,7 +22,10 @@ use crate::ir::{BufId, Expr, Scalar};
 use crate::spec::{AttentionSpec, KvLayoutSpec};
 
 use super::super::{kv_offset, kv_vector_lanes, logit2};
-use super::{fold_in_order, lanes_fold, load_pair_f32, load_row_f32, splat_n, wide_lanes, TILE, W};
+use super::{
+    fold_in_order, halves, i32, i64, lanes_fold, load_pair_f32, load_row_f32, splat_n, wide_lanes,
+    TILE, W,
+};
 
 /// W-lane accumulator chains per dot product (over consecutive chunks,
 /// summed pairwise). One: the HEADS rows of a K chunk are independent
@@ -44,14 +47,6 @@ const VGROUP: u32 = 16;
 
 /// Rows per register block of the V accumulation.
 const VROWS: u32 = 4;
-
-fn i32(v: u32) -> Expr {
-    Expr::i32(v as i32)
-}
-
-fn i64(e: Expr) -> Expr {
-    e.cast(Scalar::I64)
-}
 
 /// Where a block's tokens are: one KV head of one sequence's pages.
 pub(crate) struct Rows<'a> {
@@ -463,11 +458,6 @@ impl Tile {
         // A row's TILE logits in one vector; the max and the sum fold its
         // two W-lane halves onto each other first, then the W lanes.
         const _: () = assert!(TILE == 2 * W);
-        let halves = |x: &Expr| {
-            let half =
-                |h: u32| Expr::Vector((0..W).map(|e| x.clone().lane((h * W + e) as u8)).collect());
-            (half(0), half(1))
-        };
         b.unroll("r", span.n, |b, r| {
             let r = b.let_("row", span.row(r));
             let row = r.clone() * i32(TILE);
@@ -509,12 +499,6 @@ impl Tile {
     ///   2^(−f32::MAX − max) (0, or a finite number) instead of 0, which
     ///   multiplies the zero sum and accumulators the same.
     fn softmax_by_rows(&self, b: &mut KernelBuilder, span: &Span) {
-        let floor = splat_n(Expr::f32(-f32::MAX), ROW_LANES);
-        let halves = |x: &Expr| {
-            let half =
-                |h: u32| Expr::Vector((0..W).map(|e| x.clone().lane((h * W + e) as u8)).collect());
-            (half(0), half(1))
-        };
         b.unroll("rg", span.n / ROW_LANES, |b, rg| {
             let first = b.let_("rg_first", span.row(rg * i32(ROW_LANES)));
             let row = |k: u32| (first.clone() + i32(k)) * i32(TILE);
@@ -529,11 +513,7 @@ impl Tile {
                 })
                 .collect();
             let mt = fold_rows(b, maxes, |x, y| x.max(y));
-            let m_old = b.let_("m_old", Expr::load(self.m, first.clone(), ROW_LANES as u8));
-            let m_new = b.let_("m_new", m_old.clone().max(mt));
-            let m_safe = b.let_("m_safe", m_new.clone().max(floor.clone()));
-            let alpha = b.let_("alpha", (m_old.max(floor) - m_safe.clone()).exp2());
-            b.store(self.alpha, first.clone(), alpha.clone());
+            let (m_new, m_safe, alpha) = self.rescale_rows(b, &first, mt);
             let sums = svs
                 .into_iter()
                 .enumerate()
@@ -546,10 +526,37 @@ impl Tile {
                 })
                 .collect();
             let psum = fold_rows(b, sums, |x, y| x + y);
-            let l_old = Expr::load(self.l, first.clone(), ROW_LANES as u8);
-            b.store(self.l, first.clone(), l_old.fma(alpha, psum));
-            b.store(self.m, first, m_new);
+            self.update_rows(b, &first, alpha, psum, m_new);
         });
+    }
+
+    /// ROW_LANES rows from `first` whose tile maxima are `mt`: their new
+    /// maxima, the maxima floored at −f32::MAX (what the weights subtract)
+    /// and their rescale factors, stored for [`Tile::accumulate`] (see
+    /// [`Tile::softmax_by_rows`] for the floor).
+    fn rescale_rows(&self, b: &mut KernelBuilder, first: &Expr, mt: Expr) -> (Expr, Expr, Expr) {
+        let floor = splat_n(Expr::f32(-f32::MAX), ROW_LANES);
+        let m_old = b.let_("m_old", Expr::load(self.m, first.clone(), ROW_LANES as u8));
+        let m_new = b.let_("m_new", m_old.clone().max(mt));
+        let m_safe = b.let_("m_safe", m_new.clone().max(floor.clone()));
+        let alpha = b.let_("alpha", (m_old.max(floor) - m_safe.clone()).exp2());
+        b.store(self.alpha, first.clone(), alpha.clone());
+        (m_new, m_safe, alpha)
+    }
+
+    /// The sums `l·alpha + psum` and the maxima `m_new` of ROW_LANES rows
+    /// from `first`.
+    fn update_rows(
+        &self,
+        b: &mut KernelBuilder,
+        first: &Expr,
+        alpha: Expr,
+        psum: Expr,
+        m_new: Expr,
+    ) {
+        let l_old = Expr::load(self.l, first.clone(), ROW_LANES as u8);
+        b.store(self.l, first.clone(), l_old.fma(alpha, psum));
+        b.store(self.m, first.clone(), m_new);
     }
 
     /// [`Tile::softmax_by_rows`] over token-major logits: each token's
@@ -568,7 +575,6 @@ impl Tile {
 
     /// [`Tile::softmax_token_major`] for the ROW_LANES rows from `first`.
     fn softmax_rows_token_major(&self, b: &mut KernelBuilder, first: &Expr) {
-        let floor = splat_n(Expr::f32(-f32::MAX), ROW_LANES);
         let at = |i: Expr| self.s_at(first.clone(), i);
         // The max is exact: any order gives the same value.
         let mt = b.var("vmax", splat_n(Expr::f32(f32::NEG_INFINITY), ROW_LANES));
@@ -576,11 +582,7 @@ impl Tile {
             let sv = Expr::load(self.s, at(i), ROW_LANES as u8);
             b.set(mt, Expr::Var(mt).max(sv));
         });
-        let m_old = b.let_("m_old", Expr::load(self.m, first.clone(), ROW_LANES as u8));
-        let m_new = b.let_("m_new", m_old.clone().max(Expr::Var(mt)));
-        let m_safe = b.let_("m_safe", m_new.clone().max(floor.clone()));
-        let alpha = b.let_("alpha", (m_old.max(floor) - m_safe.clone()).exp2());
-        b.store(self.alpha, first.clone(), alpha.clone());
+        let (m_new, m_safe, alpha) = self.rescale_rows(b, first, Expr::Var(mt));
         b.unroll("i", TILE, |b, i| {
             let sv = Expr::load(self.s, at(i.clone()), ROW_LANES as u8);
             b.store(self.s, at(i), (sv - m_safe.clone()).exp2());
@@ -593,9 +595,22 @@ impl Tile {
             .map(|k| b.let_("vsum", ps[k].clone() + ps[k + W as usize].clone()))
             .collect();
         let psum = fold_in_order(halves, |x, y| x + y);
-        let l_old = Expr::load(self.l, first.clone(), ROW_LANES as u8);
-        b.store(self.l, first.clone(), l_old.fma(alpha, psum));
-        b.store(self.m, first.clone(), m_new);
+        self.update_rows(b, first, alpha, psum, m_new);
+    }
+
+    /// The tile's rows of `cache` (at the span's K/V rows) converted to
+    /// f32 into `dst`: `dst[i·d + j]`.
+    pub fn rows_f32(&self, b: &mut KernelBuilder, span: &Span, cache: BufId, dst: BufId) {
+        let d = self.kv.head_dim;
+        let vec = kv_vector_lanes(&self.kv);
+        b.unroll("i", TILE, |b, i| {
+            let base = b.let_("row_base", span.at(Expr::load(self.bases, i.clone(), 1)));
+            b.unroll("c", d / vec, |b, c| {
+                let raw = Expr::load(cache, base.clone() + i64(c.clone() * i32(vec)), vec as u8);
+                let at = i.clone() * i32(d) + c * i32(vec);
+                b.store(dst, at, raw.cast(Scalar::F32));
+            });
+        });
     }
 
     /// `acc = acc·alpha + Σ_i p_i·v_i` for the span's rows over the tile's
@@ -610,19 +625,7 @@ impl Tile {
         // converted to f32 once, for every block.
         let direct = span.n <= VROWS;
         if !direct {
-            b.unroll("i", TILE, |b, i| {
-                let base = b.let_("row_base", span.at(Expr::load(self.bases, i.clone(), 1)));
-                let vec = kv_vector_lanes(kv);
-                b.unroll("c", d / vec, |b, c| {
-                    let raw =
-                        Expr::load(v_cache, base.clone() + i64(c.clone() * i32(vec)), vec as u8);
-                    b.store(
-                        self.vrows,
-                        i.clone() * i32(d) + c * i32(vec),
-                        raw.cast(Scalar::F32),
-                    );
-                });
-            });
+            self.rows_f32(b, span, v_cache, self.vrows);
         }
         // Register blocks of VROWS rows × VGROUP/VROWS chunks of `wv` lanes:
         // each V chunk loaded serves VROWS rows. Element-wise, so the lane

@@ -471,6 +471,66 @@ fn fp8_casts_match_the_host_conversion_on_every_code_and_a_sweep() {
     }
 }
 
+/// An fp8 cast times a power of two (what the host schedules read fp8 K/V
+/// as: the value times 2^-8) equals the value times it, in vectors and in
+/// scalars, for every code: where the lowering folds the factor into the
+/// conversion (2^-117 ..= 2^118) and where it multiplies (the others).
+#[test]
+fn fp8_casts_times_a_power_of_two_equal_the_value_times_it() {
+    use attnforge_codegen::F8E4M3;
+    let factors = [
+        2f32.powi(-8),
+        1.0,
+        2f32.powi(-117),
+        2f32.powi(118),
+        2f32.powi(-118),
+        2f32.powi(119),
+        -2f32.powi(-8),
+        3.0,
+    ];
+    let mut b = KernelBuilder::new("fp8_times", Arch::Host.target(), 1);
+    let codes = b.global("codes", Scalar::F8E4M3, Access::Read);
+    let vec_out = b.global("vec_out", Scalar::F32, Access::ReadWrite);
+    let one_out = b.global("one_out", Scalar::F32, Access::ReadWrite);
+    let i = Expr::special(Special::BlockIdx(Dim::X));
+    for (f, &c) in factors.iter().enumerate() {
+        let at = i.clone() * Expr::i32(16) + Expr::i32(256 * f as i32);
+        let v = Expr::load(codes, i.clone() * Expr::i32(16), 16).cast(Scalar::F32);
+        b.store(vec_out, at, v * Expr::Vector(vec![Expr::f32(c); 16]));
+        for l in 0..16 {
+            let at = i.clone() * Expr::i32(16) + Expr::i32(256 * f as i32 + l);
+            let x = Expr::load(codes, i.clone() * Expr::i32(16) + Expr::i32(l), 1);
+            b.store(one_out, at, x.cast(Scalar::F32) * Expr::f32(c));
+        }
+    }
+    let k = jit(b);
+    let all: Vec<F8E4M3> = (0..=255u8).map(F8E4M3).collect();
+    let n = 256 * factors.len();
+    let (mut vec_out, mut one_out) = (vec![0f32; n], vec![0f32; n]);
+    k.launch_checked(
+        [16, 1, 1],
+        &mut [
+            Arg::input(&all),
+            Arg::output(&mut vec_out),
+            Arg::output(&mut one_out),
+        ],
+    )
+    .unwrap();
+    for (f, &c) in factors.iter().enumerate() {
+        for (code, got) in all.iter().zip(0..) {
+            let want = code.to_f32() * c;
+            for (how, out) in [("vector", &vec_out), ("scalar", &one_out)] {
+                let y = out[256 * f + got];
+                assert!(
+                    y.to_bits() == want.to_bits() || (y.is_nan() && want.is_nan()),
+                    "{how} {:#04x} × {c:e}: {y:e}, want {want:e}",
+                    code.0
+                );
+            }
+        }
+    }
+}
+
 /// Elementwise vector arithmetic and conversions equal the same operations
 /// done lane by lane on the host (fma, min/max, exp2, + − × ÷, selects,
 /// f16/bf16/fp8 to f32 and f32 to f16/bf16), at the host and a GPU target.

@@ -10,7 +10,8 @@ use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
 use super::lower::{e, Lowerer, R};
-use crate::ir::{Scalar, Ty};
+use crate::ir::verify::type_of;
+use crate::ir::{Expr, Lit, Scalar, Ty};
 
 /// Float operations on a scalar or a vector.
 #[derive(Clone, Copy)]
@@ -25,9 +26,9 @@ enum IOp {
     And,
     Or,
     Add,
+    Xor,
     Shl,
     LShr,
-    AShr,
 }
 
 impl<'a, 'ctx> Lowerer<'a, 'ctx> {
@@ -71,9 +72,9 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     IOp::And => e(self.b.build_and($x, $y, "and"))?.into(),
                     IOp::Or => e(self.b.build_or($x, $y, "or"))?.into(),
                     IOp::Add => e(self.b.build_int_add($x, $y, "add"))?.into(),
+                    IOp::Xor => e(self.b.build_xor($x, $y, "xor"))?.into(),
                     IOp::Shl => e(self.b.build_left_shift($x, $y, "shl"))?.into(),
                     IOp::LShr => e(self.b.build_right_shift($x, $y, false, "shr"))?.into(),
-                    IOp::AShr => e(self.b.build_right_shift($x, $y, true, "sar"))?.into(),
                 }
             };
         }
@@ -144,6 +145,20 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         })
     }
 
+    /// Integer sign extension to `s`.
+    fn sext(&self, v: BasicValueEnum<'ctx>, s: Scalar, lanes: u8) -> R<BasicValueEnum<'ctx>> {
+        let t = self.lanes_ty(s, lanes);
+        Ok(match (v, t) {
+            (BasicValueEnum::IntValue(x), BasicTypeEnum::IntType(t)) => {
+                e(self.b.build_int_s_extend(x, t, "sx"))?.into()
+            }
+            (BasicValueEnum::VectorValue(x), BasicTypeEnum::VectorType(t)) => {
+                e(self.b.build_int_s_extend(x, t, "sx"))?.into()
+            }
+            _ => return Err("integer sign extension of mismatched values".into()),
+        })
+    }
+
     /// Float width change (extend or truncate) to `s`.
     fn fwidth(&self, v: BasicValueEnum<'ctx>, s: Scalar, lanes: u8) -> R<BasicValueEnum<'ctx>> {
         let t = self.lanes_ty(s, lanes);
@@ -195,28 +210,76 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
     /// which the host converts with one instruction, then scaled by 2^8;
     /// subnormals land on f16 normals the same way, and 0x7f / 0xff are NaN.
     /// The bit work is done in 16-bit lanes (twice as many per vector
-    /// instruction as 32-bit ones): the byte shifted to the top of its lane
-    /// and back down one bit arithmetically puts the sign at bit 15 and the
-    /// 7 bits at 13..7, with a copy of the sign at bit 14 that is cleared.
-    /// The values equal `af_to_f32(af_fp8e4m3)` in attnforge.h, which does
-    /// the same in integer arithmetic.
-    fn fp8_to_f32(&self, v: BasicValueEnum<'ctx>, lanes: u8) -> R<BasicValueEnum<'ctx>> {
+    /// instruction as 32-bit ones): the byte sign-extended and shifted left
+    /// by 7 puts the sign at bit 15 and the 7 bits at 13..7, with a copy of
+    /// the sign at bit 14, which the NaN step below replaces. The values
+    /// equal `af_to_f32(af_fp8e4m3)` in attnforge.h, which does the same in
+    /// integer arithmetic.
+    ///
+    /// `times` (a power of two) multiplies the result: the f16's value
+    /// times `times / 2^8` (no multiply at all for `times` = 2^-8, what the
+    /// host schedules ask for: see [`Lowerer::fp8_times`]).
+    pub(super) fn fp8_to_f32(
+        &self,
+        v: BasicValueEnum<'ctx>,
+        lanes: u8,
+        times: f32,
+    ) -> R<BasicValueEnum<'ctx>> {
         let k = |n: u64| self.ki16(n, lanes);
-        let b = self.iwidth(v, Scalar::BF16, lanes, true)?;
-        let top = self.iop(IOp::Shl, b, k(8))?;
-        let h = self.iop(IOp::AShr, top, k(1))?;
-        let h = self.iop(IOp::And, h, k(0xbfff))?;
-        // 0x7f / 0xff: the f16 exponent set to all ones over a nonzero
-        // mantissa, a NaN of the same sign. Bits 13..7 all ones (and only
-        // then) carry into the clear bit 14 when bit 7 is added: that bit,
-        // or-ed in, completes the exponent (no compare and select: two
-        // vector operations fewer per 16 elements in the decode loops).
+        let w = self.sext(v, Scalar::BF16, lanes)?;
+        let h = self.iop(IOp::Shl, w, k(7))?;
+        // Bit 14 must become "bits 13..7 all ones" (0x7f / 0xff: the f16
+        // exponent all ones over a nonzero mantissa, a NaN of the same
+        // sign), and 0 otherwise. Adding bit 7 carries into bit 14 exactly
+        // then, so the sum's bit 14 is the sign copy xor that carry, and
+        // xor-ing the sum's bit 14 into h leaves the carry alone there (no
+        // compare and select, no clearing step: two vector operations per
+        // 16 elements in the decode loops).
         let carry = self.iop(IOp::Add, h, k(0x0080))?;
         let nan_bit = self.iop(IOp::And, carry, k(0x4000))?;
-        let h = self.iop(IOp::Or, h, nan_bit)?;
+        let h = self.iop(IOp::Xor, h, nan_bit)?;
         let h = self.bitcast(h, Scalar::F16, lanes)?;
         let f = self.fwidth(h, Scalar::F32, lanes)?;
-        self.fop(FOp::Mul, f, self.kf(256.0, lanes))
+        match times * 256.0 {
+            1.0 => Ok(f),
+            m => self.fop(FOp::Mul, f, self.kf(m as f64, lanes)),
+        }
+    }
+
+    /// For `a × b`: whether `a` converts fp8 codes to f32 and `b` is a
+    /// power of two `2^k` (a literal, or one splatted over a vector) that
+    /// keeps every fp8 value's product in f32's normal range (−117 ≤ k ≤
+    /// 118): then the product is exact and [`Lowerer::fp8_to_f32`] gives it
+    /// with its `times` = 2^k. The fp8 operand and `2^k` if so.
+    pub(super) fn fp8_times<'e>(&self, a: &'e Expr, b: &Expr) -> R<Option<(&'e Expr, f32)>> {
+        let Expr::Cast(Scalar::F32, inner) = a else {
+            return Ok(None);
+        };
+        if type_of(self.k, inner)?.scalar != Scalar::F8E4M3 {
+            return Ok(None);
+        }
+        let lit = |x: &Expr| match x {
+            Expr::Lit(Lit::F32(c)) => Some(*c),
+            _ => None,
+        };
+        let c = match b {
+            Expr::Vector(v) => match v.iter().map(lit).collect::<Option<Vec<_>>>() {
+                Some(cs) if cs.windows(2).all(|w| w[0].to_bits() == w[1].to_bits()) => {
+                    cs.first().copied()
+                }
+                _ => None,
+            },
+            x => lit(x),
+        };
+        // fp8 magnitudes lie in [2^-9, 448]: 2^k keeps them in [2^-126,
+        // f32::MAX] for k in -117..=118, and its exponent then is that of
+        // a normal power of two with a zero mantissa.
+        Ok(c.filter(|c| {
+            let bits = c.to_bits();
+            let exp = ((bits >> 23) & 0xff) as i32 - 127;
+            bits & 0x807f_ffff == 0 && (-117..=118).contains(&exp)
+        })
+        .map(|c| (&**inner, c)))
     }
 
     /// Converts `v` (of `lanes` lanes) from `from` to `to`: floats round to
@@ -239,7 +302,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 F32 => v,
                 F16 => self.fwidth(v, F32, lanes)?,
                 BF16 => self.bf16_to_f32(v, lanes)?,
-                F8E4M3 => self.fp8_to_f32(v, lanes)?,
+                F8E4M3 => self.fp8_to_f32(v, lanes, 1.0)?,
                 I32 | I64 => e(self
                     .b
                     .build_signed_int_to_float(v.into_int_value(), f32t, "f"))?

@@ -1058,6 +1058,13 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 }
             }
             Expr::Binary(op, a, b) => {
+                if *op == BinOp::Mul {
+                    if let Some((codes, times)) = self.fp8_times(a, b)? {
+                        let lanes = type_of(self.k, codes)?.lanes;
+                        let v = self.expr(codes, tid)?;
+                        return self.fp8_to_f32(v, lanes, times);
+                    }
+                }
                 let s = type_of(self.k, a)?.scalar;
                 let (a, b) = (self.expr(a, tid)?, self.expr(b, tid)?);
                 self.arith(*op, s, a, b)?

@@ -18,7 +18,7 @@ use crate::target::Target;
 use super::super::decode::{declare, walk, HeadBlock, Output};
 use super::super::{alibi_slope, kv_offset, kv_scale_values, seq_pages, vector_lanes};
 use super::tile::{masked_logit, PageOrder, Rows, Span, Tile};
-use super::{finish_row, max_kv_heads_per_block, write_row, TILE};
+use super::{finish_row, max_kv_heads_per_block, unit_scales, write_row, TILE};
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
@@ -137,6 +137,7 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
         tile.locate(b, &rows, &t0);
         each_head(b, &mut |b, heads, span| {
             let scales = kv_scale_values(b, &kv, io.scales, &heads.kv_head);
+            let scales = unit_scales(b, kv.dtype, scales);
             let logit = |_: &mut KernelBuilder, r: &Expr, i: &Expr, dot: Expr| {
                 let t = t0.clone() + i.clone();
                 // ALiBi: slope·(t − (kv_len − 1)), base 2.
@@ -156,6 +157,7 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str, split: boo
     b.comment("Normalise and write every query head's row.");
     each_head(&mut b, &mut |b, heads, span| {
         let scales = kv_scale_values(b, &kv, io.scales, &heads.kv_head);
+        let scales = unit_scales(b, kv.dtype, scales);
         b.unroll("gi", g, |b, gi| {
             // A head past the group (in its last, partial block) writes nothing.
             let real = heads.real(gi.clone());

@@ -137,9 +137,60 @@ fn chunk_loads(
     (loads, per_load)
 }
 
-/// The loads' elements in order, converted to f32 together: one vector of
-/// `loads.len() · per_load` lanes (the load itself where there is one).
-fn gather_f32(loads: &[Expr], per_load: u32) -> Expr {
+/// The factor the host schedules hold K/V elements of `dtype` by in f32:
+/// 2^-8 for fp8, 1 for the others.
+///
+/// The CPU lowering converts an fp8 code through an f16 whose value is the
+/// code's 2^-8 (bias 15 against e4m3's 7) and multiplies by 2^8; asked for
+/// the value times 2^-8 it leaves that multiply out (one vector operation
+/// fewer per 16 elements, in the loops that bound fp8 decode on a CPU).
+/// The 2^8 goes into K's and V's scales instead ([`kv_scales`]): a dot
+/// product or accumulator over elements times 2^-8 is the plain one times
+/// 2^-8 exactly (each FMA rounds the same, a power of two apart) while it
+/// stays in f32's normal range, so the logits and the outputs keep their
+/// bits wherever the plain partial sums are 0 or at least 2^-118 in
+/// magnitude.
+pub(crate) fn kv_unit(dtype: DType) -> f32 {
+    match dtype {
+        DType::F8E4M3 => 1.0 / 256.0,
+        _ => 1.0,
+    }
+}
+
+/// `raw` (`lanes` K/V elements of `dtype`) in f32, times [`kv_unit`].
+pub(crate) fn kv_f32(raw: Expr, dtype: DType, lanes: u32) -> Expr {
+    let x = raw.cast(Scalar::F32);
+    match kv_unit(dtype) {
+        1.0 => x,
+        unit if lanes == 1 => x * Expr::f32(unit),
+        unit => x * splat_n(Expr::f32(unit), lanes),
+    }
+}
+
+/// K's and V's scales (`kv_scale_values`' pair) as the host schedules
+/// apply them: divided by [`kv_unit`] (exact: a power of two).
+pub(crate) fn unit_scales(
+    b: &mut KernelBuilder,
+    dtype: DType,
+    scales: Option<(Expr, Expr)>,
+) -> Option<(Expr, Expr)> {
+    let (k, v) = scales?;
+    Some(match kv_unit(dtype) {
+        1.0 => (k, v),
+        unit => {
+            let up = Expr::f32(1.0 / unit);
+            (
+                b.let_("k_scale_u", k * up.clone()),
+                b.let_("v_scale_u", v * up),
+            )
+        }
+    })
+}
+
+/// The loads' elements in order, converted to f32 together (times
+/// [`kv_unit`]): one vector of `loads.len() · per_load` lanes (the load
+/// itself where there is one).
+fn gather_f32(loads: &[Expr], per_load: u32, dtype: DType) -> Expr {
     let raw = match loads {
         [one] => one.clone(),
         _ => Expr::Vector(
@@ -152,7 +203,7 @@ fn gather_f32(loads: &[Expr], per_load: u32) -> Expr {
                 .collect(),
         ),
     };
-    raw.cast(Scalar::F32)
+    kv_f32(raw, dtype, loads.len() as u32 * per_load)
 }
 
 /// Chunk `chunk` (`lanes` elements from `chunk·lanes`) of the row of
@@ -165,7 +216,7 @@ pub(crate) fn load_row_f32(
     dtype: DType,
 ) -> Expr {
     let (loads, per_load) = chunk_loads(buf, base, chunk, lanes, dtype);
-    gather_f32(&loads, per_load)
+    gather_f32(&loads, per_load, dtype)
 }
 
 /// Chunk `chunk` of the rows at `base0` and `base1` in one 2W-lane f32
@@ -180,7 +231,7 @@ pub(crate) fn load_pair_f32(
 ) -> Expr {
     let (mut loads, per_load) = chunk_loads(buf, base0, chunk, W, dtype);
     loads.extend(chunk_loads(buf, base1, chunk, W, dtype).0);
-    gather_f32(&loads, per_load)
+    gather_f32(&loads, per_load, dtype)
 }
 
 /// The W lanes of `v` combined in a fixed order: the upper half onto the

@@ -25,7 +25,7 @@ use super::super::prefill::{declare, prefill_block, PrefillBlock, PREFILL_ROWS};
 use super::super::{alibi_slope, vector_lanes};
 use super::by_rows::{transposed_queries, vector_logit, ByRows};
 use super::tile::{masked_logit, Rows, Tile, ROW_LANES};
-use super::{finish_row, write_row, TILE};
+use super::{finish_row, unit_scales, write_row, TILE};
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
@@ -61,6 +61,7 @@ pub(crate) fn build(spec: &AttentionSpec, target: Target, name: &str) -> Kernel 
         packed,
         row0,
     } = prefill_block(&mut b, spec, &io, rows);
+    let scales = unit_scales(&mut b, spec.kv.dtype, scales);
 
     b.if_(row0.clone().lt(packed.clone()), |b| {
         // Each row's query token, query head, position and whether it is a

@@ -23,8 +23,8 @@ use crate::spec::{AttentionSpec, KvLayoutSpec};
 
 use super::super::{kv_offset, kv_vector_lanes, logit2};
 use super::{
-    fold_in_order, halves, i32, i64, lanes_fold, load_pair_f32, load_row_f32, splat_n, wide_lanes,
-    TILE, W,
+    fold_in_order, halves, i32, i64, kv_f32, lanes_fold, load_pair_f32, load_row_f32, splat_n,
+    wide_lanes, TILE, W,
 };
 
 /// W-lane accumulator chains per dot product (over consecutive chunks,
@@ -608,7 +608,7 @@ impl Tile {
             b.unroll("c", d / vec, |b, c| {
                 let raw = Expr::load(cache, base.clone() + i64(c.clone() * i32(vec)), vec as u8);
                 let at = i.clone() * i32(d) + c * i32(vec);
-                b.store(dst, at, raw.cast(Scalar::F32));
+                b.store(dst, at, kv_f32(raw, self.kv.dtype, vec));
             });
         });
     }

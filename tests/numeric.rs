@@ -556,6 +556,20 @@ fn fp8_kv_with_per_tensor_and_per_head_scales() {
             None,
             Arch::Gfx90a,
         ),
+        // Rows of whole 16-element vectors but not 32 (the host reads V
+        // two chunks at a time in two loads).
+        (
+            80,
+            16,
+            2,
+            8,
+            KvScale::PerHead,
+            DType::F16,
+            Order::Nhd,
+            None,
+            None,
+            Arch::Gfx1030,
+        ),
     ];
     let cases: &[&[usize]] = &[&[1], &[13], &[1, 17, 90, 33, 2]];
     for &(head_dim, page_size, kv_heads, q_heads, scale, q_dtype, order, window, cap, arch) in

@@ -236,13 +236,16 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
     })
 }
 
-/// A vector has 2, 4, 8 or 16 lanes; one that goes to or from global or
-/// shared memory is at most 16 bytes (one GPU vector access; 64, one
-/// AVX-512 register, at the host target, which no GPU runs), a value or a
-/// local array access at most 64.
+/// A vector has 2, 4, 8 or 16 lanes (also 32 at the host target, which no
+/// GPU runs: 32 one- or two-byte elements fill one AVX-512 register, and
+/// their f32 values two); one that goes to or from global or shared memory
+/// is at most 16 bytes (one GPU vector access; 64, one AVX-512 register, at
+/// the host target).
 fn check_lanes(lanes: u8, elem: Scalar, space: Space, target: Target) -> Result<(), String> {
-    if !matches!(lanes, 1 | 2 | 4 | 8 | 16) {
-        return Err(format!("{lanes} lanes: vectors have 2, 4, 8 or 16 lanes"));
+    let host = target.arch == Arch::Host;
+    if !(matches!(lanes, 1 | 2 | 4 | 8 | 16) || host && lanes == 32) {
+        let most = if host { "16 or 32" } else { "or 16" };
+        return Err(format!("{lanes} lanes: vectors have 2, 4, 8 {most} lanes"));
     }
     if space == Space::Local {
         return Ok(());

@@ -305,4 +305,13 @@ fn global_vector_accesses_are_16_bytes_on_a_gpu_and_64_on_the_host() {
     assert_eq!(access(Arch::Host, 16, Scalar::F32), Vec::<String>::new());
     let m = access(Arch::Host, 16, Scalar::I64);
     assert!(m.len() == 2 && m[0].contains("at most 64 bytes"), "{m:?}");
+    // 32 lanes only at the host target, and in memory only within 64 bytes.
+    assert_eq!(access(Arch::Host, 32, Scalar::F8E4M3), Vec::<String>::new());
+    assert_eq!(access(Arch::Host, 32, Scalar::F16), Vec::<String>::new());
+    let m = access(Arch::Host, 32, Scalar::F32);
+    assert!(!m.is_empty() && m[0].contains("at most 64 bytes"), "{m:?}");
+    for arch in [Arch::Gfx90a, Arch::Sm90] {
+        let m = access(arch, 32, Scalar::F8E4M3);
+        assert!(m.len() == 2 && m[0].contains("32 lanes"), "{arch}: {m:?}");
+    }
 }

@@ -234,6 +234,70 @@ pub(crate) fn load_pair_f32(
     gather_f32(&loads, per_load, dtype)
 }
 
+/// Whether the host schedules convert K/V rows of `d` elements of `dtype`
+/// 32 elements at a time (two chunks of 2W, or two tokens' two chunks of
+/// W): for fp8, whose bit work is done in 16-bit lanes, so 32 elements fill
+/// one 512-bit register where 16 fill half of one (f16 and bf16 gain
+/// nothing), in rows of whole 16-element vectors (each access aligned to
+/// its lanes).
+pub(crate) fn converts_in_pairs(dtype: DType, d: u32) -> bool {
+    dtype.size_bytes() == 1 && d.is_multiple_of(2 * W)
+}
+
+/// Elements `from..from + 4W` of the row of `buf` at `base` (a row of `d`
+/// elements), in f32 times [`kv_unit`]: one 4W-lane access where rows are
+/// whole 4W-element vectors, two of 2W otherwise (each access aligned to
+/// its lanes).
+pub(crate) fn load_wide_f32(buf: BufId, base: &Expr, from: &Expr, d: u32, dtype: DType) -> Expr {
+    let at = |k: u32| base.clone() + (from.clone() + i32(k)).cast(Scalar::I64);
+    let raw = if d.is_multiple_of(4 * W) {
+        Expr::load(buf, at(0), (4 * W) as u8)
+    } else {
+        let (a, b) = (
+            Expr::load(buf, at(0), (2 * W) as u8),
+            Expr::load(buf, at(2 * W), (2 * W) as u8),
+        );
+        Expr::Vector(
+            (0..4 * W)
+                .map(|e| match e < 2 * W {
+                    true => a.clone().lane(e as u8),
+                    false => b.clone().lane((e - 2 * W) as u8),
+                })
+                .collect(),
+        )
+    };
+    kv_f32(raw, dtype, 4 * W)
+}
+
+/// Chunks `2·pair` and `2·pair + 1` of the rows at `base0` and `base1`
+/// converted together: one 4W-lane f32 vector whose halves are
+/// [`load_pair_f32`]'s vectors of the two chunks.
+pub(crate) fn load_pairs_f32(
+    buf: BufId,
+    base0: &Expr,
+    base1: &Expr,
+    pair: &Expr,
+    dtype: DType,
+) -> Expr {
+    let at = |base: &Expr| base.clone() + (pair.clone() * i32(2 * W)).cast(Scalar::I64);
+    let (r0, r1) = (
+        Expr::load(buf, at(base0), (2 * W) as u8),
+        Expr::load(buf, at(base1), (2 * W) as u8),
+    );
+    let lanes = (0..4 * W)
+        .map(|e| {
+            let row = if (e / W).is_multiple_of(2) { &r0 } else { &r1 };
+            row.clone().lane(((e / (2 * W)) * W + e % W) as u8)
+        })
+        .collect();
+    kv_f32(Expr::Vector(lanes), dtype, 4 * W)
+}
+
+/// Lanes `from..from + n` of `x`.
+pub(crate) fn lanes_of(x: &Expr, from: u32, n: u32) -> Expr {
+    Expr::Vector((from..from + n).map(|e| x.clone().lane(e as u8)).collect())
+}
+
 /// The W lanes of `v` combined in a fixed order: the upper half onto the
 /// lower half, then neighbours pairwise (`_mm256_extractf128` and two
 /// `hadd`s, as ggml reduces on AVX).

@@ -23,8 +23,8 @@ use crate::spec::{AttentionSpec, KvLayoutSpec};
 
 use super::super::{kv_offset, kv_vector_lanes, logit2};
 use super::{
-    fold_in_order, halves, i32, i64, kv_f32, lanes_fold, load_pair_f32, load_row_f32, splat_n,
-    wide_lanes, TILE, W,
+    converts_in_pairs, fold_in_order, halves, i32, i64, kv_f32, lanes_fold, lanes_of,
+    load_pair_f32, load_pairs_f32, load_row_f32, load_wide_f32, splat_n, wide_lanes, TILE, W,
 };
 
 /// W-lane accumulator chains per dot product (over consecutive chunks,
@@ -351,21 +351,35 @@ impl Tile {
         let regs: Vec<Vec<_>> = (0..n)
             .map(|_| (0..pairs).map(|_| b.var("dv", zero.clone())).collect())
             .collect();
-        b.unroll("c", d / W, |b, c| {
-            let ks: Vec<Expr> = (0..pairs)
-                .map(|p| {
-                    let kv =
-                        load_pair_f32(k_cache, &bases[2 * p], &bases[2 * p + 1], &c, spec.kv.dtype);
-                    b.let_("kv", kv)
-                })
-                .collect();
-            for (h, hr) in regs.iter().enumerate() {
-                let qrow = (first.clone() + i32(h as u32)) * i32(d);
-                let q = b.let_("q", Expr::load(self.qf, qrow + c.clone() * i32(W), W as u8));
-                let q2 = Expr::Vector((0..2 * W).map(|e| q.clone().lane((e % W) as u8)).collect());
-                let q2 = b.let_("q2", q2);
-                for (p, r) in hr.iter().enumerate() {
-                    b.set(*r, q2.clone().fma(ks[p].clone(), Expr::Var(*r)));
+        // fp8: two chunks' K converted at once (`converts_in_pairs`), their
+        // FMAs in the same order as one chunk at a time.
+        let dtype = spec.kv.dtype;
+        let step = if converts_in_pairs(dtype, d) { 2 } else { 1 };
+        b.unroll("c", d / (W * step), |b, cs| {
+            // ks[sub][p]: chunk cs·step + sub of token pair p.
+            let mut ks: Vec<Vec<Expr>> = vec![Vec::new(); step as usize];
+            for p in 0..pairs {
+                let (b0, b1) = (&bases[2 * p], &bases[2 * p + 1]);
+                if step == 2 {
+                    let both = b.let_("kv2", load_pairs_f32(k_cache, b0, b1, &cs, dtype));
+                    for (sub, k) in ks.iter_mut().enumerate() {
+                        k.push(b.let_("kv", lanes_of(&both, sub as u32 * 2 * W, 2 * W)));
+                    }
+                } else {
+                    ks[0].push(b.let_("kv", load_pair_f32(k_cache, b0, b1, &cs, dtype)));
+                }
+            }
+            for (sub, ks) in ks.iter().enumerate() {
+                let c = cs.clone() * i32(step) + i32(sub as u32);
+                for (h, hr) in regs.iter().enumerate() {
+                    let qrow = (first.clone() + i32(h as u32)) * i32(d);
+                    let q = b.let_("q", Expr::load(self.qf, qrow + c.clone() * i32(W), W as u8));
+                    let q2 =
+                        Expr::Vector((0..2 * W).map(|e| q.clone().lane((e % W) as u8)).collect());
+                    let q2 = b.let_("q2", q2);
+                    for (p, r) in hr.iter().enumerate() {
+                        b.set(*r, q2.clone().fma(ks[p].clone(), Expr::Var(*r)));
+                    }
                 }
             }
         });
@@ -613,6 +627,37 @@ impl Tile {
         });
     }
 
+    /// Chunks `c0..c0 + n` (of `wv` lanes) of the V row at `base` in f32;
+    /// fp8 two at a time where they pair up ([`converts_in_pairs`]).
+    fn v_chunks(
+        &self,
+        b: &mut KernelBuilder,
+        v_cache: BufId,
+        base: &Expr,
+        c0: &Expr,
+        n: u32,
+        wv: u32,
+    ) -> Vec<Expr> {
+        let (d, dtype) = (self.kv.head_dim, self.kv.dtype);
+        if converts_in_pairs(dtype, d) && wv == 2 * W && n.is_multiple_of(2) {
+            (0..n / 2)
+                .flat_map(|k| {
+                    let from = (c0.clone() + i32(2 * k)) * i32(wv);
+                    let both = load_wide_f32(v_cache, base, &from, d, dtype);
+                    let both = b.let_("vv2", both);
+                    [0, wv].map(|from| b.let_("vv", lanes_of(&both, from, wv)))
+                })
+                .collect()
+        } else {
+            (0..n)
+                .map(|k| {
+                    let v = load_row_f32(v_cache, base, &(c0.clone() + i32(k)), wv, dtype);
+                    b.let_("vv", v)
+                })
+                .collect()
+        }
+    }
+
     /// `acc = acc·alpha + Σ_i p_i·v_i` for the span's rows over the tile's
     /// V rows (tokens `t0 + i`). With `ahead`, each sweep over the tile's
     /// tokens prefetches the part of the next pass's V rows it reads.
@@ -666,24 +711,17 @@ impl Tile {
                             let from = c0.clone() * i32(wv);
                             self.prefetch_part(b, v_cache, &next, from, n * wv);
                         }
-                        let v: Vec<Expr> = (0..n)
-                            .map(|k| {
-                                let v = if direct {
-                                    let base = span.at(Expr::load(self.bases, i.clone(), 1));
-                                    load_row_f32(
-                                        v_cache,
-                                        &base,
-                                        &(c0.clone() + i32(k)),
-                                        wv,
-                                        kv.dtype,
-                                    )
-                                } else {
+                        let v: Vec<Expr> = if direct {
+                            let base = span.at(Expr::load(self.bases, i.clone(), 1));
+                            self.v_chunks(b, v_cache, &base, &c0, n, wv)
+                        } else {
+                            (0..n)
+                                .map(|k| {
                                     let at = i.clone() * i32(d) + (c0.clone() + i32(k)) * i32(wv);
-                                    Expr::load(self.vrows, at, wv as u8)
-                                };
-                                b.let_("vv", v)
-                            })
-                            .collect();
+                                    b.let_("vv", Expr::load(self.vrows, at, wv as u8))
+                                })
+                                .collect()
+                        };
                         for (r, row) in regs.iter().enumerate() {
                             let sat = self.s_at(first.clone() + i32(r as u32), i.clone());
                             let p = b.let_("pv", splat_n(Expr::load(self.s, sat, 1), wv));

@@ -208,7 +208,8 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
     /// FP8 E4M3 ("fn") bits to f32, exactly. The sign and the 7 exponent
     /// and mantissa bits are laid into an f16 (bias 15 against e4m3's 7),
     /// which the host converts with one instruction, then scaled by 2^8;
-    /// subnormals land on f16 normals the same way, and 0x7f / 0xff are NaN.
+    /// subnormals land on f16 subnormals the same way (exactly), and 0x7f /
+    /// 0xff are NaN.
     /// The bit work is done in 16-bit lanes (twice as many per vector
     /// instruction as 32-bit ones): the byte sign-extended and shifted left
     /// by 7 puts the sign at bit 15 and the 7 bits at 13..7, with a copy of

@@ -100,12 +100,13 @@ impl fmt::Display for Scalar {
     }
 }
 
-/// A value type: a scalar or a vector of 2, 4, 8 or 16 lanes.
+/// A value type: a scalar or a vector of 2, 4, 8 or 16 lanes (also 32 at
+/// the host target).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Ty {
     /// The element type.
     pub scalar: Scalar,
-    /// 1 for a scalar; 2, 4, 8 or 16 for a vector.
+    /// 1 for a scalar; 2, 4, 8 or 16 for a vector (or 32 at the host).
     pub lanes: u8,
 }
 
@@ -376,8 +377,8 @@ pub enum Expr {
         buf: BufId,
         /// Element index (any integer type).
         index: Box<Expr>,
-        /// Lanes to load: 1, 2, 4, 8 or 16 (at most 16 bytes from global or
-        /// shared memory; 64 at the host target).
+        /// Lanes to load: 1, 2, 4, 8 or 16 (32 at the host target; at most
+        /// 16 bytes from global or shared memory, 64 at the host target).
         lanes: u8,
     },
     /// One lane of a vector.

@@ -228,7 +228,7 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
                 }
             }
             if n < 2 {
-                return Err("a vector has 2, 4, 8 or 16 lanes".into());
+                return Err("a vector has 2, 4, 8 or 16 lanes (32 at the host target)".into());
             }
             check_lanes(n, s, Space::Local, k.target)?;
             Ty::vector(s, n)
@@ -244,8 +244,8 @@ pub fn type_of(k: &Kernel, e: &Expr) -> Result<Ty, String> {
 fn check_lanes(lanes: u8, elem: Scalar, space: Space, target: Target) -> Result<(), String> {
     let host = target.arch == Arch::Host;
     if !(matches!(lanes, 1 | 2 | 4 | 8 | 16) || host && lanes == 32) {
-        let most = if host { "16 or 32" } else { "or 16" };
-        return Err(format!("{lanes} lanes: vectors have 2, 4, 8 {most} lanes"));
+        let most = if host { ", 16 or 32" } else { " or 16" };
+        return Err(format!("{lanes} lanes: vectors have 2, 4, 8{most} lanes"));
     }
     if space == Space::Local {
         return Ok(());

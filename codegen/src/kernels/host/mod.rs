@@ -144,12 +144,16 @@ fn chunk_loads(
 /// code's 2^-8 (bias 15 against e4m3's 7) and multiplies by 2^8; asked for
 /// the value times 2^-8 it leaves that multiply out (one vector operation
 /// fewer per 16 elements, in the loops that bound fp8 decode on a CPU).
-/// The 2^8 goes into K's and V's scales instead ([`kv_scales`]): a dot
+/// The 2^8 goes into K's and V's scales instead ([`unit_scales`]): a dot
 /// product or accumulator over elements times 2^-8 is the plain one times
 /// 2^-8 exactly (each FMA rounds the same, a power of two apart) while it
-/// stays in f32's normal range, so the logits and the outputs keep their
+/// stays in f32's normal range, so the logits and accumulators keep their
 /// bits wherever the plain partial sums are 0 or at least 2^-118 in
-/// magnitude.
+/// magnitude, and so do the outputs, whose factor (V's scale, times the
+/// sink's share where there are sinks, over the sum) is then the plain one
+/// times 2^8 exactly; where the plain factor is subnormal (a sink's share
+/// below about 2^-126 / V's scale) the scaled one keeps bits the plain one
+/// lost. Scales are assumed below 2^120 (times 2^8, still finite).
 pub(crate) fn kv_unit(dtype: DType) -> f32 {
     match dtype {
         DType::F8E4M3 => 1.0 / 256.0,
@@ -168,14 +172,20 @@ pub(crate) fn kv_f32(raw: Expr, dtype: DType, lanes: u32) -> Expr {
 }
 
 /// K's and V's scales (`kv_scale_values`' pair) as the host schedules
-/// apply them: divided by [`kv_unit`] (exact: a power of two).
+/// apply them: divided by [`kv_unit`] (exact: a power of two). An fp8
+/// layout always has scales (the spec's rules); one without would get
+/// 1/[`kv_unit`] itself, so its values still come out whole.
 pub(crate) fn unit_scales(
     b: &mut KernelBuilder,
     dtype: DType,
     scales: Option<(Expr, Expr)>,
 ) -> Option<(Expr, Expr)> {
-    let (k, v) = scales?;
-    Some(match kv_unit(dtype) {
+    let unit = kv_unit(dtype);
+    let Some((k, v)) = scales else {
+        let up = Expr::f32(1.0 / unit);
+        return (unit != 1.0).then(|| (up.clone(), up));
+    };
+    Some(match unit {
         1.0 => (k, v),
         unit => {
             let up = Expr::f32(1.0 / unit);

@@ -108,8 +108,7 @@ pub(crate) fn i64(e: Expr) -> Expr {
 
 /// A 2W-lane vector's two W-lane halves.
 pub(crate) fn halves(x: &Expr) -> (Expr, Expr) {
-    let half = |h: u32| Expr::Vector((0..W).map(|e| x.clone().lane((h * W + e) as u8)).collect());
-    (half(0), half(1))
+    (lanes_of(x, 0, W), lanes_of(x, W, W))
 }
 
 /// `x` in every lane of a vector of `n` lanes.

@@ -66,73 +66,63 @@ impl Tile {
         // count changes no sum.
         let chunks = d / wv;
         let per = (VGROUP / VROWS).min(chunks);
-        let mut r0 = 0;
-        while r0 < span.n {
-            let nr = VROWS.min(span.n - r0);
-            let blocks = (span.n - r0) / nr;
-            b.unroll("rb", blocks, |b, rb| {
-                let first = b.let_("r_first", span.row(rb * i32(nr) + i32(r0)));
-                // Whole groups of `per` chunks in a loop, then the rest.
-                let groups = chunks / per;
-                let rest = chunks % per;
-                let block = |b: &mut KernelBuilder, c0: Expr, n: u32| {
-                    let at = |r: u32, k: u32| {
-                        (first.clone() + i32(r)) * i32(d) + (c0.clone() + i32(k)) * i32(wv)
-                    };
-                    let regs: Vec<Vec<_>> = (0..nr)
-                        .map(|r| {
-                            let a = splat_n(Expr::load(self.alpha, first.clone() + i32(r), 1), wv);
-                            (0..n)
-                                .map(|k| {
-                                    b.var(
-                                        "av",
-                                        Expr::load(self.acc, at(r, k), wv as u8) * a.clone(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    b.unroll("i", TILE, |b, i| {
-                        if ahead {
-                            // The part of the next pass's V row i this sweep reads.
-                            let next = span.next_row(self.bases, i.clone());
-                            let next = b.let_("next_base", next);
-                            let from = c0.clone() * i32(wv);
-                            self.prefetch_part(b, v_cache, &next, from, n * wv);
-                        }
-                        let v: Vec<Expr> = if direct {
-                            let base = span.at(Expr::load(self.bases, i.clone(), 1));
-                            self.v_chunks(b, v_cache, &base, &c0, n, wv)
-                        } else {
-                            (0..n)
-                                .map(|k| {
-                                    let at = i.clone() * i32(d) + (c0.clone() + i32(k)) * i32(wv);
-                                    b.let_("vv", Expr::load(self.vrows, at, wv as u8))
-                                })
-                                .collect()
-                        };
-                        for (r, row) in regs.iter().enumerate() {
-                            let sat = self.s_at(first.clone() + i32(r as u32), i.clone());
-                            let p = b.let_("pv", splat_n(Expr::load(self.s, sat, 1), wv));
-                            for (k, reg) in row.iter().enumerate() {
-                                b.set(*reg, p.clone().fma(v[k].clone(), Expr::Var(*reg)));
-                            }
-                        }
-                    });
-                    for (r, row) in regs.iter().enumerate() {
-                        for (k, reg) in row.iter().enumerate() {
-                            b.store(self.acc, at(r as u32, k as u32), Expr::Var(*reg));
-                        }
-                    }
+        span.row_blocks(b, VROWS, |b, first, nr| {
+            // Whole groups of `per` chunks in a loop, then the rest.
+            let groups = chunks / per;
+            let rest = chunks % per;
+            let block = |b: &mut KernelBuilder, c0: Expr, n: u32| {
+                let at = |r: u32, k: u32| {
+                    (first.clone() + i32(r)) * i32(d) + (c0.clone() + i32(k)) * i32(wv)
                 };
-                self.if_live(b, first.clone(), |b| {
-                    b.unroll("cg", groups, |b, cg| block(b, cg * i32(per), per));
-                    if rest > 0 {
-                        block(b, i32(groups * per), rest);
+                let regs: Vec<Vec<_>> = (0..nr)
+                    .map(|r| {
+                        let a = splat_n(Expr::load(self.alpha, first.clone() + i32(r), 1), wv);
+                        (0..n)
+                            .map(|k| {
+                                b.var("av", Expr::load(self.acc, at(r, k), wv as u8) * a.clone())
+                            })
+                            .collect()
+                    })
+                    .collect();
+                b.unroll("i", TILE, |b, i| {
+                    if ahead {
+                        // The part of the next pass's V row i this sweep reads.
+                        let next = span.next_row(self.bases, i.clone());
+                        let next = b.let_("next_base", next);
+                        let from = c0.clone() * i32(wv);
+                        self.prefetch_part(b, v_cache, &next, from, n * wv);
+                    }
+                    let v: Vec<Expr> = if direct {
+                        let base = span.at(Expr::load(self.bases, i.clone(), 1));
+                        self.v_chunks(b, v_cache, &base, &c0, n, wv)
+                    } else {
+                        (0..n)
+                            .map(|k| {
+                                let at = i.clone() * i32(d) + (c0.clone() + i32(k)) * i32(wv);
+                                b.let_("vv", Expr::load(self.vrows, at, wv as u8))
+                            })
+                            .collect()
+                    };
+                    for (r, row) in regs.iter().enumerate() {
+                        let sat = self.s_at(first.clone() + i32(r as u32), i.clone());
+                        let p = b.let_("pv", splat_n(Expr::load(self.s, sat, 1), wv));
+                        for (k, reg) in row.iter().enumerate() {
+                            b.set(*reg, p.clone().fma(v[k].clone(), Expr::Var(*reg)));
+                        }
                     }
                 });
+                for (r, row) in regs.iter().enumerate() {
+                    for (k, reg) in row.iter().enumerate() {
+                        b.store(self.acc, at(r as u32, k as u32), Expr::Var(*reg));
+                    }
+                }
+            };
+            self.if_live(b, first.clone(), |b| {
+                b.unroll("cg", groups, |b, cg| block(b, cg * i32(per), per));
+                if rest > 0 {
+                    block(b, i32(groups * per), rest);
+                }
             });
-            r0 += blocks * nr;
-        }
+        });
     }
 }

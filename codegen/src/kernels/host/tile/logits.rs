@@ -57,24 +57,17 @@ impl Tile {
                     b.let_("row_base", span.at(Expr::load(self.bases, i, 1)))
                 })
                 .collect();
-            let mut r0 = 0;
-            while r0 < span.n {
-                let n = HEADS.min(span.n - r0);
-                let groups = (span.n - r0) / n;
-                b.unroll("rb", groups, |b, rb| {
-                    let first = b.let_("r_first", span.row(rb * i32(n) + i32(r0)));
-                    let dots = self.dots(b, spec, k_cache, &bases, &first, n);
-                    for (k, per_token) in dots.into_iter().enumerate() {
-                        let r = b.let_("r", first.clone() + i32(k as u32));
-                        for (tk, dot) in per_token.into_iter().enumerate() {
-                            let i = b.let_("i", ig.clone() * i32(STEP) + i32(tk as u32));
-                            let s = logit(b, &r, &i, dot);
-                            b.store(self.s, r.clone() * i32(TILE) + i, s);
-                        }
+            span.row_blocks(b, HEADS, |b, first, n| {
+                let dots = self.dots(b, spec, k_cache, &bases, &first, n);
+                for (k, per_token) in dots.into_iter().enumerate() {
+                    let r = b.let_("r", first.clone() + i32(k as u32));
+                    for (tk, dot) in per_token.into_iter().enumerate() {
+                        let i = b.let_("i", ig.clone() * i32(STEP) + i32(tk as u32));
+                        let s = logit(b, &r, &i, dot);
+                        b.store(self.s, r.clone() * i32(TILE) + i, s);
                     }
-                });
-                r0 += groups * n;
-            }
+                }
+            });
         });
     }
 

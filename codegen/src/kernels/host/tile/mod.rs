@@ -111,6 +111,27 @@ impl Span {
         self.first.clone() + k
     }
 
+    /// The span's rows in register blocks of `size` (the last ones
+    /// smaller where `size` does not divide them): `f(b, first, n)` for
+    /// each block of `n` rows from `first` (an i32 `let`).
+    fn row_blocks(
+        &self,
+        b: &mut KernelBuilder,
+        size: u32,
+        mut f: impl FnMut(&mut KernelBuilder, Expr, u32),
+    ) {
+        let mut r0 = 0;
+        while r0 < self.n {
+            let n = size.min(self.n - r0);
+            let blocks = (self.n - r0) / n;
+            b.unroll("rb", blocks, |b, rb| {
+                let first = b.let_("r_first", self.row(rb * i32(n) + i32(r0)));
+                f(b, first, n);
+            });
+            r0 += blocks * n;
+        }
+    }
+
     /// The span's K/V row of the token whose located row is `base`.
     fn at(&self, base: Expr) -> Expr {
         base + self.off.clone()
